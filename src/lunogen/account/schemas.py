@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from lunogen.account.plans import PlanName
+from lunogen.account.roles import Role
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConsentIn(StrictModel):
+    age_confirmed: bool = Field(description="I confirm I am 18 or older")
+    accept_terms: bool = Field(description="I accept the current Terms of Service")
+    accept_privacy: bool = Field(description="I accept the current Privacy Policy")
+
+
+class RegisterIn(ConsentIn):
+    name: Name
+    email: EmailStr
+    password: str = Field(max_length=256)
+
+
+class LoginIn(StrictModel):
+    email: EmailStr
+    password: str = Field(max_length=256)
+
+
+class EmailIn(StrictModel):
+    email: EmailStr
+
+
+class TokenIn(StrictModel):
+    token: str = Field(min_length=10, max_length=200)
+
+
+class PasswordResetIn(TokenIn):
+    password: str = Field(max_length=256)
+
+
+class PasswordChangeIn(StrictModel):
+    current_password: str = Field(max_length=256)
+    new_password: str = Field(max_length=256)
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    email: str
+    name: str
+    role: Role
+    plan: PlanName
+    email_verified: bool
+    google_linked: bool
+    picture_url: str | None
+    setup_complete: bool
+    created_at: datetime
+
+
+class PlanLimitsOut(BaseModel):
+    api_keys: int
+    requests_per_minute: int
+    agents: int
+    channels_per_agent: int
+
+
+class MeOut(UserOut):
+    limits: PlanLimitsOut
+
+
+class MessageOut(BaseModel):
+    message: str
+
+
+class RoleChangeIn(StrictModel):
+    role: Role | None = None
+    plan: PlanName | None = None

@@ -1,0 +1,443 @@
+"""Accounts: registration, verification, password sign-in and reset, consent, roles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.account.models import Consent, EmailToken, User
+from lunogen.account.plans import limits_for
+from lunogen.account.schemas import ConsentIn, MeOut, PlanLimitsOut, RegisterIn, UserOut
+from lunogen.audit import service as audit
+from lunogen.auth.passwords import hash_password, needs_rehash, password_problem, verify_password
+from lunogen.config import Settings
+from lunogen.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    LunogenError,
+    NotFoundError,
+    ValidationFailedError,
+)
+from lunogen.kit.crypto import KeyRing
+from lunogen.kit.ids import random_token, sha256_hex
+from lunogen.kit.time import utcnow
+from lunogen.kit.web import ClientInfo
+from lunogen.notification.email import queue_email
+from lunogen.privacy.policy import AGE_ATTESTATION_VERSION, PRIVACY_VERSION, TERMS_VERSION
+
+VERIFY_EMAIL = "verify_email"
+RESET_PASSWORD = "reset_password"
+
+
+class InvalidCredentialsError(LunogenError):
+    status_code = 401
+    error = "Invalid credentials"
+
+
+class InvalidTokenError(LunogenError):
+    status_code = 400
+    error = "Invalid or expired link"
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def setup_problem(user: User) -> str | None:
+    """Why this account may not use the platform yet, or None when it may."""
+    if user.email_verified_at is None:
+        return "Verify your email address first: open the link we sent you"
+    if user.age_attested_at is None or (
+        user.terms_version != TERMS_VERSION or user.privacy_version != PRIVACY_VERSION
+    ):
+        return (
+            "Confirm you are 18 or older and accept the current Terms and Privacy Policy "
+            "(POST /api/v1/auth/consent, or sign in in a browser)"
+        )
+    return None
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        role=user.role,  # type: ignore[arg-type]
+        plan=user.plan,  # type: ignore[arg-type]
+        email_verified=user.email_verified_at is not None,
+        google_linked=user.google_sub is not None,
+        picture_url=user.picture_url,
+        setup_complete=setup_problem(user) is None,
+        created_at=user.created_at,
+    )
+
+
+def me_out(user: User) -> MeOut:
+    limits = limits_for(user.plan)
+    return MeOut(
+        **user_out(user).model_dump(),
+        limits=PlanLimitsOut(
+            api_keys=limits.api_keys,
+            requests_per_minute=limits.requests_per_minute,
+            agents=limits.agents,
+            channels_per_agent=limits.channels_per_agent,
+        ),
+    )
+
+
+async def find_by_email(session: AsyncSession, email: str) -> User | None:
+    query = select(User).where(User.email == normalize_email(email), User.deleted_at.is_(None))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _check_consent(data: ConsentIn) -> None:
+    missing = [
+        field
+        for field, given in (
+            ("age_confirmed", data.age_confirmed),
+            ("accept_terms", data.accept_terms),
+            ("accept_privacy", data.accept_privacy),
+        )
+        if not given
+    ]
+    if missing:
+        raise ValidationFailedError(
+            "You must confirm you are 18 or older and accept the Terms and Privacy Policy",
+            field=missing[0],
+        )
+
+
+def record_consent(session: AsyncSession, *, user: User, client: ClientInfo) -> None:
+    now = utcnow()
+    for document, version in (
+        ("age_attestation", AGE_ATTESTATION_VERSION),
+        ("terms", TERMS_VERSION),
+        ("privacy", PRIVACY_VERSION),
+    ):
+        session.add(
+            Consent(
+                user_id=user.id,
+                document=document,
+                version=version,
+                accepted_at=now,
+                ip=client.ip,
+                user_agent=client.user_agent,
+            )
+        )
+    user.age_attested_at = user.age_attested_at or now
+    user.terms_version = TERMS_VERSION
+    user.privacy_version = PRIVACY_VERSION
+
+
+async def register(
+    session: AsyncSession,
+    *,
+    data: RegisterIn,
+    client: ClientInfo,
+    settings: Settings,
+    keyring: KeyRing,
+) -> User:
+    _check_consent(data)
+    email = normalize_email(data.email)
+    problem = password_problem(data.password, email=email, name=data.name)
+    if problem:
+        raise ValidationFailedError(f"Password {problem}", field="password")
+    if await find_by_email(session, email) is not None:
+        raise ConflictError("An account with this email already exists; sign in instead")
+    user = User(email=email, name=data.name, password_hash=hash_password(data.password))
+    session.add(user)
+    await session.flush()
+    record_consent(session, user=user, client=client)
+    audit.record(
+        session,
+        action="account.registered",
+        actor_user_id=user.id,
+        client=client,
+        target_type="user",
+        target_id=user.id,
+    )
+    await send_verification(session, user=user, settings=settings, keyring=keyring)
+    return user
+
+
+async def create_user_admin(
+    session: AsyncSession, *, email: str, name: str, password: str | None, role: str
+) -> User:
+    """The CLI's `user create`: active at once; attestation and consent at first sign-in."""
+    email = normalize_email(email)
+    if await find_by_email(session, email) is not None:
+        raise ConflictError(f"An account with email {email} already exists")
+    if password is not None:
+        problem = password_problem(password, email=email, name=name)
+        if problem:
+            raise ValidationFailedError(f"Password {problem}", field="password")
+    user = User(
+        email=email,
+        name=name,
+        password_hash=hash_password(password) if password else None,
+        email_verified_at=utcnow(),
+        role=role,
+    )
+    session.add(user)
+    await session.flush()
+    audit.record(
+        session,
+        action="account.created_by_operator",
+        actor_user_id=None,
+        subject_user_id=user.id,
+        target_type="user",
+        target_id=user.id,
+        details={"role": role},
+    )
+    return user
+
+
+async def _issue_token(
+    session: AsyncSession, *, user: User, purpose: str, lifetime: timedelta
+) -> str:
+    token = random_token()
+    session.add(
+        EmailToken(
+            user_id=user.id,
+            purpose=purpose,
+            token_hash=sha256_hex(token),
+            expires_at=utcnow() + lifetime,
+        )
+    )
+    return token
+
+
+async def send_verification(
+    session: AsyncSession, *, user: User, settings: Settings, keyring: KeyRing
+) -> None:
+    token = await _issue_token(
+        session,
+        user=user,
+        purpose=VERIFY_EMAIL,
+        lifetime=timedelta(hours=settings.email_token_hours),
+    )
+    link = f"{settings.public_url}/verify?token={token}"
+    queue_email(
+        session,
+        keyring,
+        to=user.email,
+        subject="Verify your LunoGen email address",
+        body=(
+            f"Hello {user.name},\n\nConfirm your email address to activate your LunoGen "
+            f"account:\n\n{link}\n\nThe link works once and expires in "
+            f"{settings.email_token_hours} hours. If you did not sign up, ignore this email.\n"
+        ),
+    )
+
+
+async def resend_verification(
+    session: AsyncSession, *, email: str, settings: Settings, keyring: KeyRing
+) -> None:
+    user = await find_by_email(session, email)
+    if user is not None and user.email_verified_at is None:
+        await send_verification(session, user=user, settings=settings, keyring=keyring)
+
+
+async def _consume_token(session: AsyncSession, *, token: str, purpose: str) -> User:
+    query = select(EmailToken).where(
+        EmailToken.token_hash == sha256_hex(token), EmailToken.purpose == purpose
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+        raise InvalidTokenError("This link is invalid, already used or expired; ask for a new one")
+    row.used_at = utcnow()
+    user = await session.get(User, row.user_id)
+    if user is None or user.deleted_at is not None:
+        raise InvalidTokenError("This link is invalid, already used or expired; ask for a new one")
+    return user
+
+
+async def verify_email(session: AsyncSession, *, token: str, client: ClientInfo) -> User:
+    user = await _consume_token(session, token=token, purpose=VERIFY_EMAIL)
+    if user.email_verified_at is None:
+        user.email_verified_at = utcnow()
+        audit.record(
+            session,
+            action="account.email_verified",
+            actor_user_id=user.id,
+            client=client,
+            target_type="user",
+            target_id=user.id,
+        )
+    return user
+
+
+async def authenticate_password(
+    session: AsyncSession, *, email: str, password: str, client: ClientInfo
+) -> User:
+    """Check a password. On failure the audit row is added (the caller must still commit it)."""
+    user = await find_by_email(session, email)
+    if user is None or not verify_password(user.password_hash, password):
+        audit.record(
+            session,
+            action="auth.sign_in_failed",
+            actor_user_id=None,
+            subject_user_id=user.id if user else None,
+            client=client,
+            details={"email": normalize_email(email)},
+        )
+        raise InvalidCredentialsError("Wrong email or password")
+    if user.email_verified_at is None:
+        raise ForbiddenError(
+            "Verify your email address first: open the link we sent you, "
+            "or ask for a new one at /api/v1/auth/verify/resend",
+            error="Email not verified",
+        )
+    if user.password_hash and needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    audit.record(
+        session, action="auth.sign_in", actor_user_id=user.id, client=client,
+        details={"method": "password"},
+    )
+    return user
+
+
+async def give_consent(
+    session: AsyncSession, *, user: User, data: ConsentIn, client: ClientInfo
+) -> User:
+    _check_consent(data)
+    record_consent(session, user=user, client=client)
+    audit.record(
+        session,
+        action="account.consent_given",
+        actor_user_id=user.id,
+        client=client,
+        details={"terms": TERMS_VERSION, "privacy": PRIVACY_VERSION},
+    )
+    return user
+
+
+async def request_password_reset(
+    session: AsyncSession, *, email: str, settings: Settings, keyring: KeyRing
+) -> None:
+    """Always succeeds from the caller's view, so it reveals nothing about which emails exist."""
+    user = await find_by_email(session, email)
+    if user is None:
+        return
+    token = await _issue_token(
+        session,
+        user=user,
+        purpose=RESET_PASSWORD,
+        lifetime=timedelta(minutes=settings.reset_token_minutes),
+    )
+    queue_email(
+        session,
+        keyring,
+        to=user.email,
+        subject="Reset your LunoGen password",
+        body=(
+            f"Hello {user.name},\n\nSomeone asked to reset your LunoGen password. To choose a "
+            f"new one, open:\n\n{settings.public_url}/reset?token={token}\n\nThe link works "
+            f"once and expires in {settings.reset_token_minutes} minutes. If it was not you, "
+            "ignore this email: your password is unchanged.\n"
+        ),
+    )
+
+
+async def reset_password(
+    session: AsyncSession, *, token: str, password: str, client: ClientInfo
+) -> User:
+    from lunogen.auth.sessions import revoke_all_sessions
+
+    user = await _consume_token(session, token=token, purpose=RESET_PASSWORD)
+    problem = password_problem(password, email=user.email, name=user.name)
+    if problem:
+        raise ValidationFailedError(f"Password {problem}", field="password")
+    user.password_hash = hash_password(password)
+    # The reset proves control of the mailbox.
+    user.email_verified_at = user.email_verified_at or utcnow()
+    await revoke_all_sessions(session, user_id=user.id)
+    audit.record(
+        session, action="account.password_reset", actor_user_id=user.id, client=client
+    )
+    return user
+
+
+async def change_password(
+    session: AsyncSession,
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    client: ClientInfo,
+    keep_session_id: str | None,
+) -> None:
+    from lunogen.auth.sessions import revoke_all_sessions
+
+    if user.password_hash and not verify_password(user.password_hash, current_password):
+        raise InvalidCredentialsError("Your current password is wrong")
+    problem = password_problem(new_password, email=user.email, name=user.name)
+    if problem:
+        raise ValidationFailedError(f"Password {problem}", field="new_password")
+    user.password_hash = hash_password(new_password)
+    await revoke_all_sessions(session, user_id=user.id, except_id=keep_session_id)
+    audit.record(
+        session, action="account.password_changed", actor_user_id=user.id, client=client
+    )
+
+
+async def list_users(
+    session: AsyncSession, *, limit: int, offset: int, email: str | None = None
+) -> tuple[list[User], int]:
+    from sqlalchemy import func
+
+    query = select(User).where(User.deleted_at.is_(None))
+    if email:
+        query = query.where(User.email.contains(normalize_email(email)))
+    total = int((await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one())
+    rows = await session.execute(query.order_by(User.created_at, User.id).limit(limit).offset(offset))
+    return list(rows.scalars()), total
+
+
+async def change_role_or_plan(
+    session: AsyncSession,
+    *,
+    actor_id: str,
+    actor_key_id: str | None,
+    user_id: str,
+    role: str | None,
+    plan: str | None,
+    client: ClientInfo,
+) -> User:
+    user = await session.get(User, user_id)
+    if user is None or user.deleted_at is not None:
+        raise NotFoundError(error="User not found")
+    if role is None and plan is None:
+        raise BadRequestError("Give a role or a plan to change")
+    if role is not None and role != user.role:
+        if user.id == actor_id and role != "admin":
+            raise ConflictError("You cannot remove your own admin role; ask another admin")
+        audit.record(
+            session,
+            action="account.role_changed",
+            actor_user_id=actor_id,
+            actor_key_id=actor_key_id,
+            subject_user_id=user.id,
+            client=client,
+            target_type="user",
+            target_id=user.id,
+            details={"from": user.role, "to": role},
+        )
+        user.role = role
+    if plan is not None and plan != user.plan:
+        audit.record(
+            session,
+            action="account.plan_changed",
+            actor_user_id=actor_id,
+            actor_key_id=actor_key_id,
+            subject_user_id=user.id,
+            client=client,
+            target_type="user",
+            target_id=user.id,
+            details={"from": user.plan, "to": plan},
+        )
+        user.plan = plan
+    return user

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from lunogen.db import Base, CreatedMixin, IdMixin
+from lunogen.kit.time import utcnow
+
+
+class Agent(IdMixin, CreatedMixin, Base):
+    __tablename__ = "agents"
+    __table_args__ = (Index("ix_agents_owner_id_created_at", "owner_id", "created_at"),)
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(200))
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    skills: Mapped[list[str]] = mapped_column(default=list)
+    tools: Mapped[list[str]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+    purge_after: Mapped[datetime | None]
+
+    channels: Mapped[list[AgentChannel]] = relationship(
+        back_populates="agent",
+        order_by="AgentChannel.position",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+    )
+
+
+class AgentChannel(IdMixin, CreatedMixin, Base):
+    """A channel of an agent. `config` holds public fields; `secrets` is AES-GCM ciphertext."""
+
+    __tablename__ = "agent_channels"
+
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(default=0)
+    type: Mapped[str] = mapped_column(String(20))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[str | None] = mapped_column(Text)
+
+    agent: Mapped[Agent] = relationship(back_populates="channels")

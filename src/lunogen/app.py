@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
+
+from lunogen import __version__
+from lunogen.account.endpoints import router as account_router
+from lunogen.agent.endpoints import router as agent_router
+from lunogen.audit.endpoints import router as audit_router
+from lunogen.auth.endpoints import router as auth_router
+from lunogen.auth.google import STATE_COOKIE, create_oauth
+from lunogen.auth.google import router as google_router
+from lunogen.auth.key_endpoints import router as key_router
+from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.config import Settings
+from lunogen.dashboard.apidocs import router as apidocs_router
+from lunogen.dashboard.pages import STATIC_DIR
+from lunogen.dashboard.pages import router as pages_router
+from lunogen.db import create_engine, create_sessionmaker
+from lunogen.errors import install_error_handlers
+from lunogen.health import router as health_router
+from lunogen.kit.crypto import load_keyring
+from lunogen.kit.logging import configure_logging
+from lunogen.kit.middleware import Metrics, MetricsMiddleware, SecurityHeadersMiddleware
+from lunogen.llm import catalog
+from lunogen.llm.endpoints import router as model_router
+from lunogen.tool.endpoints import router as tool_router
+from lunogen.worker import enqueue
+from lunogen.worker.broker import JobRuntime, broker, set_runtime
+
+log = structlog.get_logger(__name__)
+
+API_DESCRIPTION = """The LunoGen developer API.
+
+Authenticate with `Authorization: Bearer lg_live_…` (create keys at `POST /api/v1/keys`) or a
+signed-in browser session. Every endpoint names the scope it needs; sessions act with `full`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keyring = load_keyring(settings.secret_keys, settings.data_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.effective_database_url)
+        sessionmaker = create_sessionmaker(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        async with sessionmaker() as session:
+            seeded = await catalog.seed_if_empty(session)
+            await session.commit()
+        if seeded:
+            log.info("model_catalog_seeded", models=seeded)
+        set_runtime(JobRuntime(settings=settings, sessionmaker=sessionmaker, keyring=keyring))
+        await broker.startup()
+        log.info("lunogen_started", version=__version__, public_url=settings.public_url)
+        try:
+            yield
+        finally:
+            await enqueue.drain()
+            await broker.wait_all()
+            await broker.shutdown()
+            set_runtime(None)
+            await engine.dispose()
+
+    app = FastAPI(
+        title="LunoGen API",
+        version=__version__,
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.keyring = keyring
+    app.state.rate_limiter = RateLimiter(create_storage(settings.redis_url))
+    app.state.oauth = create_oauth(settings)
+    app.state.metrics = Metrics()
+
+    install_error_handlers(app)
+    for router in (
+        health_router,
+        auth_router,
+        google_router,
+        account_router,
+        key_router,
+        agent_router,
+        tool_router,
+        model_router,
+        audit_router,
+        apidocs_router,
+        pages_router,
+    ):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    oauth_secret = hashlib.sha256(b"lunogen-oauth-state" + keyring.keys[0].material).hexdigest()
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=oauth_secret,
+        session_cookie=STATE_COOKIE,
+        max_age=600,
+        path="/auth/google",
+        same_site="lax",
+        https_only=settings.secure_cookies,
+    )
+    app.add_middleware(SecurityHeadersMiddleware, https=settings.secure_cookies)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

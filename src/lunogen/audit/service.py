@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.audit.models import AuditEvent
+from lunogen.kit.web import ClientInfo
+
+_SECRET_WORDS = ("password", "secret", "token", "key_hash", "api_key", "authorization")
+
+
+def _scrub(details: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in details.items():
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            continue
+        clean[key] = _scrub(value) if isinstance(value, dict) else value
+    return clean
+
+
+def record(
+    session: AsyncSession,
+    *,
+    action: str,
+    actor_user_id: str | None,
+    client: ClientInfo | None = None,
+    actor_key_id: str | None = None,
+    subject_user_id: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Add an audit row to the caller's transaction: it commits or rolls back with the action."""
+    event = AuditEvent(
+        action=action,
+        actor_user_id=actor_user_id,
+        actor_key_id=actor_key_id,
+        subject_user_id=subject_user_id or actor_user_id,
+        target_type=target_type,
+        target_id=target_id,
+        ip=client.ip if client else None,
+        user_agent=client.user_agent if client else None,
+        details=_scrub(details or {}),
+    )
+    session.add(event)
+    return event
+
+
+def visible_events(*, user_id: str, see_all: bool) -> Select[tuple[AuditEvent]]:
+    """What a caller may read: their own events, or every event for admins."""
+    query = select(AuditEvent)
+    if not see_all:
+        query = query.where(
+            (AuditEvent.actor_user_id == user_id) | (AuditEvent.subject_user_id == user_id)
+        )
+    return query

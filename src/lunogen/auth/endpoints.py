@@ -1,0 +1,298 @@
+"""Sign-up, sign-in and account security. Each endpoint takes JSON or an HTML form post."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.responses import Response
+
+from lunogen.account import service as accounts
+from lunogen.account.schemas import (
+    ConsentIn,
+    EmailIn,
+    LoginIn,
+    MeOut,
+    MessageOut,
+    PasswordChangeIn,
+    PasswordResetIn,
+    RegisterIn,
+    TokenIn,
+    UserOut,
+)
+from lunogen.audit import service as audit
+from lunogen.auth.dependencies import SetupUser
+from lunogen.auth.ratelimit import RateLimiter
+from lunogen.auth.sessions import (
+    CSRF_COOKIE,
+    clear_session_cookies,
+    create_session,
+    csrf_matches,
+    revoke_all_sessions,
+    revoke_session,
+    set_session_cookies,
+)
+from lunogen.config import Settings
+from lunogen.dashboard.render import render
+from lunogen.db import DbSession
+from lunogen.errors import ForbiddenError, LunogenError, TooManyRequestsError, validation_details
+from lunogen.kit.forms import body_doc, is_form, parse_body
+from lunogen.kit.web import ClientInfo
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+async def _form_or_json(
+    request: Request,
+    page: str,
+    action: Callable[[], Awaitable[Response]],
+    **page_context: Any,
+) -> Response:
+    """Run `action`; for a browser form, show errors on `page` instead of as JSON."""
+    if not is_form(request):
+        return await action()
+    try:
+        return await action()
+    except LunogenError as exc:
+        message = exc.message or exc.error
+        return render(request, page, status_code=exc.status_code, error=message, **page_context)
+    except RequestValidationError as exc:
+        details = validation_details(list(exc.errors()))
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        return render(request, page, status_code=422, error=message, **page_context)
+
+
+async def _check_anonymous_form_csrf(request: Request) -> None:
+    """A form post without a session must echo the `lg_csrf` cookie (double submit)."""
+    if not is_form(request):
+        return
+    form = await request.form()
+    presented = form.get("csrf_token")
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not cookie or not isinstance(presented, str) or not csrf_matches(cookie, presented):
+        raise ForbiddenError("CSRF token missing or invalid: reload the page and try again")
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@router.post(
+    "/register", status_code=201, response_model=UserOut, openapi_extra=body_doc(RegisterIn)
+)
+async def register(request: Request, db: DbSession) -> Response:
+    """Create an account. A verification link is emailed; sign-in works once it is opened."""
+
+    async def action() -> Response:
+        await _check_anonymous_form_csrf(request)
+        data = await parse_body(request, RegisterIn)
+        user = await accounts.register(
+            db,
+            data=data,
+            client=ClientInfo.from_request(request),
+            settings=_settings(request),
+            keyring=request.app.state.keyring,
+        )
+        if is_form(request):
+            return render(request, "message.html", status_code=201, title="Check your inbox",
+                          message=f"We sent a verification link to {user.email}.")
+        return JSONResponse(accounts.user_out(user).model_dump(mode="json"), status_code=201)
+
+    return await _form_or_json(request, "register.html", action)
+
+
+@router.post("/verify", response_model=UserOut, openapi_extra=body_doc(TokenIn))
+async def verify_email(request: Request, db: DbSession) -> Response:
+    """Confirm an email address with the single-use token from the verification link."""
+
+    async def action() -> Response:
+        await _check_anonymous_form_csrf(request)
+        data = await parse_body(request, TokenIn)
+        user = await accounts.verify_email(
+            db, token=data.token, client=ClientInfo.from_request(request)
+        )
+        if is_form(request):
+            return render(request, "message.html", title="Email verified",
+                          message="Your email is verified. You can sign in now.",
+                          link="/login", link_text="Sign in")
+        return JSONResponse(accounts.user_out(user).model_dump(mode="json"))
+
+    token = request.query_params.get("token", "")
+    return await _form_or_json(request, "verify.html", action, token=token)
+
+
+@router.post("/verify/resend", status_code=202, response_model=MessageOut,
+             openapi_extra=body_doc(EmailIn))
+async def resend_verification(request: Request, db: DbSession) -> Response:
+    """Email a new verification link if the address has an unverified account."""
+    data = await parse_body(request, EmailIn)
+    await accounts.resend_verification(
+        db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
+    )
+    return JSONResponse(
+        {"message": "If that address has an unverified account, a new link is on its way."},
+        status_code=202,
+    )
+
+
+async def _sign_in_throttle(request: Request, email: str) -> tuple[list[str], Settings]:
+    settings = _settings(request)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    client = ClientInfo.from_request(request)
+    keys = [f"login-email:{accounts.normalize_email(email)}"]
+    if client.ip:
+        keys.append(f"login-ip:{client.ip}")
+    for key in keys:
+        # An address gets `login_failures_per_window` tries; one IP gets ten times as many.
+        limit = settings.login_failures_per_window * (10 if key.startswith("login-ip") else 1)
+        wait = await limiter.failures_exceeded(key, limit, settings.login_failure_window_seconds)
+        if wait is not None:
+            raise TooManyRequestsError(
+                f"Too many failed sign-ins; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+                extra={"retry_after": wait},
+            )
+    return keys, settings
+
+
+@router.post("/login", response_model=MeOut, openapi_extra=body_doc(LoginIn))
+async def sign_in(request: Request, db: DbSession) -> Response:
+    """Sign in with email and password; sets the `lg_session` and `lg_csrf` cookies."""
+
+    async def action() -> Response:
+        await _check_anonymous_form_csrf(request)
+        data = await parse_body(request, LoginIn)
+        keys, settings = await _sign_in_throttle(request, data.email)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        client = ClientInfo.from_request(request)
+        try:
+            user = await accounts.authenticate_password(
+                db, email=data.email, password=data.password, client=client
+            )
+        except accounts.InvalidCredentialsError:
+            for key in keys:
+                limit = settings.login_failures_per_window * (
+                    10 if key.startswith("login-ip") else 1
+                )
+                await limiter.record_failure(key, limit, settings.login_failure_window_seconds)
+            await db.commit()  # keep the audit row of the failure
+            raise
+        row, token = await create_session(db, user=user, client=client, settings=settings)
+        if is_form(request):
+            target = "/account" if accounts.setup_problem(user) is None else "/onboarding"
+            response: Response = RedirectResponse(target, status_code=303)
+        else:
+            response = JSONResponse(accounts.me_out(user).model_dump(mode="json"))
+        set_session_cookies(response, token=token, csrf_token=row.csrf_token, settings=settings)
+        return response
+
+    return await _form_or_json(request, "login.html", action)
+
+
+@router.post("/logout", status_code=204)
+async def sign_out(request: Request, principal: SetupUser, db: DbSession) -> Response:
+    """End this browser session (with a key: nothing to end, use DELETE /api/v1/keys)."""
+    if principal.auth_session is not None:
+        await revoke_session(db, principal.auth_session)
+        audit.record(db, action="auth.sign_out", actor_user_id=principal.user.id,
+                     client=principal.client)
+    response: Response = (
+        RedirectResponse("/login", status_code=303) if is_form(request) else Response(status_code=204)
+    )
+    clear_session_cookies(response, _settings(request))
+    return response
+
+
+@router.post("/logout-all", response_model=MessageOut)
+async def sign_out_everywhere(request: Request, principal: SetupUser, db: DbSession) -> Response:
+    """Revoke every browser session of this account, this one included."""
+    count = await revoke_all_sessions(db, user_id=principal.user.id)
+    audit.record(db, action="auth.sign_out_everywhere", actor_user_id=principal.user.id,
+                 actor_key_id=principal.key_id, client=principal.client,
+                 details={"sessions": count})
+    response: Response = (
+        RedirectResponse("/login", status_code=303)
+        if is_form(request)
+        else JSONResponse({"message": f"Signed out of {count} session(s)."})
+    )
+    clear_session_cookies(response, _settings(request))
+    return response
+
+
+@router.post("/consent", response_model=MeOut, openapi_extra=body_doc(ConsentIn))
+async def give_consent(request: Request, principal: SetupUser, db: DbSession) -> Response:
+    """Confirm you are 18 or older and accept the current Terms and Privacy Policy."""
+    if principal.api_key is not None:
+        raise ForbiddenError("Consent must be given by the person, in a signed-in browser session")
+
+    async def action() -> Response:
+        data = await parse_body(request, ConsentIn)
+        user = await accounts.give_consent(db, user=principal.user, data=data,
+                                           client=principal.client)
+        if is_form(request):
+            return RedirectResponse("/account", status_code=303)
+        return JSONResponse(accounts.me_out(user).model_dump(mode="json"))
+
+    return await _form_or_json(request, "onboarding.html", action, user=principal.user)
+
+
+@router.post("/password/forgot", status_code=202, response_model=MessageOut,
+             openapi_extra=body_doc(EmailIn))
+async def forgot_password(request: Request, db: DbSession) -> Response:
+    """Email a single-use password reset link (the answer is the same for unknown addresses)."""
+
+    async def action() -> Response:
+        await _check_anonymous_form_csrf(request)
+        data = await parse_body(request, EmailIn)
+        await accounts.request_password_reset(
+            db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
+        )
+        message = "If that address has an account, a reset link is on its way."
+        if is_form(request):
+            return render(request, "message.html", status_code=202, title="Check your inbox",
+                          message=message)
+        return JSONResponse({"message": message}, status_code=202)
+
+    return await _form_or_json(request, "forgot.html", action)
+
+
+@router.post("/password/reset", response_model=MessageOut, openapi_extra=body_doc(PasswordResetIn))
+async def reset_password(request: Request, db: DbSession) -> Response:
+    """Set a new password with the token from the reset link; signs out every session."""
+
+    async def action() -> Response:
+        await _check_anonymous_form_csrf(request)
+        data = await parse_body(request, PasswordResetIn)
+        await accounts.reset_password(
+            db, token=data.token, password=data.password, client=ClientInfo.from_request(request)
+        )
+        message = "Your password is changed. Sign in with the new one."
+        if is_form(request):
+            return render(request, "message.html", title="Password changed", message=message,
+                          link="/login", link_text="Sign in")
+        return JSONResponse({"message": message})
+
+    token = request.query_params.get("token", "")
+    return await _form_or_json(request, "reset.html", action, token=token)
+
+
+@router.post("/password/change", response_model=MessageOut,
+             openapi_extra=body_doc(PasswordChangeIn))
+async def change_password(request: Request, principal: SetupUser, db: DbSession) -> Response:
+    """Change your password; every other session is signed out."""
+    if principal.api_key is not None:
+        raise ForbiddenError("Change your password in a signed-in browser session")
+    data = await parse_body(request, PasswordChangeIn)
+    await accounts.change_password(
+        db,
+        user=principal.user,
+        current_password=data.current_password,
+        new_password=data.new_password,
+        client=principal.client,
+        keep_session_id=principal.auth_session.id if principal.auth_session else None,
+    )
+    return JSONResponse({"message": "Password changed; your other sessions are signed out."})

@@ -1,0 +1,166 @@
+"""Google Sign-In (OpenID Connect) with Authlib's Starlette client.
+
+Authlib does discovery, PKCE (S256), `state` and `nonce`, and validates the ID token's signature
+against the JWKS plus `iss`, `aud`, `exp` and `nonce`. It keeps the pending state in a short-lived
+signed `lg_oauth` cookie (Starlette's session middleware) that is cleared after the callback.
+We add what it leaves out: accounts keyed on `sub`, `email_verified` before any linking.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import structlog
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from joserfc.errors import JoseError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from lunogen.account import service as accounts
+from lunogen.account.models import User
+from lunogen.audit import service as audit
+from lunogen.auth.sessions import create_session, set_session_cookies
+from lunogen.config import Settings
+from lunogen.dashboard.render import render
+from lunogen.db import DbSession
+from lunogen.errors import LunogenError
+from lunogen.kit.time import utcnow
+from lunogen.kit.web import ClientInfo
+
+log = structlog.get_logger(__name__)
+router = APIRouter(prefix="/auth/google", tags=["auth"], include_in_schema=False)
+
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+STATE_COOKIE = "lg_oauth"
+
+
+class GoogleSignInError(LunogenError):
+    status_code = 400
+    error = "Google sign-in failed"
+
+
+def create_oauth(settings: Settings) -> OAuth | None:
+    if not settings.google_enabled:
+        return None
+    oauth = OAuth()
+    oauth.register(
+        "google",
+        client_id=settings.google_client_id,
+        client_secret=settings.google_client_secret,
+        server_metadata_url=settings.google_discovery_url,
+        client_kwargs={"scope": "openid email profile", "code_challenge_method": "S256"},
+    )
+    return oauth
+
+
+def _client(request: Request) -> StarletteOAuth2App:
+    oauth: OAuth | None = request.app.state.oauth
+    if oauth is None:
+        raise GoogleSignInError("Google sign-in is not configured on this server")
+    client: StarletteOAuth2App = oauth.create_client("google")
+    return client
+
+
+@router.get("/start")
+async def google_start(request: Request) -> Response:
+    client = _client(request)
+    settings: Settings = request.app.state.settings
+    redirect_uri = f"{settings.public_url}/auth/google/callback"
+    try:
+        response: Response = await client.authorize_redirect(request, redirect_uri)
+    except (httpx.HTTPError, AuthlibBaseError, ValueError, KeyError) as exc:
+        log.warning("google_discovery_failed", error=str(exc))
+        return render(request, "message.html", status_code=502, title="Google sign-in unavailable",
+                      message="We could not reach Google. Try again in a minute.")
+    return response
+
+
+async def _issuer_values(client: StarletteOAuth2App) -> list[str]:
+    metadata = await client.load_server_metadata()
+    issuer = str(metadata.get("issuer", ""))
+    return list(GOOGLE_ISSUERS) if issuer in GOOGLE_ISSUERS else [issuer]
+
+
+@router.get("/callback")
+async def google_callback(request: Request, db: DbSession) -> Response:
+    client = _client(request)
+    settings: Settings = request.app.state.settings
+    try:
+        if "error" not in request.query_params and not request.session:
+            raise GoogleSignInError("Your sign-in attempt expired or came from another browser")
+        token = await client.authorize_access_token(
+            request,
+            claims_options={"iss": {"essential": True, "values": await _issuer_values(client)},
+                            "exp": {"essential": True}, "sub": {"essential": True}},
+            leeway=30,
+        )
+        claims = token.get("userinfo")
+        if not claims:
+            raise GoogleSignInError("Google did not return an ID token")
+        user = await sign_in_with_google(
+            db, claims=dict(claims), client=ClientInfo.from_request(request)
+        )
+    except (AuthlibBaseError, JoseError, httpx.HTTPError, GoogleSignInError, KeyError) as exc:
+        request.session.clear()
+        reason = exc.message if isinstance(exc, GoogleSignInError) else _describe(exc)
+        log.info("google_sign_in_failed", reason=reason)
+        return render(request, "message.html", status_code=400, title="Google sign-in failed",
+                      message=reason, link="/login", link_text="Back to sign in")
+    request.session.clear()
+    row, session_token = await create_session(
+        db, user=user, client=ClientInfo.from_request(request), settings=settings
+    )
+    target = "/account" if accounts.setup_problem(user) is None else "/onboarding"
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookies(response, token=session_token, csrf_token=row.csrf_token, settings=settings)
+    return response
+
+
+def _describe(exc: Exception) -> str:
+    description = getattr(exc, "description", None) or getattr(exc, "error", None)
+    return f"{type(exc).__name__}: {description or exc}"
+
+
+async def sign_in_with_google(
+    session: AsyncSession, *, claims: dict[str, Any], client: ClientInfo
+) -> User:
+    """Find or create the account for a validated ID token. Keyed on `sub`, never on email."""
+    sub = str(claims["sub"])
+    email = accounts.normalize_email(str(claims.get("email", "")))
+    verified = claims.get("email_verified") in (True, "true")
+    name = str(claims.get("name") or email.split("@")[0] or "Google user")[:200]
+    picture = claims.get("picture")
+
+    user = (await session.execute(select(User).where(User.google_sub == sub))).scalar_one_or_none()
+    if user is not None and user.deleted_at is not None:
+        raise GoogleSignInError("This account has been deleted")
+    if user is None:
+        if not email or not verified:
+            raise GoogleSignInError(
+                "Google has not verified this email address; verify it with Google or "
+                "register with email and password"
+            )
+        user = await accounts.find_by_email(session, email)
+        if user is not None:
+            user.google_sub = sub
+            user.email_verified_at = user.email_verified_at or utcnow()
+            audit.record(session, action="account.google_linked", actor_user_id=user.id,
+                         client=client, target_type="user", target_id=user.id)
+        else:
+            user = User(email=email, name=name, google_sub=sub, email_verified_at=utcnow())
+            session.add(user)
+            await session.flush()
+            audit.record(session, action="account.registered", actor_user_id=user.id,
+                         client=client, target_type="user", target_id=user.id,
+                         details={"method": "google"})
+    user.name = user.name or name
+    if isinstance(picture, str) and picture.startswith("https://"):
+        user.picture_url = picture[:2000]
+    audit.record(session, action="auth.sign_in", actor_user_id=user.id, client=client,
+                 details={"method": "google"})
+    return user

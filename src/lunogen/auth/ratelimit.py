@@ -1,0 +1,84 @@
+"""Rate limits with the `limits` library: moving windows, in memory or in Redis.
+
+One `RateLimiter` per app. Memory storage is per process (embedded shape); with
+`LUNOGEN_REDIS_URL` every server process shares the same windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: int
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_at),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+def create_storage(redis_url: str | None) -> Storage:
+    if redis_url:
+        scheme, sep, rest = redis_url.partition("://")
+        return RedisStorage(f"async+{scheme}{sep}{rest}", key_prefix="lunogen")
+    return MemoryStorage()
+
+
+class RateLimiter:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.strategy = MovingWindowRateLimiter(storage)
+
+    async def hit(self, key: str, per_minute: int) -> RateLimitStatus:
+        """Count one request for `key` against `per_minute`, unless the window is full."""
+        return await self._hit(RateLimitItemPerMinute(per_minute), key)
+
+    async def _hit(self, item: RateLimitItem, key: str) -> RateLimitStatus:
+        allowed = await self.strategy.hit(item, key)
+        stats = await self.strategy.get_window_stats(item, key)
+        return RateLimitStatus(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_at=math.ceil(stats.reset_time),
+        )
+
+    async def failures_exceeded(self, key: str, limit: int, window_seconds: int) -> int | None:
+        """Seconds to wait if `key` has used up its failures in the window, else None."""
+        item = RateLimitItemPerSecond(limit, window_seconds)
+        if await self.strategy.test(item, key):
+            return None
+        stats = await self.strategy.get_window_stats(item, key)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def record_failure(self, key: str, limit: int, window_seconds: int) -> None:
+        await self.strategy.hit(RateLimitItemPerSecond(limit, window_seconds), key)
+
+    async def clear(self, key: str, limit: int, window_seconds: int) -> None:
+        await self.strategy.clear(RateLimitItemPerSecond(limit, window_seconds), key)
+
+    async def check_ready(self) -> bool:
+        return await self.storage.check()
+
+    async def reset(self) -> None:
+        await self.storage.reset()

@@ -1,0 +1,250 @@
+"""The `lunogen` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from lunogen import __version__
+from lunogen.config import Settings
+from lunogen.errors import LunogenError
+
+T = TypeVar("T")
+
+app = typer.Typer(help="LunoGen: host AI agents.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+apikey_app = typer.Typer(help="Developer API keys.", no_args_is_help=True)
+mail_app = typer.Typer(help="Outgoing email.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Secrets encrypted at rest.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(mail_app, name="mail")
+app.add_typer(secrets_app, name="secrets")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(data_dir: Path | None = None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir else Settings()
+
+
+def _run_db(
+    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
+) -> T:
+    from lunogen.db import create_engine, create_sessionmaker
+
+    async def main() -> T:
+        engine = create_engine(settings.effective_database_url)
+        try:
+            return await work(create_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except LunogenError as exc:
+        err_console.print(f"[red]Error:[/red] {exc.message or exc.error}")
+        raise typer.Exit(1) from exc
+
+
+def _upgrade(settings: Settings) -> None:
+    from lunogen.migrations import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+
+
+@app.command()
+def version() -> None:
+    """Print the LunoGen version."""
+    console.print(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+    migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
+) -> None:
+    """Run the server (embedded shape: applies pending migrations first)."""
+    import uvicorn
+
+    from lunogen.app import create_app
+
+    settings = _settings(data_dir)
+    if migrate:
+        with console.status("Applying database migrations…"):
+            _upgrade(settings)
+    console.print(f"LunoGen {__version__} on http://{host}:{port} (data in {settings.data_dir})")
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True,
+                log_config=None, access_log=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending database migrations."""
+    settings = _settings()
+    with console.status("Applying database migrations…"):
+        _upgrade(settings)
+    console.print("Database is up to date.")
+
+
+@user_app.command("create")
+def user_create(
+    email: str,
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Give the admin role")] = False,
+    role: Annotated[str, typer.Option(help="Role: user, support or admin")] = "user",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create an active account (email verified). Consent is given at first sign-in."""
+    from lunogen.account import service as accounts
+    from lunogen.account.roles import ROLES
+
+    role = "admin" if admin else role
+    if role not in ROLES:
+        err_console.print(f"[red]Error:[/red] role must be one of {', '.join(ROLES)}")
+        raise typer.Exit(2)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    settings = _settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> str:
+        async with sm() as session:
+            user = await accounts.create_user_admin(
+                session, email=email, name=name or email.split("@")[0], password=password,
+                role=role,
+            )
+            await session.commit()
+            return user.id
+
+    user_id = _run_db(settings, work)
+    console.print(f"Created {role} {email} (id {user_id}).")
+    if password is None:
+        console.print("No password set: use 'Forgot password' or Google to sign in.")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    email: str,
+    name: Annotated[str, typer.Option(help="A name to recognise the key by")] = "CLI key",
+    scope: Annotated[list[str] | None, typer.Option(help="Scope (repeatable); default full")] = None,
+) -> None:
+    """Create a developer key for EMAIL and print it once. Plan key limits apply."""
+    from lunogen.account import service as accounts
+    from lunogen.auth import apikeys
+    from lunogen.auth.scopes import Scope
+
+    try:
+        scopes = [Scope(s) for s in (scope or ["full"])]
+    except ValueError as exc:
+        valid = ", ".join(s.value for s in Scope)
+        err_console.print(f"[red]Error:[/red] {exc}; valid scopes: {valid}")
+        raise typer.Exit(2) from exc
+    settings = _settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> str:
+        async with sm() as session:
+            user = await accounts.find_by_email(session, email)
+            if user is None:
+                raise LunogenError(f"No account with email {email}")
+            _key, plaintext = await apikeys.create_key(
+                session, user=user, name=name, scopes=scopes, client=None
+            )
+            await session.commit()
+            return plaintext
+
+    plaintext = _run_db(settings, work)
+    err_console.print("Your key (shown once; store it now):")
+    console.print(plaintext)
+
+
+@mail_app.command("outbox")
+def mail_outbox(
+    to: Annotated[str | None, typer.Option(help="Only mail to this address")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+) -> None:
+    """List emails in the development outbox (and recent sent mail), newest first."""
+    from lunogen.kit.crypto import load_keyring
+    from lunogen.notification.models import OutboundEmail
+
+    settings = _settings()
+    keyring = load_keyring(settings.secret_keys, settings.data_dir)
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> list[OutboundEmail]:
+        async with sm() as session:
+            query = select(OutboundEmail).order_by(OutboundEmail.created_at.desc()).limit(limit)
+            if to:
+                query = query.where(OutboundEmail.to_address == to.strip().lower())
+            return list((await session.execute(query)).scalars())
+
+    emails = _run_db(settings, work)
+    if not emails:
+        console.print("The outbox is empty.")
+    for email in emails:
+        console.rule(f"{email.created_at:%Y-%m-%d %H:%M:%S} · {email.status}")
+        console.print(f"To: {email.to_address}\nSubject: {email.subject}\n")
+        console.print(keyring.decrypt(email.body_encrypted), markup=False, highlight=False)
+
+
+@secrets_app.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new key spec to put first in LUNOGEN_SECRET_KEYS before `secrets rotate`."""
+    from lunogen.kit.crypto import Key
+
+    console.print(Key.generate().spec())
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    prune: Annotated[
+        bool, typer.Option(help="Drop the old keys from the data-dir key file afterwards")
+    ] = False,
+) -> None:
+    """Re-encrypt every stored secret under a new primary key.
+
+    With the key file in the data dir, a new key is generated and put first. With
+    LUNOGEN_SECRET_KEYS, put a new key first yourself (`secrets generate-key`), then run this.
+    """
+    from lunogen.kit.crypto import Key, KeyRing, load_keyring, write_key_file
+    from lunogen.kit.rotation import count_encrypted, reencrypt_all
+    from lunogen.secret_columns import ENCRYPTED_COLUMNS
+
+    settings = _settings()
+    ring = load_keyring(settings.secret_keys, settings.data_dir)
+    from_file = not settings.secret_keys
+    if from_file:
+        ring = KeyRing([Key.generate(), *ring.keys])
+        write_key_file(settings.data_dir, ring)
+        console.print(f"New primary key {ring.primary_id} written to the data dir.")
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> int:
+        total = await count_encrypted(sm, ENCRYPTED_COLUMNS)
+        with Progress(console=console) as progress:
+            task = progress.add_task("Re-encrypting secrets", total=total)
+            return await reencrypt_all(
+                sm, ring, ENCRYPTED_COLUMNS, lambda n: progress.advance(task, n)
+            )
+
+    changed = _run_db(settings, work)
+    console.print(f"Re-encrypted {changed} secret(s) under key {ring.primary_id}.")
+    if prune and from_file:
+        write_key_file(settings.data_dir, KeyRing([ring.keys[0]]))
+        console.print("Old keys removed from the key file.")
+    elif len(ring.keys) > 1:
+        console.print("Old keys are still in the ring; remove them once every server restarted.")

@@ -1,0 +1,138 @@
+"""Secrets at rest: AES-256-GCM under a key ring.
+
+Ciphertext format (text, safe for any column): ``v1.<key_id>.<base64url(nonce + ciphertext+tag)>``.
+The first key of the ring encrypts; every key decrypts, so a rotation can add a new key first
+and re-encrypt at leisure. The key id is bound into the GCM associated data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PREFIX = "v1"
+KEY_FILE = "secret_keys"
+
+
+class CryptoError(Exception):
+    pass
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    material: bytes
+
+    @classmethod
+    def generate(cls) -> Key:
+        material = AESGCM.generate_key(bit_length=256)
+        return cls(id=hashlib.sha256(material).hexdigest()[:8], material=material)
+
+    @classmethod
+    def parse(cls, spec: str) -> Key:
+        """Parse ``<id>:<base64url 32 bytes>``."""
+        key_id, sep, encoded = spec.strip().partition(":")
+        if not sep or not key_id.isalnum():
+            raise CryptoError("each secret key must look like '<id>:<base64url of 32 bytes>'")
+        try:
+            material = _b64d(encoded)
+        except ValueError as exc:
+            raise CryptoError(f"secret key {key_id!r} is not valid base64url") from exc
+        if len(material) != 32:
+            raise CryptoError(f"secret key {key_id!r} must be 32 bytes (AES-256)")
+        return cls(id=key_id, material=material)
+
+    def spec(self) -> str:
+        return f"{self.id}:{_b64e(self.material)}"
+
+
+class KeyRing:
+    def __init__(self, keys: list[Key]) -> None:
+        if not keys:
+            raise CryptoError("the key ring needs at least one key")
+        ids = [k.id for k in keys]
+        if len(set(ids)) != len(ids):
+            raise CryptoError("duplicate key ids in the key ring")
+        self.keys = keys
+        self._by_id = {k.id: AESGCM(k.material) for k in keys}
+
+    @property
+    def primary_id(self) -> str:
+        return self.keys[0].id
+
+    @classmethod
+    def parse(cls, specs: str) -> KeyRing:
+        return cls([Key.parse(s) for s in specs.split(",") if s.strip()])
+
+    def specs(self) -> str:
+        return ",".join(k.spec() for k in self.keys)
+
+    def encrypt(self, plaintext: str) -> str:
+        key_id = self.primary_id
+        nonce = secrets.token_bytes(12)
+        sealed = self._by_id[key_id].encrypt(nonce, plaintext.encode(), key_id.encode())
+        return f"{PREFIX}.{key_id}.{_b64e(nonce + sealed)}"
+
+    def decrypt(self, token: str) -> str:
+        try:
+            prefix, key_id, payload = token.split(".", 2)
+        except ValueError as exc:
+            raise CryptoError("not an encrypted value") from exc
+        if prefix != PREFIX:
+            raise CryptoError("unknown ciphertext version")
+        aead = self._by_id.get(key_id)
+        if aead is None:
+            raise CryptoError(f"no key {key_id!r} in the key ring")
+        raw = _b64d(payload)
+        try:
+            return aead.decrypt(raw[:12], raw[12:], key_id.encode()).decode()
+        except InvalidTag as exc:
+            raise CryptoError("ciphertext failed authentication") from exc
+
+    def needs_rotation(self, token: str) -> bool:
+        return token.split(".", 2)[1] != self.primary_id
+
+    def reencrypt(self, token: str) -> str:
+        return self.encrypt(self.decrypt(token))
+
+
+def key_file(data_dir: Path) -> Path:
+    return data_dir / KEY_FILE
+
+
+def load_keyring(secret_keys: str | None, data_dir: Path) -> KeyRing:
+    """The ring from ``LUNOGEN_SECRET_KEYS``, else from the data dir, generating it on first run."""
+    if secret_keys:
+        return KeyRing.parse(secret_keys)
+    path = key_file(data_dir)
+    if path.exists():
+        return KeyRing.parse(path.read_text())
+    ring = KeyRing([Key.generate()])
+    write_key_file(data_dir, ring)
+    return ring
+
+
+def write_key_file(data_dir: Path, ring: KeyRing) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = key_file(data_dir)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(ring.specs() + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from lunogen.db import Base, CreatedMixin, IdMixin
+
+
+class OutboundEmail(IdMixin, CreatedMixin, Base):
+    """Every email the platform sends. Without SMTP this table is the development outbox.
+
+    The body carries single-use links, so it is encrypted at rest like any other secret.
+    """
+
+    __tablename__ = "outbound_emails"
+
+    to_address: Mapped[str] = mapped_column(String(320), index=True)
+    subject: Mapped[str] = mapped_column(String(300))
+    body_encrypted: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,13 @@
+"""Every column that holds AES-GCM ciphertext. `lunogen secrets rotate` walks this list."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import InstrumentedAttribute
+
+from lunogen.agent.models import AgentChannel
+from lunogen.notification.models import OutboundEmail
+
+ENCRYPTED_COLUMNS: list[InstrumentedAttribute[str | None]] = [
+    AgentChannel.secrets,  # type: ignore[list-item]
+    OutboundEmail.body_encrypted,  # type: ignore[list-item]
+]

@@ -1,0 +1,94 @@
+"""The tool registry: every tool an agent may enable, with its JSON schema.
+
+A tool is a name, a description for the model, a JSON schema for its arguments and an async
+`run`. Later issues register more (memory, web_fetch, sandboxed code tools, `load_skill`); agent
+config validation only ever asks this registry which names exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    agent_id: str
+    owner_id: str
+    contact: str | None = None
+
+
+ToolRun = Callable[[ToolContext, dict[str, Any]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: ToolRun
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, ToolSpec] = {}
+
+    def register(self, spec: ToolSpec) -> ToolSpec:
+        if spec.name in self._tools:
+            raise ValueError(f"tool {spec.name!r} is already registered")
+        self._tools[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def all(self) -> list[ToolSpec]:
+        return [self._tools[n] for n in self.names()]
+
+    def unknown(self, names: list[str]) -> list[str]:
+        return [n for n in names if n not in self._tools]
+
+
+async def _current_time(context: ToolContext, args: dict[str, Any]) -> str:
+    zone_name = str(args.get("timezone") or "UTC")
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"Unknown time zone {zone_name!r}; use an IANA name such as 'Europe/Paris'."
+    now = datetime.now(UTC).astimezone(zone)
+    return now.strftime(f"%A %d %B %Y, %H:%M:%S ({zone_name}, UTC%z)")
+
+
+registry = ToolRegistry()
+registry.register(
+    ToolSpec(
+        name="current_time",
+        description="The current date and time, optionally in a given IANA time zone.",
+        parameters={
+            "type": "object",
+            "properties": {
+                "timezone": {"type": "string", "description": "IANA zone, e.g. 'Europe/Paris'"}
+            },
+            "additionalProperties": False,
+        },
+        run=_current_time,
+        tags=("builtin",),
+    )
+)

@@ -1,0 +1,114 @@
+"""Every test gets a freshly migrated database and its own app instance.
+
+SQLite (default): the migrations run once into a template file, copied for each test.
+PostgreSQL: set LUNOGEN_TEST_DATABASE_URL (a database of its own for this run); the migrations
+run once, and every table is truncated before each test. LUNOGEN_TEST_REDIS_URL puts the
+rate limiter on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from lunogen.app import create_app
+from lunogen.config import Settings
+from lunogen.db import create_engine
+from lunogen.migrations import upgrade
+from lunogen.models import metadata
+from tests.helpers import Api
+
+PG_URL = os.environ.get("LUNOGEN_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL")
+BASE_URL = "http://testserver"
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    if PG_URL:
+        upgrade(PG_URL)
+        return None
+    path = tmp_path_factory.mktemp("template") / "lunogen.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _truncate_postgres(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture
+def database_url(migrated_template: Path | None, tmp_path: Path) -> Iterator[str]:
+    if PG_URL:
+        asyncio.run(_truncate_postgres(PG_URL))
+        yield PG_URL
+        return
+    assert migrated_template is not None
+    target = tmp_path / "data" / "lunogen.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_template, target)
+    yield f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    """Override in a test module to change settings for its app."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, object]) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "public_url": BASE_URL,
+        "redis_url": REDIS_URL,
+        "log_json": False,
+        "smtp_url": None,
+        "google_client_id": None,
+        "google_client_secret": None,
+    }
+    values.update(settings_overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        if REDIS_URL:
+            await application.state.rate_limiter.reset()
+        yield application
+
+
+@pytest.fixture
+async def api(app: FastAPI) -> AsyncIterator[Api]:
+    """A factory of API clients (each with its own cookie jar) against `app`."""
+    clients: list[httpx.AsyncClient] = []
+
+    def new_client() -> httpx.AsyncClient:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL)
+        clients.append(client)
+        return client
+
+    yield Api(app=app, new_client=new_client)
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(api: Api) -> httpx.AsyncClient:
+    return api.new_client()
