@@ -8,6 +8,6 @@ from lunogen.agent.models import AgentChannel
 from lunogen.notification.models import OutboundEmail
 
 ENCRYPTED_COLUMNS: list[InstrumentedAttribute[str | None]] = [
-    AgentChannel.secrets,  # type: ignore[list-item]
-    OutboundEmail.body_encrypted,  # type: ignore[list-item]
+    AgentChannel.secrets,
+    OutboundEmail.body_encrypted,
 ]

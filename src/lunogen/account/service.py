@@ -65,8 +65,8 @@ def user_out(user: User) -> UserOut:
         id=user.id,
         email=user.email,
         name=user.name,
-        role=user.role,  # type: ignore[arg-type]
-        plan=user.plan,  # type: ignore[arg-type]
+        role=user.role,
+        plan=user.plan,
         email_verified=user.email_verified_at is not None,
         google_linked=user.google_sub is not None,
         picture_url=user.picture_url,

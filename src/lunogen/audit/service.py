@@ -48,7 +48,7 @@ def record(
     return event
 
 
-def visible_events(*, user_id: str, see_all: bool) -> Select[tuple[AuditEvent]]:
+def visible_events(*, user_id: str, see_all: bool) -> Select[AuditEvent]:
     """What a caller may read: their own events, or every event for admins."""
     query = select(AuditEvent)
     if not see_all:
