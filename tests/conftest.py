@@ -82,7 +82,7 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, ob
         "google_client_secret": None,
     }
     values.update(settings_overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type,unused-ignore]
 
 
 @pytest.fixture

@@ -27,7 +27,12 @@ from lunogen.errors import install_error_handlers
 from lunogen.health import router as health_router
 from lunogen.kit.crypto import load_keyring
 from lunogen.kit.logging import configure_logging
-from lunogen.kit.middleware import Metrics, MetricsMiddleware, SecurityHeadersMiddleware
+from lunogen.kit.middleware import (
+    Metrics,
+    MetricsMiddleware,
+    RejectNulMiddleware,
+    SecurityHeadersMiddleware,
+)
 from lunogen.llm import catalog
 from lunogen.llm.endpoints import router as model_router
 from lunogen.tool.endpoints import router as tool_router
@@ -114,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.secure_cookies,
     )
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.secure_cookies)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

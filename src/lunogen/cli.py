@@ -89,8 +89,14 @@ def serve(
         with console.status("Applying database migrations…"):
             _upgrade(settings)
     console.print(f"LunoGen {__version__} on http://{host}:{port} (data in {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True,
-                log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @db_app.command("upgrade")
@@ -123,17 +129,20 @@ def user_create(
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     settings = _settings()
 
-    async def work(sm: async_sessionmaker[AsyncSession]) -> str:
+    async def work(sm: async_sessionmaker[AsyncSession]) -> tuple[str, str]:
         async with sm() as session:
             user = await accounts.create_user_admin(
-                session, email=email, name=name or email.split("@")[0], password=password,
+                session,
+                email=email,
+                name=name or email.split("@")[0],
+                password=password,
                 role=role,
             )
             await session.commit()
-            return user.id
+            return user.id, user.email
 
-    user_id = _run_db(settings, work)
-    console.print(f"Created {role} {email} (id {user_id}).")
+    user_id, stored_email = _run_db(settings, work)
+    console.print(f"Created {role} {stored_email} (id {user_id}).")
     if password is None:
         console.print("No password set: use 'Forgot password' or Google to sign in.")
 
@@ -142,7 +151,9 @@ def user_create(
 def apikey_create(
     email: str,
     name: Annotated[str, typer.Option(help="A name to recognise the key by")] = "CLI key",
-    scope: Annotated[list[str] | None, typer.Option(help="Scope (repeatable); default full")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="Scope (repeatable); default full")
+    ] = None,
 ) -> None:
     """Create a developer key for EMAIL and print it once. Plan key limits apply."""
     from lunogen.account import service as accounts
@@ -220,7 +231,7 @@ def secrets_rotate(
     With the key file in the data dir, a new key is generated and put first. With
     LUNOGEN_SECRET_KEYS, put a new key first yourself (`secrets generate-key`), then run this.
     """
-    from lunogen.kit.crypto import Key, KeyRing, load_keyring, write_key_file
+    from lunogen.kit.crypto import CryptoError, Key, KeyRing, load_keyring, write_key_file
     from lunogen.kit.rotation import count_encrypted, reencrypt_all
     from lunogen.secret_columns import ENCRYPTED_COLUMNS
 
@@ -240,7 +251,14 @@ def secrets_rotate(
                 sm, ring, ENCRYPTED_COLUMNS, lambda n: progress.advance(task, n)
             )
 
-    changed = _run_db(settings, work)
+    try:
+        changed = _run_db(settings, work)
+    except CryptoError as exc:
+        err_console.print(
+            f"[red]Error:[/red] a stored secret cannot be decrypted ({exc}). Keep every old key "
+            "in the ring: LUNOGEN_SECRET_KEYS=<new key>,<old keys…> (or the data-dir key file)."
+        )
+        raise typer.Exit(1) from exc
     console.print(f"Re-encrypted {changed} secret(s) under key {ring.primary_id}.")
     if prune and from_file:
         write_key_file(settings.data_dir, KeyRing([ring.keys[0]]))

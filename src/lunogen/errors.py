@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -108,23 +109,167 @@ def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
     )
 
 
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request, for example a body that is not valid JSON",
+    401: "Missing, unknown or revoked credentials",
+    403: "Not allowed: missing scope, account setup incomplete, CSRF token missing, or plan limit",
+    404: "Not found, or not visible to you",
+    409: "Conflicts with the current state",
+    422: "Invalid input; `details` names each field at fault",
+    429: "Too many requests; retry after `Retry-After` seconds",
+}
+_ERROR_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "title": "Error",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "FieldError": {
+        "type": "object",
+        "title": "FieldError",
+        "required": ["field", "message"],
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "ValidationFailed": {
+        "type": "object",
+        "title": "ValidationFailed",
+        "required": ["error", "message", "details"],
+        "properties": {
+            "error": {"type": "string", "const": "Validation failed"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+        },
+    },
+}
+_RATE_LIMIT_HEADERS = {
+    name: {"description": description, "schema": {"type": "integer"}}
+    for name, description in (
+        ("Retry-After", "Seconds until a request may succeed"),
+        ("X-RateLimit-Limit", "Requests allowed per minute for this key"),
+        ("X-RateLimit-Remaining", "Requests left in the current window"),
+        ("X-RateLimit-Reset", "Unix time when the window frees up"),
+    )
+}
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route, naming error statuses beyond those every route gets documented.
+
+    Every operation is documented with 422 (if it takes input), 400 (if it takes a body),
+    401/403/429 (if it needs credentials) and 404 (if it has path parameters); add others here.
+    """
+    return {code: {"description": ERROR_DESCRIPTIONS.get(code, "Error")} for code in codes}
+
+
+def _error_content(code: int) -> dict[str, Any]:
+    name = "ValidationFailed" if code == 422 else "Error"
+    return {"schema": {"$ref": f"#/components/schemas/{name}"}}
+
+
+def _generic_error_codes(operation: dict[str, Any]) -> set[int]:
+    params = operation.get("parameters", [])
+    body_types = operation.get("requestBody", {}).get("content", {})
+    codes: set[int] = set()
+    if params or body_types:
+        codes.add(422)
+    if body_types:
+        codes.add(400)
+    if any(p.get("in") == "path" for p in params):
+        codes.add(404)
+    if operation.get("security"):
+        codes.update((401, 403, 429))
+    if any(t in body_types for t in _FORM_TYPES):
+        codes.add(403)  # form posts must carry the CSRF token
+    return codes
+
+
+def _document_operation(operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation["responses"]
+    for code in sorted(_generic_error_codes(operation)):
+        responses.setdefault(str(code), {"description": ERROR_DESCRIPTIONS[code]})
+    for code_text, response in responses.items():
+        if not code_text.isdigit() or int(code_text) < 400:
+            continue
+        json_content = response.setdefault("content", {}).setdefault("application/json", {})
+        if code_text == "422" or "schema" not in json_content:
+            json_content.update(_error_content(int(code_text)))
+        if code_text == "429":
+            response.setdefault("headers", {}).update(_RATE_LIMIT_HEADERS)
+    body_types = operation.get("requestBody", {}).get("content", {})
+    if any(t in body_types for t in _FORM_TYPES):
+        responses.setdefault("303", {"description": "Form posts: go to the next page"})
+        for response in responses.values():
+            if "content" in response:
+                response["content"].setdefault("text/html", {"schema": {"type": "string"}})
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Document the error answers of every operation in `spec` (in place) with our error shapes.
+
+    Replaces FastAPI's default 422 schema (`{"detail": ...}`, which we never send). Operations
+    that take an HTML form also answer form posts with HTML pages or a 303 redirect.
+    """
+    spec.setdefault("components", {}).setdefault("schemas", {}).update(_ERROR_SCHEMAS)
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                _document_operation(operation)
+    text = json.dumps(spec.get("paths", {}))
+    for name in _FASTAPI_ERROR_SCHEMAS:
+        if f"#/components/schemas/{name}" not in text:
+            spec["components"]["schemas"].pop(name, None)
+    return spec
+
+
+def _install_openapi_errors(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_errors(generate())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The one error handler of the app, and the OpenAPI documentation of its error answers."""
+    _install_openapi_errors(app)
+
     @app.exception_handler(LunogenError)
     async def _lunogen_error(request: Request, exc: LunogenError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(list(exc.errors()))
+        errors = list(exc.errors())
+        if any(err.get("type") == "json_invalid" for err in errors):
+            # Same answer as the endpoints that parse their body themselves (kit.forms).
+            return JSONResponse(
+                status_code=400, content={"error": "Invalid JSON", "message": "Malformed JSON body"}
+            )
+        return validation_response(errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        names = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
-        error = names.get(exc.status_code, str(exc.detail))
+        body = {"error": str(exc.detail), "message": str(exc.detail)}
+        if exc.status_code == 404:
+            body = {"error": "Not found", "message": f"Nothing at {request.url.path}"}
+        elif exc.status_code == 405:
+            body = {
+                "error": "Method not allowed",
+                "message": f"{request.method} is not allowed on {request.url.path}",
+            }
+        elif exc.status_code == 400:
+            body = {"error": "Bad request", "message": str(exc.detail)}
+            if request.headers.get("content-type", "").startswith("application/json"):
+                body = {"error": "Invalid JSON", "message": "Malformed JSON body"}
         return JSONResponse(
-            status_code=exc.status_code,
-            content={"error": error, "message": str(exc.detail)},
-            headers=getattr(exc, "headers", None),
+            status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)

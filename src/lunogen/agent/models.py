@@ -40,9 +40,7 @@ class AgentChannel(IdMixin, CreatedMixin, Base):
 
     __tablename__ = "agent_channels"
 
-    agent_id: Mapped[str] = mapped_column(
-        ForeignKey("agents.id", ondelete="CASCADE"), index=True
-    )
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(default=0)
     type: Mapped[str] = mapped_column(String(20))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from lunogen.account import service as accounts
@@ -38,7 +39,13 @@ from lunogen.auth.sessions import (
 from lunogen.config import Settings
 from lunogen.dashboard.render import render
 from lunogen.db import DbSession
-from lunogen.errors import ForbiddenError, LunogenError, TooManyRequestsError, validation_details
+from lunogen.errors import (
+    ForbiddenError,
+    LunogenError,
+    TooManyRequestsError,
+    error_responses,
+    validation_details,
+)
 from lunogen.kit.forms import body_doc, is_form, parse_body
 from lunogen.kit.web import ClientInfo
 
@@ -47,27 +54,50 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 async def _form_or_json(
     request: Request,
+    db: AsyncSession,
     page: str,
     action: Callable[[], Awaitable[Response]],
     **page_context: Any,
 ) -> Response:
-    """Run `action`; for a browser form, show errors on `page` instead of as JSON."""
+    """Run `action`; for a browser form, show errors on `page` instead of as JSON.
+
+    A failed form post is rolled back like a failed JSON call (e.g. a reset link is not used
+    up by a too-weak password); the page is rendered first, while the ORM objects are loaded.
+    """
     if not is_form(request):
         return await action()
     try:
         return await action()
     except LunogenError as exc:
         message = exc.message or exc.error
-        return render(request, page, status_code=exc.status_code, error=message, **page_context)
+        response = render(request, page, status_code=exc.status_code, error=message, **page_context)
+        response.headers.update(exc.headers)
     except RequestValidationError as exc:
         details = validation_details(list(exc.errors()))
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-        return render(request, page, status_code=422, error=message, **page_context)
+        response = render(request, page, status_code=422, error=message, **page_context)
+    await db.rollback()
+    return response
 
 
-async def _check_anonymous_form_csrf(request: Request) -> None:
-    """A form post without a session must echo the `lg_csrf` cookie (double submit)."""
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _check_anonymous_csrf(request: Request) -> None:
+    """Anonymous posts: a form must echo the `lg_csrf` cookie (double submit); else JSON only.
+
+    Another site can post `text/plain` or a typeless body without a CORS preflight; were such a
+    body read as JSON, a hostile page could sign its visitor in to the attacker's account.
+    """
     if not is_form(request):
+        if not _is_json(request) and await request.body():
+            raise LunogenError(
+                "Send the body as application/json (or as an HTML form from our pages)",
+                error="Unsupported media type",
+                status_code=415,
+            )
         return
     form = await request.form()
     presented = form.get("csrf_token")
@@ -82,13 +112,17 @@ def _settings(request: Request) -> Settings:
 
 
 @router.post(
-    "/register", status_code=201, response_model=UserOut, openapi_extra=body_doc(RegisterIn)
+    "/register",
+    status_code=201,
+    response_model=UserOut,
+    responses=error_responses(409),
+    openapi_extra=body_doc(RegisterIn),
 )
 async def register(request: Request, db: DbSession) -> Response:
     """Create an account. A verification link is emailed; sign-in works once it is opened."""
 
     async def action() -> Response:
-        await _check_anonymous_form_csrf(request)
+        await _check_anonymous_csrf(request)
         data = await parse_body(request, RegisterIn)
         user = await accounts.register(
             db,
@@ -98,11 +132,16 @@ async def register(request: Request, db: DbSession) -> Response:
             keyring=request.app.state.keyring,
         )
         if is_form(request):
-            return render(request, "message.html", status_code=201, title="Check your inbox",
-                          message=f"We sent a verification link to {user.email}.")
+            return render(
+                request,
+                "message.html",
+                status_code=201,
+                title="Check your inbox",
+                message=f"We sent a verification link to {user.email}.",
+            )
         return JSONResponse(accounts.user_out(user).model_dump(mode="json"), status_code=201)
 
-    return await _form_or_json(request, "register.html", action)
+    return await _form_or_json(request, db, "register.html", action)
 
 
 @router.post("/verify", response_model=UserOut, openapi_extra=body_doc(TokenIn))
@@ -110,23 +149,29 @@ async def verify_email(request: Request, db: DbSession) -> Response:
     """Confirm an email address with the single-use token from the verification link."""
 
     async def action() -> Response:
-        await _check_anonymous_form_csrf(request)
+        await _check_anonymous_csrf(request)
         data = await parse_body(request, TokenIn)
         user = await accounts.verify_email(
             db, token=data.token, client=ClientInfo.from_request(request)
         )
         if is_form(request):
-            return render(request, "message.html", title="Email verified",
-                          message="Your email is verified. You can sign in now.",
-                          link="/login", link_text="Sign in")
+            return render(
+                request,
+                "message.html",
+                title="Email verified",
+                message="Your email is verified. You can sign in now.",
+                link="/login",
+                link_text="Sign in",
+            )
         return JSONResponse(accounts.user_out(user).model_dump(mode="json"))
 
     token = request.query_params.get("token", "")
-    return await _form_or_json(request, "verify.html", action, token=token)
+    return await _form_or_json(request, db, "verify.html", action, token=token)
 
 
-@router.post("/verify/resend", status_code=202, response_model=MessageOut,
-             openapi_extra=body_doc(EmailIn))
+@router.post(
+    "/verify/resend", status_code=202, response_model=MessageOut, openapi_extra=body_doc(EmailIn)
+)
 async def resend_verification(request: Request, db: DbSession) -> Response:
     """Email a new verification link if the address has an unverified account."""
     data = await parse_body(request, EmailIn)
@@ -159,12 +204,17 @@ async def _sign_in_throttle(request: Request, email: str) -> tuple[list[str], Se
     return keys, settings
 
 
-@router.post("/login", response_model=MeOut, openapi_extra=body_doc(LoginIn))
+@router.post(
+    "/login",
+    response_model=MeOut,
+    responses=error_responses(401, 429),
+    openapi_extra=body_doc(LoginIn),
+)
 async def sign_in(request: Request, db: DbSession) -> Response:
     """Sign in with email and password; sets the `lg_session` and `lg_csrf` cookies."""
 
     async def action() -> Response:
-        await _check_anonymous_form_csrf(request)
+        await _check_anonymous_csrf(request)
         data = await parse_body(request, LoginIn)
         keys, settings = await _sign_in_throttle(request, data.email)
         limiter: RateLimiter = request.app.state.rate_limiter
@@ -190,7 +240,7 @@ async def sign_in(request: Request, db: DbSession) -> Response:
         set_session_cookies(response, token=token, csrf_token=row.csrf_token, settings=settings)
         return response
 
-    return await _form_or_json(request, "login.html", action)
+    return await _form_or_json(request, db, "login.html", action)
 
 
 @router.post("/logout", status_code=204)
@@ -198,10 +248,13 @@ async def sign_out(request: Request, principal: SetupUser, db: DbSession) -> Res
     """End this browser session (with a key: nothing to end, use DELETE /api/v1/keys)."""
     if principal.auth_session is not None:
         await revoke_session(db, principal.auth_session)
-        audit.record(db, action="auth.sign_out", actor_user_id=principal.user.id,
-                     client=principal.client)
+        audit.record(
+            db, action="auth.sign_out", actor_user_id=principal.user.id, client=principal.client
+        )
     response: Response = (
-        RedirectResponse("/login", status_code=303) if is_form(request) else Response(status_code=204)
+        RedirectResponse("/login", status_code=303)
+        if is_form(request)
+        else Response(status_code=204)
     )
     clear_session_cookies(response, _settings(request))
     return response
@@ -211,9 +264,14 @@ async def sign_out(request: Request, principal: SetupUser, db: DbSession) -> Res
 async def sign_out_everywhere(request: Request, principal: SetupUser, db: DbSession) -> Response:
     """Revoke every browser session of this account, this one included."""
     count = await revoke_all_sessions(db, user_id=principal.user.id)
-    audit.record(db, action="auth.sign_out_everywhere", actor_user_id=principal.user.id,
-                 actor_key_id=principal.key_id, client=principal.client,
-                 details={"sessions": count})
+    audit.record(
+        db,
+        action="auth.sign_out_everywhere",
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        details={"sessions": count},
+    )
     response: Response = (
         RedirectResponse("/login", status_code=303)
         if is_form(request)
@@ -231,33 +289,36 @@ async def give_consent(request: Request, principal: SetupUser, db: DbSession) ->
 
     async def action() -> Response:
         data = await parse_body(request, ConsentIn)
-        user = await accounts.give_consent(db, user=principal.user, data=data,
-                                           client=principal.client)
+        user = await accounts.give_consent(
+            db, user=principal.user, data=data, client=principal.client
+        )
         if is_form(request):
             return RedirectResponse("/account", status_code=303)
         return JSONResponse(accounts.me_out(user).model_dump(mode="json"))
 
-    return await _form_or_json(request, "onboarding.html", action, user=principal.user)
+    return await _form_or_json(request, db, "onboarding.html", action, user=principal.user)
 
 
-@router.post("/password/forgot", status_code=202, response_model=MessageOut,
-             openapi_extra=body_doc(EmailIn))
+@router.post(
+    "/password/forgot", status_code=202, response_model=MessageOut, openapi_extra=body_doc(EmailIn)
+)
 async def forgot_password(request: Request, db: DbSession) -> Response:
     """Email a single-use password reset link (the answer is the same for unknown addresses)."""
 
     async def action() -> Response:
-        await _check_anonymous_form_csrf(request)
+        await _check_anonymous_csrf(request)
         data = await parse_body(request, EmailIn)
         await accounts.request_password_reset(
             db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
         )
         message = "If that address has an account, a reset link is on its way."
         if is_form(request):
-            return render(request, "message.html", status_code=202, title="Check your inbox",
-                          message=message)
+            return render(
+                request, "message.html", status_code=202, title="Check your inbox", message=message
+            )
         return JSONResponse({"message": message}, status_code=202)
 
-    return await _form_or_json(request, "forgot.html", action)
+    return await _form_or_json(request, db, "forgot.html", action)
 
 
 @router.post("/password/reset", response_model=MessageOut, openapi_extra=body_doc(PasswordResetIn))
@@ -265,23 +326,30 @@ async def reset_password(request: Request, db: DbSession) -> Response:
     """Set a new password with the token from the reset link; signs out every session."""
 
     async def action() -> Response:
-        await _check_anonymous_form_csrf(request)
+        await _check_anonymous_csrf(request)
         data = await parse_body(request, PasswordResetIn)
         await accounts.reset_password(
             db, token=data.token, password=data.password, client=ClientInfo.from_request(request)
         )
         message = "Your password is changed. Sign in with the new one."
         if is_form(request):
-            return render(request, "message.html", title="Password changed", message=message,
-                          link="/login", link_text="Sign in")
+            return render(
+                request,
+                "message.html",
+                title="Password changed",
+                message=message,
+                link="/login",
+                link_text="Sign in",
+            )
         return JSONResponse({"message": message})
 
     token = request.query_params.get("token", "")
-    return await _form_or_json(request, "reset.html", action, token=token)
+    return await _form_or_json(request, db, "reset.html", action, token=token)
 
 
-@router.post("/password/change", response_model=MessageOut,
-             openapi_extra=body_doc(PasswordChangeIn))
+@router.post(
+    "/password/change", response_model=MessageOut, openapi_extra=body_doc(PasswordChangeIn)
+)
 async def change_password(request: Request, principal: SetupUser, db: DbSession) -> Response:
     """Change your password; every other session is signed out."""
     if principal.api_key is not None:

@@ -75,8 +75,13 @@ async def google_start(request: Request) -> Response:
         response: Response = await client.authorize_redirect(request, redirect_uri)
     except (httpx.HTTPError, AuthlibBaseError, ValueError, KeyError) as exc:
         log.warning("google_discovery_failed", error=str(exc))
-        return render(request, "message.html", status_code=502, title="Google sign-in unavailable",
-                      message="We could not reach Google. Try again in a minute.")
+        return render(
+            request,
+            "message.html",
+            status_code=502,
+            title="Google sign-in unavailable",
+            message="We could not reach Google. Try again in a minute.",
+        )
     return response
 
 
@@ -95,8 +100,13 @@ async def google_callback(request: Request, db: DbSession) -> Response:
             raise GoogleSignInError("Your sign-in attempt expired or came from another browser")
         token = await client.authorize_access_token(
             request,
-            claims_options={"iss": {"essential": True, "values": await _issuer_values(client)},
-                            "exp": {"essential": True}, "sub": {"essential": True}},
+            claims_options={
+                "iss": {"essential": True, "values": await _issuer_values(client)},
+                # Authlib checks `aud` only through `azp`; a token for another client must fail.
+                "aud": {"essential": True, "value": settings.google_client_id},
+                "exp": {"essential": True},
+                "sub": {"essential": True},
+            },
             leeway=30,
         )
         claims = token.get("userinfo")
@@ -105,12 +115,26 @@ async def google_callback(request: Request, db: DbSession) -> Response:
         user = await sign_in_with_google(
             db, claims=dict(claims), client=ClientInfo.from_request(request)
         )
-    except (AuthlibBaseError, JoseError, httpx.HTTPError, GoogleSignInError, KeyError) as exc:
+    except (
+        AuthlibBaseError,
+        JoseError,
+        httpx.HTTPError,
+        GoogleSignInError,
+        KeyError,
+        ValueError,
+    ) as exc:  # ValueError: a token endpoint answering something other than JSON
         request.session.clear()
         reason = exc.message if isinstance(exc, GoogleSignInError) else _describe(exc)
-        log.info("google_sign_in_failed", reason=reason)
-        return render(request, "message.html", status_code=400, title="Google sign-in failed",
-                      message=reason, link="/login", link_text="Back to sign in")
+        log.info("google_sign_in_failed", reason=reason, error=repr(exc))
+        return render(
+            request,
+            "message.html",
+            status_code=400,
+            title="Google sign-in failed",
+            message=reason,
+            link="/login",
+            link_text="Back to sign in",
+        )
     request.session.clear()
     row, session_token = await create_session(
         db, user=user, client=ClientInfo.from_request(request), settings=settings
@@ -122,6 +146,8 @@ async def google_callback(request: Request, db: DbSession) -> Response:
 
 
 def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPError | ValueError):
+        return "Google did not answer as expected. Try again in a minute."
     description = getattr(exc, "description", None) or getattr(exc, "error", None)
     return f"{type(exc).__name__}: {description or exc}"
 
@@ -147,20 +173,53 @@ async def sign_in_with_google(
             )
         user = await accounts.find_by_email(session, email)
         if user is not None:
+            if user.google_sub is not None:
+                raise GoogleSignInError(
+                    "This email address is already linked to a different Google account"
+                )
+            details: dict[str, Any] = {}
+            if user.email_verified_at is None:
+                # Nobody proved they own this address, so whoever registered it may not be the
+                # person Google just vouched for: drop their password and their attestation.
+                user.password_hash = None
+                user.name = name
+                user.age_attested_at = None
+                user.terms_version = user.privacy_version = None
+                user.email_verified_at = utcnow()
+                details["unverified_account_reset"] = True
             user.google_sub = sub
-            user.email_verified_at = user.email_verified_at or utcnow()
-            audit.record(session, action="account.google_linked", actor_user_id=user.id,
-                         client=client, target_type="user", target_id=user.id)
+            audit.record(
+                session,
+                action="account.google_linked",
+                actor_user_id=user.id,
+                client=client,
+                target_type="user",
+                target_id=user.id,
+                details=details,
+            )
         else:
+            if await session.scalar(select(User.id).where(User.email == email)) is not None:
+                raise GoogleSignInError("This email address belongs to a closed account")
             user = User(email=email, name=name, google_sub=sub, email_verified_at=utcnow())
             session.add(user)
             await session.flush()
-            audit.record(session, action="account.registered", actor_user_id=user.id,
-                         client=client, target_type="user", target_id=user.id,
-                         details={"method": "google"})
+            audit.record(
+                session,
+                action="account.registered",
+                actor_user_id=user.id,
+                client=client,
+                target_type="user",
+                target_id=user.id,
+                details={"method": "google"},
+            )
     user.name = user.name or name
     if isinstance(picture, str) and picture.startswith("https://"):
         user.picture_url = picture[:2000]
-    audit.record(session, action="auth.sign_in", actor_user_id=user.id, client=client,
-                 details={"method": "google"})
+    audit.record(
+        session,
+        action="auth.sign_in",
+        actor_user_id=user.id,
+        client=client,
+        details={"method": "google"},
+    )
     return user

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -17,14 +17,21 @@ from limits.aio.strategies import MovingWindowRateLimiter
 
 @dataclass(frozen=True)
 class RateLimitStatus:
+    """A snapshot taken at `checked_at`, so headers and body always agree."""
+
     allowed: bool
     limit: int
     remaining: int
-    reset_at: int
+    reset_time: float  # epoch seconds when the oldest counted request leaves the window
+    checked_at: float = field(default_factory=time.time)
+
+    @property
+    def reset_at(self) -> int:
+        return math.ceil(self.reset_time)
 
     @property
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.reset_at - time.time()))
+        return max(1, math.ceil(self.reset_time - self.checked_at))
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -40,7 +47,9 @@ class RateLimitStatus:
 def create_storage(redis_url: str | None) -> Storage:
     if redis_url:
         scheme, sep, rest = redis_url.partition("://")
-        return RedisStorage(f"async+{scheme}{sep}{rest}", key_prefix="lunogen")
+        return RedisStorage(
+            f"async+{scheme}{sep}{rest}", key_prefix="lunogen", implementation="redispy"
+        )
     return MemoryStorage()
 
 
@@ -60,7 +69,7 @@ class RateLimiter:
             allowed=allowed,
             limit=item.amount,
             remaining=max(0, stats.remaining),
-            reset_at=math.ceil(stats.reset_time),
+            reset_time=stats.reset_time,
         )
 
     async def failures_exceeded(self, key: str, limit: int, window_seconds: int) -> int | None:

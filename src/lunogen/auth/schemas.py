@@ -14,7 +14,12 @@ class ApiKeyCreate(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] = (
         "API key"
     )
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.FULL], max_length=20)
+    scopes: list[Scope] = Field(
+        default_factory=lambda: [Scope.FULL],
+        min_length=1,
+        max_length=20,
+        description="What the key may do; `full` grants every scope",
+    )
 
 
 class ApiKeyOut(BaseModel):

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "v1"
 KEY_FILE = "secret_keys"
+NONCE_BYTES = 12
+TAG_BYTES = 16
 
 
 class CryptoError(Exception):
@@ -31,6 +33,23 @@ def _b64e(raw: bytes) -> str:
 
 def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _split(token: str) -> tuple[str, bytes]:
+    """The key id and the raw nonce + ciphertext + tag of a ``v1.<key_id>.<payload>`` token."""
+    try:
+        prefix, key_id, payload = token.split(".", 2)
+    except ValueError as exc:
+        raise CryptoError("not an encrypted value") from exc
+    if prefix != PREFIX:
+        raise CryptoError("unknown ciphertext version")
+    try:
+        raw = _b64d(payload)
+    except ValueError as exc:
+        raise CryptoError("ciphertext is not valid base64url") from exc
+    if len(raw) < NONCE_BYTES + TAG_BYTES:
+        raise CryptoError("ciphertext is truncated")
+    return key_id, raw
 
 
 @dataclass(frozen=True)
@@ -84,28 +103,22 @@ class KeyRing:
 
     def encrypt(self, plaintext: str) -> str:
         key_id = self.primary_id
-        nonce = secrets.token_bytes(12)
+        nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._by_id[key_id].encrypt(nonce, plaintext.encode(), key_id.encode())
         return f"{PREFIX}.{key_id}.{_b64e(nonce + sealed)}"
 
     def decrypt(self, token: str) -> str:
-        try:
-            prefix, key_id, payload = token.split(".", 2)
-        except ValueError as exc:
-            raise CryptoError("not an encrypted value") from exc
-        if prefix != PREFIX:
-            raise CryptoError("unknown ciphertext version")
+        key_id, raw = _split(token)
         aead = self._by_id.get(key_id)
         if aead is None:
             raise CryptoError(f"no key {key_id!r} in the key ring")
-        raw = _b64d(payload)
         try:
-            return aead.decrypt(raw[:12], raw[12:], key_id.encode()).decode()
+            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], key_id.encode()).decode()
         except InvalidTag as exc:
             raise CryptoError("ciphertext failed authentication") from exc
 
     def needs_rotation(self, token: str) -> bool:
-        return token.split(".", 2)[1] != self.primary_id
+        return _split(token)[0] != self.primary_id
 
     def reencrypt(self, token: str) -> str:
         return self.encrypt(self.decrypt(token))
@@ -120,19 +133,31 @@ def load_keyring(secret_keys: str | None, data_dir: Path) -> KeyRing:
     if secret_keys:
         return KeyRing.parse(secret_keys)
     path = key_file(data_dir)
-    if path.exists():
-        return KeyRing.parse(path.read_text())
-    ring = KeyRing([Key.generate()])
-    write_key_file(data_dir, ring)
-    return ring
+    if not path.exists():
+        # Two processes starting at once on a fresh data dir must end up with the same key.
+        tmp = _write_tmp(data_dir, KeyRing([Key.generate()]))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this filesystem
+            if not path.exists():
+                tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return KeyRing.parse(path.read_text())
 
 
 def write_key_file(data_dir: Path, ring: KeyRing) -> None:
+    """Replace the key file atomically (mode 0600)."""
+    _write_tmp(data_dir, ring).replace(key_file(data_dir))
+
+
+def _write_tmp(data_dir: Path, ring: KeyRing) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = key_file(data_dir)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(ring.specs() + "\n")
     os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    return tmp

@@ -37,7 +37,9 @@ async def parse_body(request: Request, model: type[M]) -> M:
     if is_form(request):
         form = await request.form()
         data: dict[str, Any] = {
-            key: value for key, value in form.items() if key != "csrf_token" and isinstance(value, str)
+            key: value
+            for key, value in form.items()
+            if key != "csrf_token" and isinstance(value, str)
         }
         for name, field in model.model_fields.items():
             if field.annotation is bool and name not in data:
@@ -46,7 +48,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raw = await request.body()
         try:
             data = json.loads(raw) if raw else {}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BadRequestError("Malformed JSON body", error="Invalid JSON") from exc
         if not isinstance(data, dict):
             raise RequestValidationError(

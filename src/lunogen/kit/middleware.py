@@ -1,13 +1,17 @@
-"""Pure ASGI middleware: security headers, rate-limit headers, request metrics."""
+"""Pure ASGI middleware: security headers, rate-limit headers, request metrics, NUL guard."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lunogen.errors import validation_response
 
 CSP = (
     "default-src 'self'; img-src 'self' data: https:; style-src 'self'; script-src 'self'; "
@@ -90,3 +94,96 @@ class MetricsMiddleware:
             method = scope.get("method", "GET")
             self.metrics.requests.labels(method, template, str(status_holder["status"])).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
+_CHECKED_BODIES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def _nul_in_json(value: Any, loc: tuple[str, ...]) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        items: list[tuple[str, Any]] = list(value.items())
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, item in items:
+        if "\x00" in key:
+            return (*loc, key.replace("\x00", ""))
+        found = _nul_in_json(item, (*loc, key))
+        if found:
+            return found
+    return None
+
+
+def _nul_in_pairs(text: str, loc: str) -> tuple[str, ...] | None:
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if "\x00" in key or "\x00" in value:
+            return (loc, key.replace("\x00", ""))
+    return None
+
+
+def _nul_in_body(body: bytes, content_type: str) -> tuple[str, ...] | None:
+    if content_type.startswith("application/json"):
+        if b"\\u0000" not in body:
+            return None
+        try:
+            return _nul_in_json(json.loads(body), ("body",))
+        except (ValueError, RecursionError):
+            return None  # not JSON: the endpoint answers that itself
+    if b"%00" not in body and b"\x00" not in body:
+        return None
+    return _nul_in_pairs(body.decode("latin-1"), "body")
+
+
+class RejectNulMiddleware:
+    """Refuse text with NUL characters anywhere in the URL or a JSON/form body with a 422.
+
+    PostgreSQL cannot store NUL in text columns (and a NUL in an email or a name is never
+    meant), so it is refused at the edge for every endpoint, naming the field at fault.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        found: tuple[str, ...] | None = None
+        if "\x00" in scope["path"]:
+            found = ("path", "url")
+        else:
+            query = scope.get("query_string", b"")
+            if b"%00" in query or b"\x00" in query:
+                found = _nul_in_pairs(query.decode("latin-1"), "query")
+        content_type = ""
+        for name, value in scope.get("headers", []):
+            if name == b"content-type":
+                content_type = value.decode("latin-1").lower()
+        if found is None and content_type.startswith(_CHECKED_BODIES):
+            receive, found = await self._check_body(receive, content_type)
+        if found is not None:
+            errors = [{"loc": found, "msg": NUL_MESSAGE, "type": "nul_character"}]
+            await validation_response(errors)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _check_body(
+        self, receive: Receive, content_type: str
+    ) -> tuple[Receive, tuple[str, ...] | None]:
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        found = _nul_in_body(body, content_type)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        return replay, found

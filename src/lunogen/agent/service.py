@@ -1,0 +1,308 @@
+"""Agent configuration: create, read, update, delete, scoped to the owner.
+
+`visible_agents` is the one gate to a tenant's agents: every read and write goes through it (via
+`get_agent` for one agent), so another tenant's agent and a deleted one look exactly like an id
+that never existed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.account.models import User
+from lunogen.account.plans import PlanLimits, limits_for
+from lunogen.agent import schemas
+from lunogen.agent.models import Agent
+from lunogen.audit import service as audit
+from lunogen.auth.dependencies import Principal
+from lunogen.channel.service import ChannelChanges, apply_channels
+from lunogen.errors import ForbiddenError, NotFoundError, ValidationFailedError
+from lunogen.kit.crypto import KeyRing
+from lunogen.kit.time import utcnow
+from lunogen.llm import catalog
+from lunogen.tool.registry import registry
+
+PURGE_AFTER = timedelta(days=30)
+# Statuses in which an agent answers (or will answer) messages: a delete stops it. `paused`
+# counts, since a paused agent would resume on the next credit top-up.
+_ACTIVE = frozenset({"deploying", "running", "paused"})
+
+Revealed = dict[str, dict[str, str]]
+Problems = list[tuple[str, str]]
+
+
+def agent_not_found() -> NotFoundError:
+    return NotFoundError(error="Agent not found")
+
+
+def visible_agents(*, owner_id: str) -> Select[Agent]:
+    """The owner's agents that are not deleted. Every agent query starts here."""
+    return select(Agent).where(Agent.owner_id == owner_id, Agent.deleted_at.is_(None))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+async def get_agent(
+    session: AsyncSession, *, owner_id: str, agent_id: str, for_update: bool = False
+) -> Agent:
+    """One of the owner's live agents, else `404 Agent not found` (whoever owns the id).
+
+    `for_update` locks the row (PostgreSQL) so concurrent edits apply one after the other.
+    """
+    if not _is_uuid(agent_id):
+        raise agent_not_found()
+    query = visible_agents(owner_id=owner_id).where(Agent.id == agent_id)
+    if for_update:
+        query = query.with_for_update()
+    agent = (await session.execute(query)).scalar_one_or_none()
+    if agent is None:
+        raise agent_not_found()
+    return agent
+
+
+async def list_agents(
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    status: schemas.AgentStatus | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Agent], int]:
+    """A page of the owner's agents, newest first, and the total matching."""
+    query = visible_agents(owner_id=owner_id)
+    if status is not None:
+        query = query.where(Agent.status == status.value)
+    total = int(
+        (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    )
+    rows = await session.execute(
+        query.order_by(Agent.created_at.desc(), Agent.id.desc()).limit(limit).offset(offset)
+    )
+    return list(rows.scalars()), total
+
+
+async def unknown_skills(
+    session: AsyncSession, *, owner_id: str, skill_ids: list[str]
+) -> list[str]:
+    """The ids in `skill_ids` that the owner cannot use.
+
+    No skills exist yet, so every id is unknown. The skills issue replaces this body with a
+    lookup of the skills visible to `owner_id`; callers need not change.
+    """
+    return list(skill_ids)
+
+
+async def _reference_problems(
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    model: str | None,
+    skills: list[str] | None,
+    tools: list[str] | None,
+) -> Problems:
+    problems: Problems = []
+    if model is not None and await catalog.get_model(session, model) is None:
+        problems.append(("model", f"unknown model '{model}'; see GET /api/v1/models"))
+    if tools:
+        unknown = registry.unknown(tools)
+        if unknown:
+            problems.append(("tools", f"{_plural(unknown, 'unknown tool')}; see GET /api/v1/tools"))
+    if skills:
+        unknown = await unknown_skills(session, owner_id=owner_id, skill_ids=skills)
+        if unknown:
+            problems.append(("skills", _plural(unknown, "unknown skill")))
+    return problems
+
+
+def _plural(names: list[str], noun: str) -> str:
+    quoted = ", ".join(f"'{n}'" for n in names)
+    return f"{noun}{'s' if len(names) > 1 else ''} {quoted}"
+
+
+def _raise_problems(problems: Problems) -> None:
+    if not problems:
+        return
+    error = ValidationFailedError(
+        "; ".join(f"{field}: {message}" for field, message in problems), field=problems[0][0]
+    )
+    error.extra["details"] = [{"field": f, "message": m} for f, m in problems]
+    raise error
+
+
+async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
+    # Serialises quota checks of one owner (PostgreSQL); SQLite writers are serial already.
+    await session.execute(select(User.id).where(User.id == owner_id).with_for_update())
+
+
+def _check_channel_quota(limits: PlanLimits, count: int) -> None:
+    if count > limits.channels_per_agent:
+        raise ForbiddenError(
+            f"Your {limits.label} plan allows {limits.channels_per_agent} channels per agent; "
+            "remove one or upgrade to Pro"
+        )
+
+
+async def create_agent(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    data: schemas.AgentCreate,
+    keyring: KeyRing,
+) -> tuple[Agent, Revealed]:
+    """Create a `draft` agent within the plan's limits.
+
+    Returns the agent and the generated channel secrets to show once, by channel id.
+    """
+    owner = principal.user
+    limits = limits_for(owner.plan)
+    await _lock_owner(session, owner.id)
+    count_query = select(func.count()).select_from(visible_agents(owner_id=owner.id).subquery())
+    if int((await session.execute(count_query)).scalar_one()) >= limits.agents:
+        noun = "agent" if limits.agents == 1 else "agents"
+        raise ForbiddenError(
+            f"Your {limits.label} plan allows {limits.agents} {noun}; delete one or upgrade to Pro"
+        )
+    _check_channel_quota(limits, len(data.channels))
+    problems = await _reference_problems(
+        session, owner_id=owner.id, model=data.model, skills=data.skills, tools=data.tools
+    )
+    changes = apply_channels(data.channels, existing=[], keyring=keyring)
+    _raise_problems(problems + changes.problems)
+
+    now = utcnow()
+    agent = Agent(
+        owner_id=owner.id,
+        name=data.name,
+        description=data.description,
+        model=data.model,
+        instructions=data.instructions,
+        status=schemas.AgentStatus.DRAFT.value,
+        status_changed_at=now,
+        skills=data.skills,
+        tools=data.tools,
+        created_at=now,
+        updated_at=now,
+        channels=changes.rows,
+    )
+    session.add(agent)
+    await session.flush()
+    audit.record(
+        session,
+        action="agent.created",
+        actor_user_id=owner.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details={
+            "name": agent.name,
+            "model": agent.model,
+            "channels": [row.type for row in changes.rows],
+            "tools": agent.tools,
+            "skills": agent.skills,
+        },
+    )
+    return agent, changes.revealed
+
+
+async def update_agent(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    agent_id: str,
+    data: schemas.AgentUpdate,
+    keyring: KeyRing,
+) -> tuple[Agent, Revealed]:
+    """Apply the fields sent; `channels`, `skills` and `tools` replace their lists.
+
+    Nothing is written (and no audit row) when nothing changes. Returns the agent and the
+    generated secrets of channels this request added, by channel id.
+    """
+    owner = principal.user
+    agent = await get_agent(session, owner_id=owner.id, agent_id=agent_id, for_update=True)
+    sent = data.model_fields_set
+    new: dict[str, Any] = {
+        name: getattr(data, name)
+        for name in ("name", "description", "model", "instructions", "skills", "tools")
+        if name in sent and getattr(data, name) != getattr(agent, name)
+    }
+    problems = await _reference_problems(
+        session,
+        owner_id=owner.id,
+        model=new.get("model"),
+        skills=new.get("skills"),
+        tools=new.get("tools"),
+    )
+    changes = ChannelChanges()
+    if data.channels is not None:
+        _check_channel_quota(limits_for(owner.plan), len(data.channels))
+        changes = apply_channels(data.channels, existing=list(agent.channels), keyring=keyring)
+        problems += changes.problems
+    _raise_problems(problems)
+
+    if not new and not changes.changed:
+        return agent, {}
+    for name, value in new.items():
+        setattr(agent, name, value)
+    if changes.changed:
+        agent.channels = changes.rows
+    agent.updated_at = utcnow()
+    await session.flush()
+    details: dict[str, Any] = {"fields": sorted([*new, *(["channels"] if changes.changed else [])])}
+    if changes.changed:
+        details["channels"] = {
+            "added": changes.added,
+            "updated": changes.updated,
+            "removed": changes.removed,
+        }
+    audit.record(
+        session,
+        action="agent.updated",
+        actor_user_id=owner.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details=details,
+    )
+    return agent, changes.revealed
+
+
+async def delete_agent(session: AsyncSession, *, principal: Principal, agent_id: str) -> None:
+    """Hide the agent at once, stop it if active, and mark its data for purge in 30 days."""
+    owner = principal.user
+    agent = await get_agent(session, owner_id=owner.id, agent_id=agent_id, for_update=True)
+    now = utcnow()
+    previous_status = agent.status
+    if agent.status in _ACTIVE:
+        # The runtime issue enqueues its stop job (channel deregistration) here, after commit.
+        agent.status = schemas.AgentStatus.STOPPED.value
+        agent.status_changed_at = now
+    agent.deleted_at = now
+    agent.purge_after = now + PURGE_AFTER
+    agent.updated_at = now
+    await session.flush()
+    audit.record(
+        session,
+        action="agent.deleted",
+        actor_user_id=owner.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details={
+            "name": agent.name,
+            "previous_status": previous_status,
+            "purge_after": agent.purge_after.isoformat(),
+        },
+    )

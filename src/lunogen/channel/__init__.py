@@ -1,0 +1,1 @@
+"""Channels: how people reach an agent (webhook, WhatsApp, Telegram, web chat)."""

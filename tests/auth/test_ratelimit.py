@@ -1,0 +1,188 @@
+"""Per-key rate limits by plan, on the memory storage and on Redis.
+
+Each HTTP test runs twice: with the storage the test run chose (Redis when
+LUNOGEN_TEST_REDIS_URL is set, else memory) and explicitly on Redis, so the Redis storage is
+covered in every run. The unit tests of `RateLimiter` run on both storages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from limits.aio.storage import MemoryStorage, RedisStorage
+
+from lunogen.auth.ratelimit import RateLimiter, create_storage
+from tests.helpers import Api, Signed
+
+REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
+RUN_USES_REDIS = bool(os.environ.get("LUNOGEN_TEST_REDIS_URL"))
+
+
+@pytest.fixture(params=["run-default", "redis"])
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings_overrides(storage: str) -> dict[str, object]:
+    return {"redis_url": REDIS_URL} if storage == "redis" else {}
+
+
+def _expected_storage(storage: str) -> type:
+    return RedisStorage if storage == "redis" or RUN_USES_REDIS else MemoryStorage
+
+
+async def _keyed(api: Api, person: Signed | None = None) -> tuple[Signed, httpx.AsyncClient, str]:
+    person = person or await api.sign_up()
+    key = await api.create_key(person)
+    return person, api.key_client(key), key
+
+
+def _assert_limit_headers(response: httpx.Response, *, limit: int, remaining: int) -> None:
+    assert response.headers["X-RateLimit-Limit"] == str(limit)
+    assert response.headers["X-RateLimit-Remaining"] == str(remaining)
+    reset = int(response.headers["X-RateLimit-Reset"])
+    assert time.time() - 5 <= reset <= time.time() + 61
+
+
+async def test_free_key_gets_30_requests_then_429(api: Api, app: FastAPI, storage: str) -> None:
+    assert isinstance(app.state.rate_limiter.storage, _expected_storage(storage))
+    person, keyed, _key = await _keyed(api)
+    for n in range(30):
+        response = await keyed.get("/api/v1/me")
+        assert response.status_code == 200, (n, response.text)
+        _assert_limit_headers(response, limit=30, remaining=29 - n)
+        assert "Retry-After" not in response.headers
+
+    limited = await keyed.get("/api/v1/me")
+    assert limited.status_code == 429
+    _assert_limit_headers(limited, limit=30, remaining=0)
+    retry_after = int(limited.headers["Retry-After"])
+    assert 1 <= retry_after <= 60
+    body = limited.json()
+    assert set(body) == {"error", "message", "retry_after"}
+    assert body["error"] == "Too many requests"
+    assert body["retry_after"] == retry_after
+    assert "30 requests per minute" in body["message"]
+
+    # Every endpoint behind the key is limited, not just the one that was hammered.
+    assert (await keyed.get("/api/v1/tools")).status_code == 429
+
+    # Another user's key has its own window.
+    _other, other_keyed, _ = await _keyed(api)
+    fresh = await other_keyed.get("/api/v1/me")
+    assert fresh.status_code == 200
+    _assert_limit_headers(fresh, limit=30, remaining=29)
+
+    # The person's browser session is not the key, so it still works.
+    assert (await person.client.get("/api/v1/me")).status_code == 200
+
+
+async def test_limit_is_per_key(api: Api, storage: str) -> None:
+    person, keyed, _key = await _keyed(api)
+    for _ in range(30):
+        assert (await keyed.get("/api/v1/me")).status_code == 200
+    assert (await keyed.get("/api/v1/me")).status_code == 429
+
+    key_id = (await person.client.get("/api/v1/keys")).json()["data"][0]["id"]
+    revoked = await person.client.delete(f"/api/v1/keys/{key_id}", headers=person.headers)
+    assert revoked.status_code == 204
+    _, second, _ = await _keyed(api, person)
+    response = await second.get("/api/v1/me")
+    assert response.status_code == 200
+    _assert_limit_headers(response, limit=30, remaining=29)
+
+
+async def test_switching_plan_changes_the_limit_at_once(api: Api, storage: str) -> None:
+    person, keyed, _key = await _keyed(api)
+    for _ in range(30):
+        assert (await keyed.get("/api/v1/me")).status_code == 200
+    assert (await keyed.get("/api/v1/me")).status_code == 429
+
+    await api.set_plan(person, "pro")
+    upgraded = await keyed.get("/api/v1/me")
+    assert upgraded.status_code == 200
+    assert upgraded.json()["plan"] == "pro"
+    _assert_limit_headers(upgraded, limit=2000, remaining=1999)
+
+    await api.set_plan(person, "free")
+    again = await keyed.get("/api/v1/me")
+    assert again.status_code == 429
+    assert again.headers["X-RateLimit-Limit"] == "30"
+
+
+async def test_limited_requests_do_not_reach_the_endpoint(api: Api, storage: str) -> None:
+    """A 429 is decided before the endpoint runs: a limited key cannot even revoke itself."""
+    person, keyed, _key = await _keyed(api)
+    key_id = (await person.client.get("/api/v1/keys")).json()["data"][0]["id"]
+    for _ in range(30):
+        assert (await keyed.get("/api/v1/me")).status_code == 200
+    response = await keyed.delete(f"/api/v1/keys/{key_id}")
+    assert response.status_code == 429
+    assert [k["id"] for k in (await person.client.get("/api/v1/keys")).json()["data"]] == [key_id]
+
+
+# --- RateLimiter unit tests on both storages -------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
+    storage = create_storage(REDIS_URL if request.param == "redis" else None)
+    expected = RedisStorage if request.param == "redis" else MemoryStorage
+    assert isinstance(storage, expected)
+    yield RateLimiter(storage)
+
+
+def _name() -> str:
+    return f"test:{uuid.uuid4()}"
+
+
+async def test_limiter_counts_down_and_refuses(limiter: RateLimiter) -> None:
+    key = _name()
+    statuses = [await limiter.hit(key, 3) for _ in range(4)]
+    assert [s.allowed for s in statuses] == [True, True, True, False]
+    assert [s.remaining for s in statuses] == [2, 1, 0, 0]
+    assert all(s.limit == 3 for s in statuses)
+    refused = statuses[-1]
+    assert 1 <= refused.retry_after <= 60
+    assert refused.headers()["Retry-After"] == str(refused.retry_after)
+    assert "Retry-After" not in statuses[0].headers()
+    assert statuses[0].headers()["X-RateLimit-Remaining"] == "2"
+
+    other = await limiter.hit(_name(), 3)
+    assert other.allowed and other.remaining == 2
+    # A different limit for the same key is a different window.
+    assert (await limiter.hit(key, 5)).allowed
+
+
+async def test_limiter_failure_windows(limiter: RateLimiter) -> None:
+    key = _name()
+    assert await limiter.failures_exceeded(key, 2, 60) is None
+    await limiter.record_failure(key, 2, 60)
+    assert await limiter.failures_exceeded(key, 2, 60) is None
+    await limiter.record_failure(key, 2, 60)
+    wait = await limiter.failures_exceeded(key, 2, 60)
+    assert wait is not None and 1 <= wait <= 60
+    await limiter.clear(key, 2, 60)
+    assert await limiter.failures_exceeded(key, 2, 60) is None
+
+
+async def test_limiter_ready_and_reset(limiter: RateLimiter) -> None:
+    assert await limiter.check_ready()
+    key = _name()
+    await limiter.hit(key, 1)
+    assert not (await limiter.hit(key, 1)).allowed
+    await limiter.reset()
+    assert (await limiter.hit(key, 1)).allowed
+
+
+def test_create_storage_picks_the_backend() -> None:
+    assert isinstance(create_storage(None), MemoryStorage)
+    assert isinstance(create_storage(""), MemoryStorage)
+    assert isinstance(create_storage("redis://127.0.0.1:6379/8"), RedisStorage)

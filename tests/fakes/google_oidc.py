@@ -1,0 +1,342 @@
+"""A fake Google OpenID Connect provider served over real HTTP on 127.0.0.1.
+
+It speaks the parts of Google's protocol LunoGen uses: discovery, JWKS, the authorization
+endpoint (code flow with PKCE S256, state and nonce) and the token endpoint (client_secret_basic
+or client_secret_post; single-use codes; RS256 ID tokens with `at_hash`). A test sets `identity`
+to choose who "signs in at Google", and the `Misbehaviour` knobs to make the provider lie.
+
+    with FakeGoogle.running(client_id=..., client_secret=..., redirect_uris=[...]) as google:
+        google.identity = Identity(sub="1234", email="ada@example.com")
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import uvicorn
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+CODE_TTL_SECONDS = 600
+
+
+@dataclass
+class Identity:
+    """The Google account that completes the consent screen."""
+
+    sub: str
+    email: str
+    email_verified: bool = True
+    name: str | None = "Ada Lovelace"
+    picture: str | None = "https://lh3.googleusercontent.com/a/ada-photo"
+
+
+@dataclass
+class Misbehaviour:
+    """Knobs that make the provider issue bad ID tokens or fail; all off by default."""
+
+    audience: str | list[str] | None = None  # `aud` instead of the client id
+    azp: str | None = None  # add an `azp` claim
+    issuer: str | None = None  # `iss` instead of the base URL
+    nonce: str | None = None  # `nonce` instead of the one the client sent
+    lifetime_seconds: int = 3600  # negative: the ID token has already expired
+    issued_at_offset: int = 0  # shift `iat` (and `exp` with it)
+    unknown_key_kid: str | None = None  # sign with a key not in the JWKS, under this `kid`
+    omit_id_token: bool = False
+    deny_consent: bool = False  # the person clicks "Cancel": redirect with error=access_denied
+    token_endpoint_status: int | None = None  # answer the token request with this bare status
+
+
+@dataclass
+class PendingCode:
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    nonce: str | None
+    scope: str
+    identity: Identity
+    expires_at: float
+
+
+@dataclass
+class TokenRequest:
+    """What the relying party sent to /token, for assertions."""
+
+    auth_method: str
+    form: dict[str, str]
+    outcome: str
+
+
+@dataclass
+class FakeGoogle:
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+    base_url: str = ""
+    identity: Identity = field(
+        default_factory=lambda: Identity(sub="100000000000000000001", email="ada@example.com")
+    )
+    misbehaviour: Misbehaviour = field(default_factory=Misbehaviour)
+    codes: dict[str, PendingCode] = field(default_factory=dict)
+    authorize_requests: list[dict[str, str]] = field(default_factory=list)
+    token_requests: list[TokenRequest] = field(default_factory=list)
+    issued_access_tokens: dict[str, Identity] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.key = RSAKey.generate_key(
+            2048, parameters={"kid": "fake-google-1", "use": "sig", "alg": "RS256"}
+        )
+        self.rogue_key = RSAKey.generate_key(2048)
+        self._lock = threading.Lock()
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.base_url}/.well-known/openid-configuration"
+
+    @property
+    def issuer(self) -> str:
+        return self.base_url
+
+    def reset(self) -> None:
+        with self._lock:
+            self.identity = Identity(sub="100000000000000000001", email="ada@example.com")
+            self.misbehaviour = Misbehaviour()
+            self.codes.clear()
+            self.authorize_requests.clear()
+            self.token_requests.clear()
+            self.issued_access_tokens.clear()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def asgi_app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", self._discovery),
+                Route("/jwks", self._jwks),
+                Route("/authorize", self._authorize),
+                Route("/token", self._token, methods=["POST"]),
+                Route("/userinfo", self._userinfo),
+            ]
+        )
+
+    async def _discovery(self, request: Request) -> Response:
+        base = self.base_url
+        return JSONResponse(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/token",
+                "userinfo_endpoint": f"{base}/userinfo",
+                "jwks_uri": f"{base}/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "scopes_supported": ["openid", "email", "profile"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "client_secret_basic",
+                ],
+                "claims_supported": [
+                    "aud",
+                    "email",
+                    "email_verified",
+                    "exp",
+                    "iat",
+                    "iss",
+                    "name",
+                    "picture",
+                    "sub",
+                    "nonce",
+                ],
+                "code_challenge_methods_supported": ["S256"],
+                "grant_types_supported": ["authorization_code"],
+            }
+        )
+
+    async def _jwks(self, request: Request) -> Response:
+        return JSONResponse(KeySet([self.key]).as_dict(private=False))
+
+    async def _authorize(self, request: Request) -> Response:
+        params = dict(request.query_params)
+        self.authorize_requests.append(params)
+        # Like Google: a bad client or redirect URI is shown to the person, never redirected.
+        if params.get("client_id") != self.client_id:
+            return PlainTextResponse("Error 401: invalid_client", status_code=401)
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in self.redirect_uris:
+            return PlainTextResponse("Error 400: redirect_uri_mismatch", status_code=400)
+        state = params.get("state")
+
+        def back(**values: str) -> Response:
+            if state is not None:
+                values["state"] = state
+            return RedirectResponse(f"{redirect_uri}?{urlencode(values)}", status_code=302)
+
+        if params.get("response_type") != "code":
+            return back(error="unsupported_response_type")
+        if "openid" not in params.get("scope", "").split():
+            return back(error="invalid_scope")
+        challenge = params.get("code_challenge", "")
+        if params.get("code_challenge_method") != "S256" or not challenge:
+            return back(error="invalid_request", error_description="PKCE S256 required")
+        if self.misbehaviour.deny_consent:
+            return back(error="access_denied")
+        code = "4/" + secrets.token_urlsafe(24)
+        with self._lock:
+            self.codes[code] = PendingCode(
+                client_id=self.client_id,
+                redirect_uri=redirect_uri,
+                code_challenge=challenge,
+                nonce=params.get("nonce"),
+                scope=params["scope"],
+                identity=self.identity,
+                expires_at=time.time() + CODE_TTL_SECONDS,
+            )
+        return back(code=code, scope=params["scope"])
+
+    def _client_auth(self, request: Request, form: dict[str, str]) -> tuple[str, str, str]:
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("basic "):
+            decoded = base64.b64decode(header[6:]).decode()
+            client_id, _, secret = decoded.partition(":")
+            return "client_secret_basic", client_id, secret
+        return "client_secret_post", form.get("client_id", ""), form.get("client_secret", "")
+
+    async def _token(self, request: Request) -> Response:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        method, client_id, secret = self._client_auth(request, form)
+
+        def fail(outcome: str, status: int = 400, description: str = "") -> Response:
+            self.token_requests.append(TokenRequest(method, form, outcome))
+            body = {"error": outcome, "error_description": description or outcome}
+            return JSONResponse(body, status_code=status)
+
+        if self.misbehaviour.token_endpoint_status is not None:
+            self.token_requests.append(TokenRequest(method, form, "forced_status"))
+            return PlainTextResponse(
+                "<html>Server Error</html>", status_code=self.misbehaviour.token_endpoint_status
+            )
+        if client_id != self.client_id or not secrets.compare_digest(secret, self.client_secret):
+            return fail("invalid_client", 401)
+        if form.get("grant_type") != "authorization_code":
+            return fail("unsupported_grant_type")
+        with self._lock:
+            pending = self.codes.pop(form.get("code", ""), None)  # single use, even on failure
+        if pending is None or pending.expires_at < time.time():
+            return fail("invalid_grant", description="Malformed auth code.")
+        if form.get("redirect_uri") != pending.redirect_uri:
+            return fail("redirect_uri_mismatch")
+        verifier = form.get("code_verifier", "")
+        if not _VERIFIER.match(verifier) or s256(verifier) != pending.code_challenge:
+            return fail("invalid_grant", description="Invalid code verifier.")
+        access_token = "ya29." + secrets.token_urlsafe(32)
+        self.issued_access_tokens[access_token] = pending.identity
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "expires_in": 3599,
+            "token_type": "Bearer",
+            "scope": pending.scope,
+        }
+        if not self.misbehaviour.omit_id_token:
+            body["id_token"] = self.id_token(pending, access_token=access_token)
+        self.token_requests.append(TokenRequest(method, form, "ok"))
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def _userinfo(self, request: Request) -> Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        identity = self.issued_access_tokens.get(token)
+        if identity is None:
+            return JSONResponse({"error": "invalid_token"}, status_code=401)
+        return JSONResponse(_profile(identity))
+
+    # -- ID tokens ---------------------------------------------------------------------------
+
+    def id_token(self, pending: PendingCode, *, access_token: str) -> str:
+        knobs = self.misbehaviour
+        now = int(time.time()) + knobs.issued_at_offset
+        claims: dict[str, Any] = {
+            "iss": knobs.issuer or self.issuer,
+            "aud": knobs.audience if knobs.audience is not None else pending.client_id,
+            "sub": pending.identity.sub,
+            "iat": now,
+            "exp": now + knobs.lifetime_seconds,
+            "at_hash": _half_hash(access_token),
+            **_profile(pending.identity),
+        }
+        if knobs.azp is not None:
+            claims["azp"] = knobs.azp
+        nonce = knobs.nonce or pending.nonce
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if knobs.unknown_key_kid is not None:
+            header = {"alg": "RS256", "kid": knobs.unknown_key_kid, "typ": "JWT"}
+            return jwt.encode(header, claims, self.rogue_key)
+        header = {"alg": "RS256", "kid": str(self.key.kid), "typ": "JWT"}
+        return jwt.encode(header, claims, self.key)
+
+    # -- running -----------------------------------------------------------------------------
+
+    @classmethod
+    @contextmanager
+    def running(
+        cls, *, client_id: str, client_secret: str, redirect_uris: list[str]
+    ) -> Iterator[FakeGoogle]:
+        fake = cls(client_id=client_id, client_secret=client_secret, redirect_uris=redirect_uris)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        fake.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(fake.asgi_app(), log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake Google provider did not start")
+            time.sleep(0.01)
+        try:
+            yield fake
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+
+
+def s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _half_hash(value: str) -> str:
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
+
+
+def _profile(identity: Identity) -> dict[str, Any]:
+    profile: dict[str, Any] = {
+        "sub": identity.sub,
+        "email": identity.email,
+        "email_verified": identity.email_verified,
+    }
+    if identity.name is not None:
+        profile["name"] = identity.name
+    if identity.picture is not None:
+        profile["picture"] = identity.picture
+    return profile
