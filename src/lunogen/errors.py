@@ -274,8 +274,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Answered by Starlette's outermost middleware, outside our own: add the headers here.
+        from lunogen.kit.middleware import security_headers
+
         log.exception("unhandled_error", path=request.url.path)
         return JSONResponse(
             status_code=500,
             content={"error": "Internal error", "message": "Something went wrong on our side."},
+            headers=security_headers(https=request.app.state.settings.secure_cookies),
         )

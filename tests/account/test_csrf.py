@@ -155,8 +155,16 @@ async def test_json_body_sent_as_a_simple_cross_site_request_is_refused(api: Api
         assert "lg_session" not in client.cookies
     register = await api.new_client().post(
         "/api/v1/auth/register",
-        content=json.dumps({"name": "x", "email": "plain@example.com", "password": PASSWORD,
-                            "age_confirmed": True, "accept_terms": True, "accept_privacy": True}),
+        content=json.dumps(
+            {
+                "name": "x",
+                "email": "plain@example.com",
+                "password": PASSWORD,
+                "age_confirmed": True,
+                "accept_terms": True,
+                "accept_privacy": True,
+            }
+        ),
         headers={"Content-Type": "text/plain;charset=UTF-8"},
     )
     assert register.status_code == 415

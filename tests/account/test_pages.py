@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import httpx
+from sqlalchemy import select
 
-from tests.account.support import user_count
+from lunogen.audit.models import AuditEvent
+from lunogen.privacy.policy import PRIVACY_VERSION, TERMS_VERSION
+from tests.account.support import rows, user_count
 from tests.helpers import PASSWORD, Api
 
 NEW_PASSWORD = "a brand new secret phrase"
@@ -116,6 +119,7 @@ async def test_form_errors_rerender_the_page_never_json(api: Api) -> None:
     assert _is_page(response)
     assert "Password must be at least 10 characters" in response.text
     assert 'action="/api/v1/auth/register"' in response.text  # the form again
+    assert f"({TERMS_VERSION})" in response.text and f"({PRIVACY_VERSION})" in response.text
     assert await user_count(api, "weak@example.com") == 0
 
 
@@ -155,6 +159,9 @@ async def test_wrong_password_form_is_a_401_page(api: Api) -> None:
     assert _is_page(response)
     assert "Wrong email or password" in response.text
     assert "lg_session" not in browser.cookies
+    # The failure is audited even though the page is answered normally.
+    failures = await rows(api, select(AuditEvent).where(AuditEvent.action == "auth.sign_in_failed"))
+    assert [e.subject_user_id for e in failures] == [person.id]
 
 
 async def test_form_sign_in_without_consent_goes_to_onboarding(api: Api) -> None:
@@ -170,7 +177,11 @@ async def test_form_sign_in_without_consent_goes_to_onboarding(api: Api) -> None
     await _open(browser, "/login")
     response = await browser.post(
         "/api/v1/auth/login",
-        data={"csrf_token": browser.cookies["lg_csrf"], "email": person.email, "password": PASSWORD},
+        data={
+            "csrf_token": browser.cookies["lg_csrf"],
+            "email": person.email,
+            "password": PASSWORD,
+        },
     )
     assert response.status_code == 303
     assert response.headers["location"] == "/onboarding"

@@ -196,9 +196,7 @@ async def test_resend_verification_sends_a_new_working_link(api: Api) -> None:
     client = api.new_client()
     assert (await api.register(client, "resend@example.com")).status_code == 201
     first = await api.last_token("resend@example.com", "verify")
-    response = await client.post(
-        "/api/v1/auth/verify/resend", json={"email": "Resend@example.com"}
-    )
+    response = await client.post("/api/v1/auth/verify/resend", json={"email": "Resend@example.com"})
     assert response.status_code == 202
     emails = await api.emails("resend@example.com")
     assert len(emails) == 2

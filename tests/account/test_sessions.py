@@ -99,9 +99,7 @@ async def test_revoked_session_is_401_with_the_exact_body(api: Api) -> None:
     person = await api.sign_up()
     await execute(
         api,
-        update(AuthSession)
-        .where(AuthSession.user_id == person.id)
-        .values(revoked_at=utcnow()),
+        update(AuthSession).where(AuthSession.user_id == person.id).values(revoked_at=utcnow()),
     )
     response = await person.client.get("/api/v1/me")
     assert response.status_code == 401

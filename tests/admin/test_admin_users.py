@@ -131,9 +131,9 @@ async def test_same_role_again_writes_no_audit_row(api: Api) -> None:
         f"/api/v1/admin/users/{person.id}", json={"role": "user"}, headers=admin.headers
     )
     assert response.status_code == 200
-    assert await rows(
-        api, select(AuditEvent).where(AuditEvent.action == "account.role_changed")
-    ) == []
+    assert (
+        await rows(api, select(AuditEvent).where(AuditEvent.action == "account.role_changed")) == []
+    )
 
 
 async def test_unknown_user_is_404(api: Api) -> None:
@@ -156,9 +156,9 @@ async def test_admin_cannot_demote_themselves(api: Api) -> None:
         assert response.status_code == 409
         assert response.json()["error"] == "Conflict"
     assert (await admin.client.get("/api/v1/me")).json()["role"] == "admin"
-    assert await rows(
-        api, select(AuditEvent).where(AuditEvent.action == "account.role_changed")
-    ) == []
+    assert (
+        await rows(api, select(AuditEvent).where(AuditEvent.action == "account.role_changed")) == []
+    )
 
 
 @pytest.mark.parametrize("body", [{"role": "superuser"}, {"role": ""}, {"role": 3}])

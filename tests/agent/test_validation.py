@@ -118,6 +118,11 @@ async def test_unknown_channel_type_is_named(dev: Dev) -> None:
             "credentials",
         ),
         (webhook(callback_url="https:///nohost"), "channels.0.webhook.callback_url", "host"),
+        (
+            webhook(callback_url="https://exa mple.com/"),
+            "channels.0.webhook.callback_url",
+            "spaces",
+        ),
         (webhook(mode="batch"), "channels.0.webhook.mode", "sync"),
         (telegram(bot_token="not-a-token"), "channels.0.telegram.bot_token", "@BotFather"),
         (telegram(bot_token=None), "channels.0.bot_token", "required"),

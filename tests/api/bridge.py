@@ -9,6 +9,7 @@ the test's loop, runs the real app there, and replays the response.
 from __future__ import annotations
 
 import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -52,4 +53,3 @@ class LoopBridge:
         await self.app(scope, receive, send)
         finished.set()
         return sent
-

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from limits.aio.storage import RedisStorage
 
+from lunogen import health
 from lunogen.auth.ratelimit import RateLimiter
 from lunogen.db import create_engine
 
@@ -28,7 +31,7 @@ async def test_readyz_checks_database_and_rate_limit_storage(client: httpx.Async
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(
-    app: FastAPI, client: httpx.AsyncClient, tmp_path: object
+    app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     healthy = app.state.engine
     broken = create_engine("sqlite+aiosqlite:////nonexistent-dir/for/lunogen.db")
@@ -105,3 +108,23 @@ async def test_metrics_are_per_app(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert _sample(text, "/healthz", "200") is None
     assert "python_gc_objects_collected_total" not in text
+
+
+class _HangingStorage:
+    async def check_ready(self) -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+
+async def test_readyz_does_not_hang_on_a_stuck_dependency(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "CHECK_TIMEOUT_SECONDS", 0.05)
+    healthy = app.state.rate_limiter
+    app.state.rate_limiter = _HangingStorage()
+    try:
+        response = await client.get("/readyz")
+    finally:
+        app.state.rate_limiter = healthy
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "rate_limit_storage": "error: timeout"}

@@ -21,11 +21,7 @@ async def _events(api: Api) -> list[AuditEvent]:
 
 
 async def _actions_for(api: Api, user_id: str) -> list[str]:
-    return [
-        e.action
-        for e in await _events(api)
-        if user_id in (e.actor_user_id, e.subject_user_id)
-    ]
+    return [e.action for e in await _events(api) if user_id in (e.actor_user_id, e.subject_user_id)]
 
 
 async def _listed(person: Signed, query: str = "") -> dict[str, Any]:
@@ -219,7 +215,7 @@ async def test_audit_rows_never_hold_passwords_or_tokens(api: Api) -> None:
     events = await _events(api)
     assert len(events) >= 8
     dumped = json.dumps(
-        [{c: str(getattr(e, c)) for c in AuditEvent.__table__.columns.keys()} for e in events]
+        [{c.key: str(getattr(e, c.key)) for c in AuditEvent.__table__.columns} for e in events]
     )
     for secret in secrets:
         assert secret not in dumped

@@ -48,6 +48,7 @@ from lunogen.errors import (
 )
 from lunogen.kit.forms import body_doc, is_form, parse_body
 from lunogen.kit.web import ClientInfo
+from lunogen.privacy.policy import PRIVACY_VERSION, TERMS_VERSION
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -111,6 +112,15 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _policy_context(request: Request) -> dict[str, Any]:
+    """What the register and onboarding pages show besides an error."""
+    return {
+        "google": _settings(request).google_enabled,
+        "terms_version": TERMS_VERSION,
+        "privacy_version": PRIVACY_VERSION,
+    }
+
+
 @router.post(
     "/register",
     status_code=201,
@@ -141,7 +151,7 @@ async def register(request: Request, db: DbSession) -> Response:
             )
         return JSONResponse(accounts.user_out(user).model_dump(mode="json"), status_code=201)
 
-    return await _form_or_json(request, db, "register.html", action)
+    return await _form_or_json(request, db, "register.html", action, **_policy_context(request))
 
 
 @router.post("/verify", response_model=UserOut, openapi_extra=body_doc(TokenIn))
@@ -240,7 +250,8 @@ async def sign_in(request: Request, db: DbSession) -> Response:
         set_session_cookies(response, token=token, csrf_token=row.csrf_token, settings=settings)
         return response
 
-    return await _form_or_json(request, db, "login.html", action)
+    google = _settings(request).google_enabled
+    return await _form_or_json(request, db, "login.html", action, google=google)
 
 
 @router.post("/logout", status_code=204)
@@ -296,7 +307,9 @@ async def give_consent(request: Request, principal: SetupUser, db: DbSession) ->
             return RedirectResponse("/account", status_code=303)
         return JSONResponse(accounts.me_out(user).model_dump(mode="json"))
 
-    return await _form_or_json(request, db, "onboarding.html", action, user=principal.user)
+    return await _form_or_json(
+        request, db, "onboarding.html", action, user=principal.user, **_policy_context(request)
+    )
 
 
 @router.post(

@@ -41,6 +41,8 @@ def new_webhook_secret() -> str:
 def _http_url(value: str) -> str:
     # Syntax only: the sender resolves the host and refuses non-public addresses (SSRF rules)
     # when it connects, since DNS can change between now and then.
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise invalid("must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
         port = parts.port
