@@ -51,7 +51,7 @@ signed-in browser session. Every endpoint names the scope it needs; sessions act
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     keyring = load_keyring(settings.secret_keys, settings.data_dir)
 
     @asynccontextmanager

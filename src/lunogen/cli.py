@@ -62,7 +62,7 @@ def _run_db(
 def _upgrade(settings: Settings) -> None:
     from lunogen.migrations import upgrade
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
 
 
@@ -156,8 +156,11 @@ def apikey_create(
     ] = None,
 ) -> None:
     """Create a developer key for EMAIL and print it once. Plan key limits apply."""
+    from pydantic import ValidationError
+
     from lunogen.account import service as accounts
     from lunogen.auth import apikeys
+    from lunogen.auth.schemas import ApiKeyCreate
     from lunogen.auth.scopes import Scope
 
     try:
@@ -165,6 +168,12 @@ def apikey_create(
     except ValueError as exc:
         valid = ", ".join(s.value for s in Scope)
         err_console.print(f"[red]Error:[/red] {exc}; valid scopes: {valid}")
+        raise typer.Exit(2) from exc
+    try:  # the same rules as POST /api/v1/keys
+        data = ApiKeyCreate(name=name, scopes=scopes)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err_console.print(f"[red]Error:[/red] {problems}")
         raise typer.Exit(2) from exc
     settings = _settings()
 
@@ -174,7 +183,7 @@ def apikey_create(
             if user is None:
                 raise LunogenError(f"No account with email {email}")
             _key, plaintext = await apikeys.create_key(
-                session, user=user, name=name, scopes=scopes, client=None
+                session, user=user, name=data.name, scopes=data.scopes, client=None
             )
             await session.commit()
             return plaintext

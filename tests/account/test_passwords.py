@@ -85,8 +85,10 @@ async def test_change_password_requires_the_current_password(api: Api) -> None:
         json={"current_password": "not my password", "new_password": NEW_PASSWORD},
         headers=person.headers,
     )
-    assert wrong.status_code == 401
-    assert wrong.json()["error"] == "Invalid credentials"
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "Wrong current password"
+    still_signed_in = await person.client.get("/api/v1/me")
+    assert still_signed_in.status_code == 200
     missing = await person.client.post(
         "/api/v1/auth/password/change",
         json={"new_password": NEW_PASSWORD},

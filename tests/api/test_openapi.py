@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from lunogen.dashboard.apidocs import inline_markdown
+
 METHODS = ("get", "post", "put", "patch", "delete")
 PUBLIC = {
     "/api/v1/auth/register",
@@ -124,7 +126,15 @@ async def test_api_docs_page_lists_every_operation(client: httpx.AsyncClient) ->
         assert f'id="{op["operationId"]}"' in page
     # Request bodies are shown with their references resolved.
     assert '"title": "ApiKeyCreate"' in page
-    assert "Authorization: Bearer lg_live_" in page
+    assert "<code>Authorization: Bearer lg_live_…</code>" in response.text
     # Nothing from another origin: the CSP would refuse it, and we do not ship third-party code.
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', response.text)
     assert "swagger" not in response.text.lower()
+
+
+def test_docstring_code_spans_render_as_code_and_everything_else_is_escaped() -> None:
+    rendered = inline_markdown("Send `X-CSRF-Token` & <script>alert(1)</script> `<b>`")
+    assert str(rendered) == (
+        "Send <code>X-CSRF-Token</code> &amp; &lt;script&gt;alert(1)&lt;/script&gt; "
+        "<code>&lt;b&gt;</code>"
+    )

@@ -178,6 +178,11 @@ async def test_apikey_create_errors(api: Api, cli: Cli) -> None:
     assert bad_scope.exit_code == 2
     assert "valid scopes" in bad_scope.output and "agents:read" in bad_scope.output
 
+    for bad_name in ("", "x" * 101):
+        bad = await cli("apikey", "create", "lee@example.com", "--name", bad_name)
+        assert bad.exit_code == 2, bad.output
+        assert "name" in bad.output
+
     unknown = await cli("apikey", "create", "nobody@example.com")
     assert unknown.exit_code == 1
     assert "No account with email nobody@example.com" in unknown.output

@@ -215,3 +215,26 @@ def test_concurrent_first_runs_agree_on_one_key(tmp_path: Path) -> None:
         thread.join()
     assert len({r.specs() for r in rings}) == 1
     assert rings[0].specs() == key_file(tmp_path).read_text().strip()
+
+
+def test_a_file_ring_follows_a_rotation_done_by_another_process(tmp_path: Path) -> None:
+    from lunogen.kit.crypto import Key, KeyRing, load_keyring, write_key_file
+
+    server_ring = load_keyring(None, tmp_path)
+    old_token = server_ring.encrypt("before")
+    rotated = KeyRing([Key.generate(), *server_ring.keys])
+    write_key_file(tmp_path, rotated)
+    new_token = rotated.encrypt("after")
+
+    assert server_ring.decrypt(new_token) == "after"
+    assert server_ring.primary_id == rotated.primary_id
+    assert server_ring.decrypt(old_token) == "before"
+
+
+def test_an_env_ring_does_not_reload(tmp_path: Path) -> None:
+    from lunogen.kit.crypto import CryptoError, Key, KeyRing
+
+    ring = KeyRing([Key.generate()])
+    other = KeyRing([Key.generate()])
+    with pytest.raises(CryptoError, match="no key"):
+        ring.decrypt(other.encrypt("x"))

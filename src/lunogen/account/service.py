@@ -373,7 +373,7 @@ async def change_password(
     from lunogen.auth.sessions import revoke_all_sessions
 
     if user.password_hash and not verify_password(user.password_hash, current_password):
-        raise InvalidCredentialsError("Your current password is wrong")
+        raise BadRequestError("Your current password is wrong", error="Wrong current password")
     problem = password_problem(new_password, email=user.email, name=user.name)
     if problem:
         raise ValidationFailedError(f"Password {problem}", field="new_password")

@@ -184,14 +184,29 @@ async def verify_email(request: Request, db: DbSession) -> Response:
 )
 async def resend_verification(request: Request, db: DbSession) -> Response:
     """Email a new verification link if the address has an unverified account."""
+    await _check_anonymous_csrf(request)
     data = await parse_body(request, EmailIn)
-    await accounts.resend_verification(
-        db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
-    )
+    if await _within_email_budget(request, data.email):
+        await accounts.resend_verification(
+            db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
+        )
     return JSONResponse(
         {"message": "If that address has an unverified account, a new link is on its way."},
         status_code=202,
     )
+
+
+EMAILS_PER_ADDRESS_PER_HOUR = 3
+
+
+async def _within_email_budget(request: Request, email: str) -> bool:
+    """Cap link emails per address, so the endpoints cannot be used to flood an inbox.
+
+    Over the cap the answer stays the same (202), so it reveals nothing either.
+    """
+    limiter: RateLimiter = request.app.state.rate_limiter
+    key = f"link-mail:{accounts.normalize_email(email)}"
+    return await limiter.allow(key, EMAILS_PER_ADDRESS_PER_HOUR, 3600)
 
 
 async def _sign_in_throttle(request: Request, email: str) -> tuple[list[str], Settings]:
@@ -321,9 +336,13 @@ async def forgot_password(request: Request, db: DbSession) -> Response:
     async def action() -> Response:
         await _check_anonymous_csrf(request)
         data = await parse_body(request, EmailIn)
-        await accounts.request_password_reset(
-            db, email=data.email, settings=_settings(request), keyring=request.app.state.keyring
-        )
+        if await _within_email_budget(request, data.email):
+            await accounts.request_password_reset(
+                db,
+                email=data.email,
+                settings=_settings(request),
+                keyring=request.app.state.keyring,
+            )
         message = "If that address has an account, a reset link is on its way."
         if is_form(request):
             return render(

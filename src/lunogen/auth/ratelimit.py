@@ -83,6 +83,10 @@ class RateLimiter:
     async def record_failure(self, key: str, limit: int, window_seconds: int) -> None:
         await self.strategy.hit(RateLimitItemPerSecond(limit, window_seconds), key)
 
+    async def allow(self, key: str, limit: int, window_seconds: int) -> bool:
+        """Spend one of `limit` uses per moving window of `window_seconds`; False when none left."""
+        return await self.strategy.hit(RateLimitItemPerSecond(limit, window_seconds), key)
+
     async def clear(self, key: str, limit: int, window_seconds: int) -> None:
         await self.strategy.clear(RateLimitItemPerSecond(limit, window_seconds), key)
 

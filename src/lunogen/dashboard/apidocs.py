@@ -6,9 +6,11 @@ No Swagger UI: it would need third-party JavaScript from a CDN, which our CSP re
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
+from markupsafe import Markup, escape
 from starlette.responses import Response
 
 from lunogen.dashboard.render import render
@@ -16,6 +18,13 @@ from lunogen.dashboard.render import render
 router = APIRouter(include_in_schema=False)
 METHODS = ("get", "post", "put", "patch", "delete")
 _MAX_DEPTH = 8
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def inline_markdown(text: str) -> Markup:
+    """Docstrings use `code` spans: escape everything, then turn the spans into <code>."""
+    escaped = str(escape(text))
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", escaped))  # noqa: S704 (escaped above)
 
 
 def resolve_refs(value: Any, spec: dict[str, Any], depth: int = 0) -> Any:
@@ -55,7 +64,7 @@ def _operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "method": method.upper(),
                     "path": path,
                     "summary": op.get("summary", ""),
-                    "description": op.get("description", ""),
+                    "description": inline_markdown(op.get("description", "")),
                     "tag": (op.get("tags") or ["other"])[0],
                     "authenticated": bool(op.get("security")),
                     "parameters": op.get("parameters", []),
@@ -77,6 +86,12 @@ async def api_docs(request: Request) -> Response:
     spec = request.app.openapi()
     operations = _operations(spec)
     tags = sorted({op["tag"] for op in operations})
+    info = spec.get("info", {})
     return render(
-        request, "apidocs.html", info=spec.get("info", {}), operations=operations, tags=tags
+        request,
+        "apidocs.html",
+        info=info,
+        description=inline_markdown(info.get("description", "")),
+        operations=operations,
+        tags=tags,
     )

@@ -81,7 +81,14 @@ class Key:
 
 
 class KeyRing:
-    def __init__(self, keys: list[Key]) -> None:
+    """Keys by id. A ring read from the data-dir key file (`source`) re-reads that file when it
+    meets a key id it does not know, so a running server follows `lunogen secrets rotate`."""
+
+    def __init__(self, keys: list[Key], *, source: Path | None = None) -> None:
+        self.source = source
+        self._set_keys(keys)
+
+    def _set_keys(self, keys: list[Key]) -> None:
         if not keys:
             raise CryptoError("the key ring needs at least one key")
         ids = [k.id for k in keys]
@@ -90,13 +97,23 @@ class KeyRing:
         self.keys = keys
         self._by_id = {k.id: AESGCM(k.material) for k in keys}
 
+    def reload(self) -> bool:
+        """Adopt the key file's current keys; True when they changed."""
+        if self.source is None or not self.source.exists():
+            return False
+        fresh = KeyRing.parse(self.source.read_text())
+        if [k.id for k in fresh.keys] == [k.id for k in self.keys]:
+            return False
+        self._set_keys(fresh.keys)
+        return True
+
     @property
     def primary_id(self) -> str:
         return self.keys[0].id
 
     @classmethod
-    def parse(cls, specs: str) -> KeyRing:
-        return cls([Key.parse(s) for s in specs.split(",") if s.strip()])
+    def parse(cls, specs: str, *, source: Path | None = None) -> KeyRing:
+        return cls([Key.parse(s) for s in specs.split(",") if s.strip()], source=source)
 
     def specs(self) -> str:
         return ",".join(k.spec() for k in self.keys)
@@ -110,6 +127,8 @@ class KeyRing:
     def decrypt(self, token: str) -> str:
         key_id, raw = _split(token)
         aead = self._by_id.get(key_id)
+        if aead is None and self.reload():
+            aead = self._by_id.get(key_id)
         if aead is None:
             raise CryptoError(f"no key {key_id!r} in the key ring")
         try:
@@ -145,7 +164,7 @@ def load_keyring(secret_keys: str | None, data_dir: Path) -> KeyRing:
                 tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
-    return KeyRing.parse(path.read_text())
+    return KeyRing.parse(path.read_text(), source=path)
 
 
 def write_key_file(data_dir: Path, ring: KeyRing) -> None:
