@@ -10,6 +10,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test lint format clean
@@ -35,7 +37,13 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 serve: $(RUNTIME_STAMP)
 	$(BIN)/lunogen serve --host $(HOST) --port $(PORT)
 
-test: $(DEV_STAMP)
+# The browser tests drive Debian's Chromium (never a downloaded browser).
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the browser tests"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)

@@ -90,7 +90,9 @@ class Api:
         assert verified.status_code == 200, verified.text
         return await self.sign_in(client, email, password)
 
-    async def sign_in(self, client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> Signed:
+    async def sign_in(
+        self, client: httpx.AsyncClient, email: str, password: str = PASSWORD
+    ) -> Signed:
         response = await client.post(
             "/api/v1/auth/login", json={"email": email, "password": password}
         )

@@ -101,9 +101,7 @@ async def test_register_verify_sign_in_sign_out(
     await expect(page).to_have_url(f"{live_server}/login")
 
 
-async def test_register_without_consent_shows_the_error(
-    browser: Browser, live_server: str
-) -> None:
+async def test_register_without_consent_shows_the_error(browser: Browser, live_server: str) -> None:
     page = await browser.new_page()
     await _register(page, live_server, "noconsent@example.com", consent=False)
     await expect(page.locator(".error")).to_contain_text("18 or older")

@@ -32,9 +32,7 @@ async def list_users(
 
 
 @router.patch("/admin/users/{user_id}", response_model=UserOut, tags=["admin"])
-async def change_user(
-    user_id: str, data: RoleChangeIn, principal: Admin, db: DbSession
-) -> UserOut:
+async def change_user(user_id: str, data: RoleChangeIn, principal: Admin, db: DbSession) -> UserOut:
     """Change an account's role (`user`, `support`, `admin`) or plan; audited."""
     user = await accounts.change_role_or_plan(
         db,

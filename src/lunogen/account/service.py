@@ -275,7 +275,9 @@ async def authenticate_password(
 ) -> User:
     """Check a password. On failure the audit row is added (the caller must still commit it)."""
     user = await find_by_email(session, email)
-    if user is None or not verify_password(user.password_hash, password):
+    # Always run argon2, so the answer time does not tell which addresses have accounts.
+    password_ok = verify_password(user.password_hash if user else None, password)
+    if user is None or not password_ok:
         audit.record(
             session,
             action="auth.sign_in_failed",
@@ -294,7 +296,10 @@ async def authenticate_password(
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     audit.record(
-        session, action="auth.sign_in", actor_user_id=user.id, client=client,
+        session,
+        action="auth.sign_in",
+        actor_user_id=user.id,
+        client=client,
         details={"method": "password"},
     )
     return user
@@ -355,9 +360,7 @@ async def reset_password(
     # The reset proves control of the mailbox.
     user.email_verified_at = user.email_verified_at or utcnow()
     await revoke_all_sessions(session, user_id=user.id)
-    audit.record(
-        session, action="account.password_reset", actor_user_id=user.id, client=client
-    )
+    audit.record(session, action="account.password_reset", actor_user_id=user.id, client=client)
     return user
 
 
@@ -379,9 +382,7 @@ async def change_password(
         raise ValidationFailedError(f"Password {problem}", field="new_password")
     user.password_hash = hash_password(new_password)
     await revoke_all_sessions(session, user_id=user.id, except_id=keep_session_id)
-    audit.record(
-        session, action="account.password_changed", actor_user_id=user.id, client=client
-    )
+    audit.record(session, action="account.password_changed", actor_user_id=user.id, client=client)
 
 
 async def list_users(
@@ -392,8 +393,12 @@ async def list_users(
     query = select(User).where(User.deleted_at.is_(None))
     if email:
         query = query.where(User.email.contains(normalize_email(email)))
-    total = int((await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one())
-    rows = await session.execute(query.order_by(User.created_at, User.id).limit(limit).offset(offset))
+    total = int(
+        (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    )
+    rows = await session.execute(
+        query.order_by(User.created_at, User.id).limit(limit).offset(offset)
+    )
     return list(rows.scalars()), total
 
 

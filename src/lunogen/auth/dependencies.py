@@ -60,9 +60,7 @@ def _unauthorized() -> UnauthorizedError:
     return UnauthorizedError(UNAUTHORIZED_MESSAGE)
 
 
-async def _from_key(
-    request: Request, db: DbSession, token: str, client: ClientInfo
-) -> Principal:
+async def _from_key(request: Request, db: DbSession, token: str, client: ClientInfo) -> Principal:
     key = await apikeys.find_active_key(db, token)
     if key is None:
         raise _unauthorized()
@@ -143,7 +141,9 @@ class Authenticator:
         return principal
 
 
-def _require_admin(principal: Annotated[Principal, Depends(Authenticator(Scope.FULL))]) -> Principal:
+def _require_admin(
+    principal: Annotated[Principal, Depends(Authenticator(Scope.FULL))],
+) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("This endpoint requires the admin role")
     return principal

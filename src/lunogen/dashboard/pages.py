@@ -52,8 +52,13 @@ async def home(request: Request, db: DbSession) -> Response:
 
 @router.get("/register")
 async def register_page(request: Request) -> Response:
-    return render(request, "register.html", google=_google_enabled(request),
-                  terms_version=TERMS_VERSION, privacy_version=PRIVACY_VERSION)
+    return render(
+        request,
+        "register.html",
+        google=_google_enabled(request),
+        terms_version=TERMS_VERSION,
+        privacy_version=PRIVACY_VERSION,
+    )
 
 
 @router.get("/login")
@@ -84,8 +89,14 @@ async def onboarding_page(request: Request, db: DbSession) -> Response:
     user, row = current
     if setup_problem(user) is None:
         return RedirectResponse("/account", status_code=303)
-    return render(request, "onboarding.html", user=user, csrf_token=row.csrf_token,
-                  terms_version=TERMS_VERSION, privacy_version=PRIVACY_VERSION)
+    return render(
+        request,
+        "onboarding.html",
+        user=user,
+        csrf_token=row.csrf_token,
+        terms_version=TERMS_VERSION,
+        privacy_version=PRIVACY_VERSION,
+    )
 
 
 @router.get("/account")

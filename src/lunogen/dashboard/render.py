@@ -13,9 +13,7 @@ from lunogen.kit.ids import random_token
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
-def render(
-    request: Request, template: str, *, status_code: int = 200, **context: Any
-) -> Response:
+def render(request: Request, template: str, *, status_code: int = 200, **context: Any) -> Response:
     """Render a page with a CSRF token for its forms (issuing the double-submit cookie)."""
     csrf = request.cookies.get(CSRF_COOKIE) or random_token(24)
     response = templates.TemplateResponse(

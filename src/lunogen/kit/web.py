@@ -22,6 +22,4 @@ class ClientInfo:
 def wants_html(request: Request) -> bool:
     """A browser form post (answer with a page or redirect) rather than an API call."""
     content_type = request.headers.get("content-type", "")
-    return content_type.startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
-    )
+    return content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data"))

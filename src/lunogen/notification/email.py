@@ -31,7 +31,10 @@ def queue_email(
 ) -> OutboundEmail:
     email = OutboundEmail(
         id=new_id(),
-        to_address=to, subject=subject, body_encrypted=keyring.encrypt(body), status="queued"
+        to_address=to,
+        subject=subject,
+        body_encrypted=keyring.encrypt(body),
+        status="queued",
     )
     session.add(email)
     enqueue(session, send_email, email.id)
