@@ -11,7 +11,9 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from lunogen import __version__
 from lunogen.account.endpoints import router as account_router
+from lunogen.agent import logs as agent_logs
 from lunogen.agent.endpoints import router as agent_router
+from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
 from lunogen.audit.endpoints import router as audit_router
 from lunogen.auth.endpoints import router as auth_router
 from lunogen.auth.google import STATE_COOKIE, create_oauth
@@ -35,6 +37,7 @@ from lunogen.kit.middleware import (
 )
 from lunogen.llm import catalog
 from lunogen.llm.endpoints import router as model_router
+from lunogen.notification.endpoints import router as notification_router
 from lunogen.tool.endpoints import router as tool_router
 from lunogen.worker import enqueue
 from lunogen.worker.broker import JobRuntime, broker, set_runtime
@@ -67,11 +70,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("model_catalog_seeded", models=seeded)
         set_runtime(JobRuntime(settings=settings, sessionmaker=sessionmaker, keyring=keyring))
         await broker.startup()
+        log_bus = (
+            agent_logs.RedisLogBus(settings.redis_url)
+            if settings.redis_url
+            else agent_logs.LogBus()
+        )
+        agent_logs.set_bus(log_bus)
+        await log_bus.start()
         log.info("lunogen_started", version=__version__, public_url=settings.public_url)
         try:
             yield
         finally:
             await enqueue.drain()
+            await log_bus.stop()
+            agent_logs.set_bus(agent_logs.LogBus())
             await broker.wait_all()
             await broker.shutdown()
             set_runtime(None)
@@ -100,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         account_router,
         key_router,
         agent_router,
+        lifecycle_router,
+        notification_router,
         tool_router,
         model_router,
         audit_router,

@@ -1,25 +1,33 @@
 """Imports every table so that the metadata is complete (Alembic, tests)."""
 
 from lunogen.account.models import Consent, EmailToken, User
-from lunogen.agent.models import Agent, AgentChannel
+from lunogen.agent.models import Agent, AgentChannel, AgentLogEvent
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.db import Base
-from lunogen.llm.models import CatalogModel
-from lunogen.notification.models import OutboundEmail
+from lunogen.llm.models import CatalogModel, UsageRecord
+from lunogen.notification.models import Notification, OutboundEmail
+from lunogen.runtime.models import Delivery, MemoryNote, Message, Thread
 
 metadata = Base.metadata
 
 __all__ = [
     "Agent",
     "AgentChannel",
+    "AgentLogEvent",
     "ApiKey",
     "AuditEvent",
     "AuthSession",
     "CatalogModel",
     "Consent",
+    "Delivery",
     "EmailToken",
+    "MemoryNote",
+    "Message",
+    "Notification",
     "OutboundEmail",
+    "Thread",
+    "UsageRecord",
     "User",
     "metadata",
 ]

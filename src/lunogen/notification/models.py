@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lunogen.db import Base, CreatedMixin, IdMixin
@@ -23,3 +23,21 @@ class OutboundEmail(IdMixin, CreatedMixin, Base):
     attempts: Mapped[int] = mapped_column(default=0)
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Notification(IdMixin, CreatedMixin, Base):
+    """An in-app notification. `dedupe_key` makes "one notification per change" a constraint."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key"),
+        Index("ix_notifications_user_id_created_at", "user_id", "created_at"),
+    )
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    agent_id: Mapped[str | None] = mapped_column(String(36))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    read_at: Mapped[datetime | None]

@@ -1,0 +1,199 @@
+"""The agent state machine: deploy, start, stop, restart, and status changes with their effects.
+
+    draft → deploying → running ⇄ stopped, plus error (deploy failed or crashed),
+    paused (credits exhausted) and suspended (by an admin).
+
+Every change is logged in the agent's runtime log; changes the owner must act on (error,
+paused, suspended) also notify them, once per change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.account.models import User
+from lunogen.agent.logs import log_event
+from lunogen.agent.models import Agent
+from lunogen.agent.service import get_agent, unknown_skills
+from lunogen.config import Settings
+from lunogen.errors import ConflictError, LunogenError
+from lunogen.kit.crypto import KeyRing
+from lunogen.kit.time import utcnow
+from lunogen.llm import catalog
+from lunogen.notification.service import notify
+from lunogen.runtime.models import Message, Thread
+from lunogen.tool.registry import registry
+
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "deploy": frozenset({"draft", "stopped", "error"}),
+    "start": frozenset({"stopped"}),
+    "stop": frozenset({"deploying", "running", "paused", "error"}),
+    "restart": frozenset({"running", "error"}),
+}
+ATTENTION = {
+    "error": "stopped working",
+    "paused": "was paused",
+    "suspended": "was suspended",
+}
+
+
+class DeployFailedError(LunogenError):
+    status_code = 502
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, error=f"Deploy failed: {reason}")
+
+
+@dataclass(frozen=True)
+class Effects:
+    settings: Settings
+    keyring: KeyRing
+
+
+def _refuse(agent: Agent, action: str) -> ConflictError:
+    return ConflictError(
+        f"Cannot {action} an agent that is {agent.status}",
+        error=f"Agent is {agent.status}",
+        extra={"status": agent.status},
+    )
+
+
+async def set_status(
+    session: AsyncSession,
+    *,
+    agent: Agent,
+    status: str,
+    effects: Effects,
+    reason: str | None = None,
+) -> None:
+    """Move `agent` to `status`, logging the change and notifying the owner when needed."""
+    previous = agent.status
+    if previous == status:
+        return
+    now = utcnow()
+    agent.status = status
+    agent.status_changed_at = now
+    if status == "running":
+        agent.started_at = now
+        agent.last_error = None
+    elif status == "error":
+        agent.last_error = reason
+    log_event(
+        session,
+        agent_id=agent.id,
+        event="status",
+        level="error" if status == "error" else "info",
+        message=f"{previous} → {status}" + (f": {reason}" if reason else ""),
+        details={"from": previous, "to": status, "reason": reason},
+    )
+    if status in ATTENTION:
+        owner = await session.get(User, agent.owner_id)
+        if owner is not None:
+            await notify(
+                session,
+                user=owner,
+                kind=f"agent.{status}",
+                title=f"Agent {agent.name} {ATTENTION[status]}",
+                body=f"Your agent {agent.name!r} {ATTENTION[status]}"
+                + (f": {reason}" if reason else ".")
+                + "",
+                dedupe_key=f"agent:{agent.id}:{status}:{now.isoformat()}",
+                agent_id=agent.id,
+                settings=effects.settings,
+                keyring=effects.keyring,
+            )
+
+
+async def deployment_problem(session: AsyncSession, *, agent: Agent) -> str | None:
+    """The first reason this agent cannot run as configured, or None."""
+    for model_id in (agent.model, *agent.fallback_models):
+        if await catalog.get_model(session, model_id) is None:
+            return f"model {model_id!r} is not in the model catalog"
+    unknown_tools = registry.unknown(agent.tools)
+    if unknown_tools:
+        return f"unknown tools: {', '.join(unknown_tools)}"
+    missing_skills = await unknown_skills(session, owner_id=agent.owner_id, skill_ids=agent.skills)
+    if missing_skills:
+        return f"unknown skills: {', '.join(missing_skills)}"
+    return None
+
+
+async def _load(session: AsyncSession, *, owner_id: str, agent_id: str, action: str) -> Agent:
+    agent = await get_agent(session, owner_id=owner_id, agent_id=agent_id, for_update=True)
+    if agent.status not in ALLOWED_FROM[action]:
+        raise _refuse(agent, action)
+    return agent
+
+
+async def deploy(
+    session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects, action: str = "deploy"
+) -> tuple[Agent, str | None]:
+    """Validate and run the agent. Returns the agent and the failure reason, if any.
+
+    A failure leaves the agent in `error` with the reason logged and the owner notified; the
+    caller commits that before answering 502.
+    """
+    agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action=action)
+    if action == "restart":
+        log_event(session, agent_id=agent.id, event="restart", message="Restart requested")
+    await set_status(session, agent=agent, status="deploying", effects=effects)
+    problem = await deployment_problem(session, agent=agent)
+    if problem is not None:
+        await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
+        return agent, problem
+    await set_status(session, agent=agent, status="running", effects=effects)
+    return agent, None
+
+
+async def start(
+    session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects
+) -> tuple[Agent, str | None]:
+    """Start a stopped agent; its configuration is checked again, as at deploy."""
+    return await deploy(
+        session, owner_id=owner_id, agent_id=agent_id, effects=effects, action="start"
+    )
+
+
+async def stop(session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects) -> Agent:
+    agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action="stop")
+    await set_status(session, agent=agent, status="stopped", effects=effects)
+    return agent
+
+
+@dataclass(frozen=True)
+class AgentStatusReport:
+    status: str
+    since: datetime
+    uptime_seconds: int | None
+    last_error: str | None
+    threads_today: int
+    messages_today: int
+
+
+async def status_report(
+    session: AsyncSession, *, owner_id: str, agent_id: str
+) -> AgentStatusReport:
+    agent = await get_agent(session, owner_id=owner_id, agent_id=agent_id)
+    now = utcnow()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    threads = await session.execute(
+        select(func.count()).where(Thread.agent_id == agent.id, Thread.created_at >= midnight)
+    )
+    messages = await session.execute(
+        select(func.count()).where(Message.agent_id == agent.id, Message.created_at >= midnight)
+    )
+    uptime = None
+    if agent.status == "running" and agent.started_at is not None:
+        uptime = max(0, int((now - agent.started_at) / timedelta(seconds=1)))
+    return AgentStatusReport(
+        status=agent.status,
+        since=agent.status_changed_at,
+        uptime_seconds=uptime,
+        last_error=agent.last_error,
+        threads_today=int(threads.scalar_one()),
+        messages_today=int(messages.scalar_one()),
+    )

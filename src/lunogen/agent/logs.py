@@ -1,0 +1,180 @@
+"""Agent runtime logs: rows in `agent_log_events`, followed live through a wake-up bus.
+
+The database is the source of truth and the integer id is the cursor. Writers add a row in
+their transaction; after commit the bus wakes every follower of that agent (in this process,
+or through Redis pub/sub in the scaled shape), which then reads the rows past its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from lunogen.agent.models import AgentLogEvent
+
+log = structlog.get_logger(__name__)
+
+Level = Literal["debug", "info", "warning", "error"]
+LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error")
+_PENDING = "lunogen_log_wakeups"
+
+
+def log_event(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    event: str,
+    message: str,
+    level: Level = "info",
+    details: dict[str, Any] | None = None,
+) -> AgentLogEvent:
+    """Add a log line to the caller's transaction; followers see it once it commits."""
+    row = AgentLogEvent(
+        agent_id=agent_id, event=event, message=message[:4000], level=level, details=details or {}
+    )
+    session.add(row)
+    session.sync_session.info.setdefault(_PENDING, set()).add(agent_id)
+    log.info("agent_log", agent_id=agent_id, event_name=event, level=level, message=message[:500])
+    return row
+
+
+async def read_events(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    after_id: int = 0,
+    min_level: Level | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[AgentLogEvent]:
+    query = (
+        select(AgentLogEvent)
+        .where(AgentLogEvent.agent_id == agent_id, AgentLogEvent.id > after_id)
+        .order_by(AgentLogEvent.id)
+        .limit(limit)
+    )
+    if min_level is not None:
+        query = query.where(AgentLogEvent.level.in_(LEVELS[LEVELS.index(min_level) :]))
+    if since is not None:
+        query = query.where(AgentLogEvent.created_at >= since)
+    return list((await session.execute(query)).scalars())
+
+
+async def latest_event_id(session: AsyncSession, *, agent_id: str) -> int:
+    query = select(func.max(AgentLogEvent.id)).where(AgentLogEvent.agent_id == agent_id)
+    return int((await session.execute(query)).scalar_one() or 0)
+
+
+class LogBus:
+    """Wakes followers of an agent's log. In memory; `RedisLogBus` spans processes."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def wake_local(self, agent_id: str) -> None:
+        for waiter in self._waiters.get(agent_id, ()):
+            waiter.set()
+
+    async def publish(self, agent_id: str) -> None:
+        self.wake_local(agent_id)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def follow(self, agent_id: str, *, poll_seconds: float) -> AsyncIterator[None]:
+        """Yield whenever the agent's log may have new rows (and at least every poll_seconds)."""
+        waiter = asyncio.Event()
+        self._waiters[agent_id].add(waiter)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), timeout=poll_seconds)
+                waiter.clear()
+                yield
+        finally:
+            self._waiters[agent_id].discard(waiter)
+            if not self._waiters[agent_id]:
+                self._waiters.pop(agent_id, None)
+
+
+class RedisLogBus(LogBus):
+    CHANNEL = "lunogen:agent-log"
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(redis_url)
+        self._listener: asyncio.Task[None] | None = None
+
+    async def publish(self, agent_id: str) -> None:
+        try:
+            await self._redis.publish(self.CHANNEL, agent_id)
+        except Exception as exc:  # followers still poll; a lost wake-up only delays them
+            log.warning("log_bus_publish_failed", error=str(exc))
+            self.wake_local(agent_id)
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+                await pubsub.subscribe(self.CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.wake_local(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("log_bus_listen_failed", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._redis.aclose()
+
+
+_bus: LogBus = LogBus()
+_background: set[asyncio.Task[None]] = set()
+
+
+def set_bus(bus: LogBus) -> None:
+    global _bus
+    _bus = bus
+
+
+def bus() -> LogBus:
+    return _bus
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    agent_ids = session.info.pop(_PENDING, None)
+    if not agent_ids:
+        return
+    loop = asyncio.get_running_loop()
+    for agent_id in agent_ids:
+        task = loop.create_task(_bus.publish(agent_id))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)

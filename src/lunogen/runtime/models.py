@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from lunogen.db import Base, CreatedMixin, IdMixin
+from lunogen.kit.time import utcnow
+
+
+class Thread(IdMixin, CreatedMixin, Base):
+    """A conversation: one agent, one channel, one contact.
+
+    `lease_owner`/`lease_expires_at` make a turn exclusive per thread across processes: a worker
+    claims the lease with a conditional UPDATE, processes the pending messages in `seq` order and
+    releases it. `next_seq` numbers the thread's messages in arrival order.
+    """
+
+    __tablename__ = "threads"
+    __table_args__ = (UniqueConstraint("agent_id", "channel_key", "contact"),)
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
+    channel_key: Mapped[str] = mapped_column(String(60))
+    contact: Mapped[str] = mapped_column(String(255))
+    next_seq: Mapped[int] = mapped_column(default=1)
+    last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+
+
+class Message(IdMixin, CreatedMixin, Base):
+    """A message of a thread; `content` is AES-GCM ciphertext.
+
+    Inbound (`role == "user"`) messages carry the work state of their turn: `pending` until a
+    turn answers them, then `done` (or `failed` after the last attempt). An assistant reply
+    points at the inbound message it answers, uniquely, so a turn can reply only once.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("thread_id", "seq"),
+        UniqueConstraint("reply_to_id"),
+        UniqueConstraint("dedupe_key"),
+        Index("ix_messages_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    agent_id: Mapped[str] = mapped_column(String(36), index=True)
+    seq: Mapped[int]
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    dedupe_key: Mapped[str | None] = mapped_column(String(300))
+    reply_to_id: Mapped[str | None] = mapped_column(String(36))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[datetime | None]
+
+
+class Delivery(IdMixin, CreatedMixin, Base):
+    """An outbound send of a reply through a channel (webhook callback, WhatsApp, Telegram).
+
+    `id` is the idempotency key sent to the receiver (`webhook-id`), stable across retries.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("message_id", "channel_id"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    agent_id: Mapped[str] = mapped_column(String(36), index=True)
+    channel_id: Mapped[str] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+
+
+class MemoryNote(IdMixin, CreatedMixin, Base):
+    """A note an agent keeps: about one contact, or agent-wide when `contact` is None."""
+
+    __tablename__ = "memory_notes"
+    __table_args__ = (Index("ix_memory_notes_agent_id_contact", "agent_id", "contact"),)
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
+    contact: Mapped[str | None] = mapped_column(String(255))
+    content: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,50 @@
+"""The live runtime log over real HTTP (SSE), through the log bus (memory or Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+
+async def _events(response: httpx.Response, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            events.append(json.loads(line.removeprefix("data: ")))
+            if len(events) == count:
+                break
+    return events
+
+
+async def test_stream_follows_status_changes_live(live_server: str, api_for_live: Any) -> None:
+    key_client, agent_id = api_for_live
+    async with key_client.stream("GET", f"/api/v1/agents/{agent_id}/logs/stream") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        reader = asyncio.create_task(_events(stream, 3))
+        await asyncio.sleep(0.2)
+        assert (await key_client.post(f"/api/v1/agents/{agent_id}/deploy")).status_code == 200
+        assert (await key_client.post(f"/api/v1/agents/{agent_id}/stop")).status_code == 200
+        events = await asyncio.wait_for(reader, timeout=15)
+    assert [(e["details"]["from"], e["details"]["to"]) for e in events] == [
+        ("draft", "deploying"),
+        ("deploying", "running"),
+        ("running", "stopped"),
+    ]
+
+
+async def test_stream_resumes_after_last_event_id(live_server: str, api_for_live: Any) -> None:
+    key_client, agent_id = api_for_live
+    await key_client.post(f"/api/v1/agents/{agent_id}/deploy")
+    listing = (await key_client.get(f"/api/v1/agents/{agent_id}/logs")).json()["data"]
+    first_id = listing[0]["id"]
+    async with key_client.stream(
+        "GET",
+        f"/api/v1/agents/{agent_id}/logs/stream",
+        headers={"Last-Event-ID": str(first_id)},
+    ) as stream:
+        events = await asyncio.wait_for(_events(stream, 1), timeout=15)
+    assert events[0]["id"] == listing[1]["id"]
