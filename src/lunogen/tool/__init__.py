@@ -1,0 +1,3 @@
+"""Tools an agent may enable. Importing the package registers every built-in in the registry."""
+
+from lunogen.tool import web_fetch as web_fetch

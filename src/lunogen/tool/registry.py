@@ -13,12 +13,25 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lunogen.kit.http import SafeHttp
+
 
 @dataclass(frozen=True)
 class ToolContext:
+    """What a tool may know about the turn it runs in, and the services it may use.
+
+    Network tools send HTTP only through `safe_http()`: `http` when the runtime passes one (shared,
+    or a test's), else a guard built from `allow_private_urls` (`settings.allow_private_urls`).
+    """
+
     agent_id: str
     owner_id: str
     contact: str | None = None
+    allow_private_urls: bool = False
+    http: SafeHttp | None = None
+
+    def safe_http(self) -> SafeHttp:
+        return self.http or SafeHttp(allow_private=self.allow_private_urls)
 
 
 ToolRun = Callable[[ToolContext, dict[str, Any]], Awaitable[str]]
