@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,12 +38,20 @@ from lunogen.kit.middleware import (
 )
 from lunogen.llm import catalog
 from lunogen.llm.endpoints import router as model_router
+from lunogen.llm.provider import ModelClient
+from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
+from lunogen.runtime.endpoints import router as conversation_router
+from lunogen.runtime.memory_endpoints import router as memory_router
+from lunogen.runtime.tasks import sweep_forever
+from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
 from lunogen.worker import enqueue
 from lunogen.worker.broker import JobRuntime, broker, set_runtime
 
 log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 3.0
 
 API_DESCRIPTION = """The LunoGen developer API.
 
@@ -68,7 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await session.commit()
         if seeded:
             log.info("model_catalog_seeded", models=seeded)
-        set_runtime(JobRuntime(settings=settings, sessionmaker=sessionmaker, keyring=keyring))
+        model_client = ModelClient.from_settings(settings) if settings.llm_configured else None
+        set_runtime(
+            JobRuntime(
+                settings=settings,
+                sessionmaker=sessionmaker,
+                keyring=keyring,
+                model_client=model_client,
+            )
+        )
         await broker.startup()
         log_bus = (
             agent_logs.RedisLogBus(settings.redis_url)
@@ -77,16 +94,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         agent_logs.set_bus(log_bus)
         await log_bus.start()
+        sweeper = asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds))
         log.info("lunogen_started", version=__version__, public_url=settings.public_url)
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await enqueue.drain()
             await log_bus.stop()
             agent_logs.set_bus(agent_logs.LogBus())
-            await broker.wait_all()
+            try:  # in-flight jobs get a bounded grace; the sweeper finds whatever they leave
+                await asyncio.wait_for(broker.wait_all(), timeout=SHUTDOWN_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("jobs_still_running_at_shutdown")
             await broker.shutdown()
             set_runtime(None)
+            if model_client is not None:
+                await model_client.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -113,9 +138,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key_router,
         agent_router,
         lifecycle_router,
+        conversation_router,
         notification_router,
         tool_router,
+        agent_tools_router,
+        memory_router,
         model_router,
+        usage_router,
         audit_router,
         apidocs_router,
         pages_router,

@@ -26,11 +26,13 @@ user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Developer API keys.", no_args_is_help=True)
 mail_app = typer.Typer(help="Outgoing email.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets encrypted at rest.", no_args_is_help=True)
+models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(mail_app, name="mail")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -274,3 +276,29 @@ def secrets_rotate(
         console.print("Old keys removed from the key file.")
     elif len(ring.keys) > 1:
         console.print("Old keys are still in the ring; remove them once every server restarted.")
+
+
+@models_app.command("refresh")
+def models_refresh() -> None:
+    """Update the model catalog and prices from the provider's `GET /models`.
+
+    Models are added and updated, never removed. On failure the catalog is left as it was.
+    """
+    from lunogen.llm.refresh import CatalogRefreshError, RefreshResult, refresh_catalog
+
+    settings = _settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> RefreshResult:
+        async with sm() as session:
+            try:
+                result = await refresh_catalog(session, settings)
+            except CatalogRefreshError as exc:
+                raise CatalogRefreshError(f"{exc.message}; the catalog is unchanged.") from exc
+            await session.commit()
+            return result
+
+    with console.status(f"Fetching models from {settings.llm_base_url}…"):
+        result = _run_db(settings, work)
+    console.print(
+        f"Refreshed {result.models} models ({result.added} new) from {settings.llm_base_url}."
+    )

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 class Settings(BaseSettings):
@@ -40,6 +43,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     allow_private_urls: bool = False
+    sweep_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+    openrouter_api_key: SecretStr | None = None
+    llm_base_url: str = OPENROUTER_BASE_URL
+    llm_api_key: SecretStr | None = None
+    llm_api_style: Literal["auto", "openrouter", "openai"] = "auto"
+    llm_timeout_seconds: float = Field(default=60, gt=0, le=600)
+    llm_max_retries: int = Field(default=3, ge=0, le=10)
+    llm_app_name: str = "LunoGen"
 
     @classmethod
     def settings_customise_sources(
@@ -64,6 +75,13 @@ class Settings(BaseSettings):
             raise ValueError("public_url must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_llm_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+            raise ValueError("llm_base_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -81,6 +99,44 @@ class Settings(BaseSettings):
     @property
     def google_enabled(self) -> bool:
         return bool(self.google_client_id and self.google_client_secret)
+
+    @property
+    def llm_base_is_openrouter(self) -> bool:
+        host = urlsplit(self.llm_base_url).hostname or ""
+        return host == "openrouter.ai" or host.endswith(".openrouter.ai")
+
+    @property
+    def llm_uses_openrouter(self) -> bool:
+        """Whether to send OpenRouter's extensions (routing, usage, attribution headers)."""
+        if self.llm_api_style == "auto":
+            return self.llm_base_is_openrouter
+        return self.llm_api_style == "openrouter"
+
+    @property
+    def llm_key(self) -> str | None:
+        """The bearer key for the model endpoint: `llm_api_key`, else `openrouter_api_key`."""
+        for secret in (self.llm_api_key, self.openrouter_api_key):
+            if secret is not None and secret.get_secret_value():
+                return secret.get_secret_value()
+        return None
+
+    @property
+    def llm_provider_problem(self) -> str | None:
+        """Why no model can be called, naming the setting to set; None when configured.
+
+        OpenRouter needs a key; any other base URL (a local Ollama or vLLM) counts as configured
+        without one.
+        """
+        if self.llm_key is None and self.llm_base_is_openrouter:
+            return (
+                "No model provider configured: set LUNOGEN_OPENROUTER_API_KEY (or "
+                "LUNOGEN_LLM_BASE_URL for a local OpenAI-compatible server)"
+            )
+        return None
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.llm_provider_problem is None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -13,6 +13,12 @@ from lunogen.db import create_engine, create_sessionmaker
 from lunogen.kit.crypto import load_keyring
 from lunogen.notification.models import OutboundEmail
 from tests.agent.support import agent_body
+from tests.fakes.openrouter import (  # noqa: F401 (fixtures)
+    FakeOpenRouter,
+    openrouter,
+    openrouter_server,
+    openrouter_settings,
+)
 from tests.helpers import PASSWORD
 
 
@@ -68,3 +74,9 @@ async def api_for_live(
     assert agent.status_code == 201, agent.text
     yield client, agent.json()["id"]
     await client.aclose()
+
+
+@pytest.fixture
+def settings_overrides(openrouter: FakeOpenRouter) -> dict[str, object]:  # noqa: F811
+    """Agents here can deploy: the model provider is the fake OpenRouter on 127.0.0.1."""
+    return openrouter_settings(openrouter)

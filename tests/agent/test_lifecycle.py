@@ -187,3 +187,13 @@ async def test_logs_page_by_cursor_and_filter_by_level(api: Api) -> None:
     ids = [e["id"] for e in first["data"] + rest]
     assert ids == sorted(ids) and len(ids) == 9
     assert await _logs(dev, agent["id"], level="error") == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{}], indirect=False)
+async def test_deploy_without_a_model_provider_names_the_setting(api: Api) -> None:
+    dev = await new_dev(api)
+    agent = await create_agent(dev)
+    response = await _post(dev, agent["id"], "deploy")
+    assert response.status_code == 502
+    assert "LUNOGEN_OPENROUTER_API_KEY" in response.json()["error"]
+    assert response.json()["error"].startswith("Deploy failed: No model provider configured")

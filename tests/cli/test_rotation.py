@@ -13,6 +13,7 @@ from lunogen.agent.models import Agent, AgentChannel
 from lunogen.app import create_app
 from lunogen.config import Settings
 from lunogen.kit.crypto import CryptoError, Key, KeyRing, key_file
+from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.secret_columns import ENCRYPTED_COLUMNS
 from tests.cli.conftest import Cli
 from tests.conftest import BASE_URL
@@ -45,6 +46,29 @@ async def _store_secrets(api: Api) -> list[str]:
                 AgentChannel(type="webchat", position=1, config={}, secrets=None),
             ]
             session.add(agent)
+            await session.flush()
+            thread = Thread(
+                agent_id=agent.id, owner_id=person.id, channel_key="api", contact=f"c{n}"
+            )
+            session.add(thread)
+            await session.flush()
+            session.add(
+                Message(
+                    thread_id=thread.id,
+                    agent_id=agent.id,
+                    seq=1,
+                    role="user",
+                    content=keyring.encrypt(f"message secret-{n}"),
+                )
+            )
+            session.add(
+                MemoryNote(
+                    agent_id=agent.id,
+                    owner_id=person.id,
+                    contact=f"c{n}",
+                    content=keyring.encrypt(f"note secret-{n}"),
+                )
+            )
         await session.commit()
     return emails
 

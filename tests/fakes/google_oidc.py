@@ -15,7 +15,6 @@ import base64
 import hashlib
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.server import loopback_socket, serve_in_thread
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 CODE_TTL_SECONDS = 600
@@ -298,25 +298,10 @@ class FakeGoogle:
         cls, *, client_id: str, client_secret: str, redirect_uris: list[str]
     ) -> Iterator[FakeGoogle]:
         fake = cls(client_id=client_id, client_secret=client_secret, redirect_uris=redirect_uris)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        fake.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(fake.asgi_app(), log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake Google provider did not start")
-            time.sleep(0.01)
-        try:
+        sock, port = loopback_socket()
+        fake.base_url = f"http://127.0.0.1:{port}"
+        with serve_in_thread(fake.asgi_app(), sock, name="the fake Google provider"):
             yield fake
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
 
 
 def s256(verifier: str) -> str:

@@ -18,14 +18,13 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -38,6 +37,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from lunogen.kit.http import AddressPolicy, IPAddress
+from tests.fakes.server import loopback_socket, serve_in_thread
 
 
 class LoopbackIsPublic(AddressPolicy):
@@ -229,30 +229,17 @@ class Website:
         certfile: Path | None = None,
         keyfile: Path | None = None,
     ) -> Iterator[Website]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        site = cls(host=host, port=sock.getsockname()[1], scheme="https" if certfile else "http")
-        config = uvicorn.Config(
-            site.asgi_app(),
-            log_level="warning",
-            lifespan="off",
-            ssl_certfile=str(certfile) if certfile else None,
-            ssl_keyfile=str(keyfile) if keyfile else None,
-            ssl_cert_reqs=ssl.CERT_NONE,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake website did not start")
-            time.sleep(0.01)
-        try:
-            yield site
-        finally:
-            site.stopping = True
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
+        sock, bound_port = loopback_socket(host, port)
+        site = cls(host=host, port=bound_port, scheme="https" if certfile else "http")
+        tls: dict[str, Any] = {}
+        if certfile:
+            tls = {
+                "ssl_certfile": str(certfile),
+                "ssl_keyfile": str(keyfile) if keyfile else None,
+                "ssl_cert_reqs": ssl.CERT_NONE,
+            }
+        with serve_in_thread(site.asgi_app(), sock, name="the fake website", **tls):
+            try:
+                yield site
+            finally:
+                site.stopping = True

@@ -108,8 +108,12 @@ async def set_status(
             )
 
 
-async def deployment_problem(session: AsyncSession, *, agent: Agent) -> str | None:
+async def deployment_problem(
+    session: AsyncSession, *, agent: Agent, settings: Settings
+) -> str | None:
     """The first reason this agent cannot run as configured, or None."""
+    if settings.llm_provider_problem is not None:
+        return settings.llm_provider_problem
     for model_id in (agent.model, *agent.fallback_models):
         if await catalog.get_model(session, model_id) is None:
             return f"model {model_id!r} is not in the model catalog"
@@ -141,7 +145,7 @@ async def deploy(
     if action == "restart":
         log_event(session, agent_id=agent.id, event="restart", message="Restart requested")
     await set_status(session, agent=agent, status="deploying", effects=effects)
-    problem = await deployment_problem(session, agent=agent)
+    problem = await deployment_problem(session, agent=agent, settings=effects.settings)
     if problem is not None:
         await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
         return agent, problem

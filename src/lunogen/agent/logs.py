@@ -118,6 +118,7 @@ class RedisLogBus(LogBus):
 
         self._redis = Redis.from_url(redis_url)
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def publish(self, agent_id: str) -> None:
         try:
@@ -130,23 +131,25 @@ class RedisLogBus(LogBus):
         self._listener = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                pubsub = self._redis.pubsub()
-                await pubsub.subscribe(self.CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.wake_local(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.CHANNEL)
+                    while not self._stopping:
+                        message = await pubsub.get_message(timeout=0.5)
+                        if message and message.get("type") == "message":
+                            self.wake_local(message["data"].decode())
             except Exception as exc:
                 log.warning("log_bus_listen_failed", error=str(exc))
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            try:
+                await asyncio.wait_for(self._listener, timeout=2)
+            except TimeoutError:
+                log.warning("log_bus_listener_did_not_stop")
         await self._redis.aclose()
 
 

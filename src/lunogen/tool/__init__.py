@@ -1,3 +1,4 @@
 """Tools an agent may enable. Importing the package registers every built-in in the registry."""
 
+from lunogen.tool import memory as memory
 from lunogen.tool import web_fetch as web_fetch

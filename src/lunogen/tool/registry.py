@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import SafeHttp
 
 
@@ -29,6 +32,9 @@ class ToolContext:
     contact: str | None = None
     allow_private_urls: bool = False
     http: SafeHttp | None = None
+    # The turn's own transaction: what a tool writes commits (or not) with the turn's reply.
+    session: AsyncSession | None = None
+    keyring: KeyRing | None = None
 
     def safe_http(self) -> SafeHttp:
         return self.http or SafeHttp(allow_private=self.allow_private_urls)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from lunogen.config import Settings
     from lunogen.kit.crypto import KeyRing
+    from lunogen.llm.provider import ModelClient
 
 broker = InMemoryBroker(await_inplace=False)
 
@@ -25,6 +26,8 @@ class JobRuntime:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     keyring: KeyRing
+    worker_id: str = "embedded"
+    model_client: ModelClient | None = None
 
 
 _runtime: JobRuntime | None = None

@@ -1,0 +1,208 @@
+"""The API channel: send an agent a message and read its threads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import func, select
+from starlette.responses import Response
+
+from lunogen.agent.service import get_agent
+from lunogen.auth.dependencies import AgentsExecute, AgentsRead
+from lunogen.channel.fields import Storable
+from lunogen.db import DbSession
+from lunogen.errors import LunogenError, NotFoundError
+from lunogen.kit.crypto import KeyRing
+from lunogen.kit.pagination import Page, PageParams, page_params
+from lunogen.runtime import service
+from lunogen.runtime.models import Message, Thread
+from lunogen.runtime.tasks import enqueue_thread
+
+router = APIRouter(prefix="/api/v1/agents", tags=["conversations"])
+
+API_CHANNEL = "api"
+POLL_SECONDS = 0.02
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, StringConstraints(min_length=1, max_length=32_000), Storable]
+    contact: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable
+    ] = Field(default="api", description="Who is talking; each contact has its own thread.")
+    wait_seconds: float = Field(
+        default=60, ge=0, le=300, description="How long to wait for the reply before a 202."
+    )
+
+
+class MessageOut(BaseModel):
+    id: str
+    thread_id: str
+    role: str
+    text: str
+    status: str
+    created_at: datetime
+    reply_to_id: str | None = None
+
+
+class ExchangeOut(BaseModel):
+    message: MessageOut
+    reply: MessageOut | None
+    status: str = Field(description="`answered`, `pending` (poll the thread), or `failed`.")
+
+
+class ThreadOut(BaseModel):
+    id: str
+    channel: str
+    contact: str
+    created_at: datetime
+    last_message_at: datetime
+    messages: int
+
+
+def _message_out(message: Message, keyring: KeyRing) -> MessageOut:
+    return MessageOut(
+        id=message.id,
+        thread_id=message.thread_id,
+        role=message.role,
+        text=keyring.decrypt(message.content),
+        status=message.status,
+        created_at=message.created_at,
+        reply_to_id=message.reply_to_id,
+    )
+
+
+async def _wait_for_reply(
+    request: Request, message_id: str, wait_seconds: float
+) -> tuple[Message, Message | None]:
+    deadline = time.monotonic() + wait_seconds
+    sessionmaker = request.app.state.sessionmaker
+    while True:
+        async with sessionmaker() as session:
+            inbound = await session.get(Message, message_id)
+            assert inbound is not None
+            if inbound.status != "pending":
+                reply = (
+                    await session.execute(select(Message).where(Message.reply_to_id == message_id))
+                ).scalar_one_or_none()
+                return inbound, reply
+        if time.monotonic() >= deadline:
+            return inbound, None
+        await asyncio.sleep(POLL_SECONDS)
+
+
+@router.post(
+    "/{agent_id}/messages",
+    response_model=ExchangeOut,
+    responses={
+        202: {"description": "Accepted; the reply was not ready within `wait_seconds`"},
+        409: {"description": "The agent is not running; `status` names its state"},
+    },
+)
+async def send_message(
+    agent_id: str, data: MessageIn, request: Request, principal: AgentsExecute, db: DbSession
+) -> Response:
+    """Send the agent a message and wait for its reply (up to `wait_seconds`)."""
+    keyring: KeyRing = request.app.state.keyring
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    accepted = await service.accept_inbound(
+        db,
+        agent=agent,
+        channel_key=API_CHANNEL,
+        contact=data.contact,
+        text=data.text,
+        keyring=keyring,
+    )
+    enqueue_thread(db, accepted.thread.id)
+    await db.commit()
+    inbound, reply = await _wait_for_reply(request, accepted.message.id, data.wait_seconds)
+    if inbound.status == "failed":
+        raise LunogenError(
+            inbound.last_error or "The agent could not answer",
+            error="Agent failed to answer",
+            status_code=502,
+            extra={"message_id": inbound.id, "thread_id": inbound.thread_id},
+        )
+    status = "answered" if reply is not None else inbound.status
+    body = ExchangeOut(
+        message=_message_out(inbound, keyring),
+        reply=_message_out(reply, keyring) if reply is not None else None,
+        status=status,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if reply else 202)
+
+
+@router.get("/{agent_id}/threads", response_model=Page[ThreadOut])
+async def list_threads(
+    agent_id: str,
+    principal: AgentsRead,
+    db: DbSession,
+    page: Annotated[PageParams, Depends(page_params)],
+) -> Page[ThreadOut]:
+    """The agent's conversations, most recently active first."""
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    base = select(Thread).where(Thread.agent_id == agent.id)
+    total = int((await db.execute(select(func.count()).select_from(base.subquery()))).scalar_one())
+    counts = (
+        select(Message.thread_id, func.count().label("n"))
+        .where(Message.agent_id == agent.id)
+        .group_by(Message.thread_id)
+        .subquery()
+    )
+    rows = await db.execute(
+        select(Thread, counts.c.n)
+        .outerjoin(counts, counts.c.thread_id == Thread.id)
+        .where(Thread.agent_id == agent.id)
+        .order_by(Thread.last_message_at.desc(), Thread.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    return Page(
+        data=[
+            ThreadOut(
+                id=t.id,
+                channel=t.channel_key,
+                contact=t.contact,
+                created_at=t.created_at,
+                last_message_at=t.last_message_at,
+                messages=n or 0,
+            )
+            for t, n in rows.all()
+        ],
+        total=total,
+        **page.model_dump(),
+    )
+
+
+@router.get("/{agent_id}/threads/{thread_id}/messages", response_model=Page[MessageOut])
+async def list_thread_messages(
+    agent_id: str,
+    thread_id: str,
+    request: Request,
+    principal: AgentsRead,
+    db: DbSession,
+    page: Annotated[PageParams, Depends(page_params)],
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
+) -> Page[MessageOut]:
+    """A thread's messages in arrival order (`order=desc` for newest first)."""
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    thread = await db.get(Thread, thread_id)
+    if thread is None or thread.agent_id != agent.id:
+        raise NotFoundError(error="Thread not found")
+    base = select(Message).where(Message.thread_id == thread.id)
+    total = int((await db.execute(select(func.count()).select_from(base.subquery()))).scalar_one())
+    ordering = Message.seq.asc() if order == "asc" else Message.seq.desc()
+    rows = await db.execute(base.order_by(ordering).limit(page.limit).offset(page.offset))
+    keyring: KeyRing = request.app.state.keyring
+    return Page(
+        data=[_message_out(m, keyring) for m in rows.scalars()],
+        total=total,
+        **page.model_dump(),
+    )

@@ -1,0 +1,107 @@
+"""The owner's view of an agent's memory notes: list (decrypted) and delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from starlette.responses import Response
+
+from lunogen.agent.endpoints import Keys
+from lunogen.agent.service import get_agent
+from lunogen.audit import service as audit
+from lunogen.auth.dependencies import AgentsRead, AgentsWrite
+from lunogen.db import DbSession
+from lunogen.errors import NotFoundError
+from lunogen.kit.pagination import Page, PageParams, page_params
+from lunogen.runtime.models import MemoryNote
+
+router = APIRouter(prefix="/api/v1/agents", tags=["memory"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No agent with this id is visible to you, or no such note"}
+}
+
+
+class MemoryNoteOut(BaseModel):
+    id: str
+    about: Literal["contact", "agent"]
+    contact: str | None = Field(description="The contact the note is about; null: agent-wide.")
+    text: str
+    created_at: datetime
+
+
+@router.get("/{agent_id}/memory", response_model=Page[MemoryNoteOut], responses=_NOT_FOUND)
+async def list_memory(
+    agent_id: str,
+    principal: AgentsRead,
+    db: DbSession,
+    keyring: Keys,
+    page: Annotated[PageParams, Depends(page_params)],
+    contact: Annotated[
+        str | None, Query(max_length=255, description="Only the notes about this contact")
+    ] = None,
+    about: Annotated[
+        Literal["contact", "agent"] | None,
+        Query(description="Only notes about contacts, or only agent-wide notes"),
+    ] = None,
+) -> Page[MemoryNoteOut]:
+    """The notes the agent keeps (via `remember`), newest first. Scope: `agents:read`."""
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    query = select(MemoryNote).where(MemoryNote.agent_id == agent.id)
+    if contact is not None:
+        query = query.where(MemoryNote.contact == contact)
+    if about == "agent":
+        query = query.where(MemoryNote.contact.is_(None))
+    elif about == "contact":
+        query = query.where(MemoryNote.contact.is_not(None))
+    total = int((await db.execute(select(func.count()).select_from(query.subquery()))).scalar_one())
+    rows = await db.execute(
+        query.order_by(MemoryNote.created_at.desc(), MemoryNote.id.desc())
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    data = [
+        MemoryNoteOut(
+            id=row.id,
+            about="agent" if row.contact is None else "contact",
+            contact=row.contact,
+            text=keyring.decrypt(row.content),
+            created_at=row.created_at,
+        )
+        for row in rows.scalars()
+    ]
+    return Page(data=data, total=total, **page.model_dump())
+
+
+@router.delete(
+    "/{agent_id}/memory/{note_id}", status_code=204, response_class=Response, responses=_NOT_FOUND
+)
+async def delete_memory_note(
+    agent_id: str, note_id: str, principal: AgentsWrite, db: DbSession
+) -> Response:
+    """Delete one note. Scope: `agents:write`."""
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    note = (
+        await db.execute(
+            select(MemoryNote).where(MemoryNote.id == note_id, MemoryNote.agent_id == agent.id)
+        )
+    ).scalar_one_or_none()
+    if note is None:
+        raise NotFoundError(error="Memory note not found")
+    await db.delete(note)
+    audit.record(
+        db,
+        action="agent.memory_note_deleted",
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details={"note_id": note.id, "about": "agent" if note.contact is None else "contact"},
+    )
+    await db.flush()
+    return Response(status_code=204)

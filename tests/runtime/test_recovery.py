@@ -1,0 +1,87 @@
+"""Work left by a dead worker is found again by the sweeper and answered exactly once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from lunogen.kit.time import utcnow
+from lunogen.llm.models import UsageRecord
+from lunogen.runtime.models import Message, Thread
+from lunogen.runtime.tasks import run_thread, sweep_once
+from lunogen.worker import enqueue
+from lunogen.worker.broker import broker
+from tests.agent.support import create_agent, new_dev
+from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
+from tests.helpers import Api
+
+
+@pytest.fixture
+def settings_overrides(openrouter: FakeOpenRouter) -> dict[str, object]:
+    """The tests sweep by hand: no background sweeper racing them."""
+    return openrouter_settings(openrouter, sweep_interval_seconds=0)
+
+
+async def _pending_message_under_a_dead_lease(api: Api, *, expired: bool) -> tuple[str, str]:
+    dev = await new_dev(api)
+    agent = await create_agent(dev)
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    # A worker took the thread and died: its lease outlives it (or has run out).
+    async with api.app.state.sessionmaker() as session:
+        from lunogen.agent.models import Agent
+        from lunogen.runtime.service import accept_inbound
+
+        row = await session.get(Agent, agent["id"])
+        assert row is not None
+        accepted = await accept_inbound(
+            session,
+            agent=row,
+            channel_key="api",
+            contact="someone",
+            text="Are you there?",
+            keyring=api.app.state.keyring,
+        )
+        lease_end = utcnow() + (timedelta(seconds=-1) if expired else timedelta(minutes=5))
+        await session.execute(
+            update(Thread)
+            .where(Thread.id == accepted.thread.id)
+            .values(lease_owner="dead-worker:1", lease_expires_at=lease_end)
+        )
+        await session.commit()
+        return accepted.thread.id, accepted.message.id
+
+
+async def _replies(api: Api, message_id: str) -> tuple[int, int, str]:
+    async with api.app.state.sessionmaker() as session:
+        replies = await session.execute(
+            select(func.count()).where(Message.reply_to_id == message_id)
+        )
+        usage = await session.execute(select(func.count()).select_from(UsageRecord))
+        inbound = await session.get(Message, message_id)
+        assert inbound is not None
+        return int(replies.scalar_one()), int(usage.scalar_one()), inbound.status
+
+
+async def test_a_live_lease_keeps_other_jobs_out(api: Api, openrouter: FakeOpenRouter) -> None:
+    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=False)
+    await run_thread(thread_id)  # a duplicate delivery while the lease is held
+    assert await sweep_once(api.app.state.sessionmaker) == 0
+    assert await _replies(api, message_id) == (0, 0, "pending")
+    assert openrouter.chat_requests == []
+
+
+async def test_the_sweeper_takes_over_an_expired_lease_and_answers_once(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=True)
+    assert await sweep_once(api.app.state.sessionmaker) == 1
+    await enqueue.drain()
+    await broker.wait_all()
+    assert await _replies(api, message_id) == (1, 1, "done")
+    # Sweeping again, or a late duplicate job, changes nothing.
+    assert await sweep_once(api.app.state.sessionmaker) == 0
+    await run_thread(thread_id)
+    assert await _replies(api, message_id) == (1, 1, "done")
+    assert len(openrouter.chat_requests) == 1
