@@ -84,6 +84,7 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, ob
         "smtp_url": None,
         "google_client_id": None,
         "google_client_secret": None,
+        "catalog_refresh_hours": 0,  # never reach for the real OpenRouter from a test
     }
     values.update(settings_overrides)
     return Settings(**values)  # type: ignore[arg-type,unused-ignore]

@@ -21,6 +21,7 @@ from lunogen.auth.google import STATE_COOKIE, create_oauth
 from lunogen.auth.google import router as google_router
 from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.channel.endpoints import router as webhook_channel_router
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
@@ -48,6 +49,7 @@ from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
 from lunogen.worker import enqueue
 from lunogen.worker.broker import JobRuntime, broker, set_runtime
+from lunogen.worker.maintenance import maintenance_forever
 
 log = structlog.get_logger(__name__)
 
@@ -95,12 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_logs.set_bus(log_bus)
         await log_bus.start()
         sweeper = asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds))
+        maintenance = asyncio.create_task(maintenance_forever(sessionmaker, settings))
         log.info("lunogen_started", version=__version__, public_url=settings.public_url)
         try:
             yield
         finally:
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            maintenance.cancel()
+            await asyncio.gather(sweeper, maintenance, return_exceptions=True)
             await enqueue.drain()
             await log_bus.stop()
             agent_logs.set_bus(agent_logs.LogBus())
@@ -139,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         lifecycle_router,
         conversation_router,
+        webhook_channel_router,
         notification_router,
         tool_router,
         agent_tools_router,

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     log_json: bool = True
     allow_private_urls: bool = False
     sweep_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+    log_retention_days: int = Field(default=30, ge=1, le=3650)
+    catalog_refresh_hours: float = Field(default=24.0, ge=0, le=24 * 30)
     openrouter_api_key: SecretStr | None = None
     llm_base_url: str = OPENROUTER_BASE_URL
     llm_api_key: SecretStr | None = None

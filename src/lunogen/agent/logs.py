@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import event, func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -67,6 +67,24 @@ async def read_events(
     if since is not None:
         query = query.where(AgentLogEvent.created_at >= since)
     return list((await session.execute(query)).scalars())
+
+
+async def purge_events_before(session: AsyncSession, *, cutoff: datetime, batch: int = 5000) -> int:
+    """Delete log lines older than `cutoff`, a batch at a time. Commits each batch."""
+    removed = 0
+    while True:
+        ids = list(
+            (
+                await session.execute(
+                    select(AgentLogEvent.id).where(AgentLogEvent.created_at < cutoff).limit(batch)
+                )
+            ).scalars()
+        )
+        if not ids:
+            return removed
+        await session.execute(delete(AgentLogEvent).where(AgentLogEvent.id.in_(ids)))
+        await session.commit()
+        removed += len(ids)
 
 
 async def latest_event_id(session: AsyncSession, *, agent_id: str) -> int:

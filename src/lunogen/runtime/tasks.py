@@ -8,6 +8,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from lunogen.channel import webhook
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.runtime import service
@@ -91,6 +92,10 @@ async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
         await run_thread.kiq(thread_id)
     if thread_ids:
         log.info("sweeper_requeued", threads=len(thread_ids))
+    # Webhook callbacks: retries that are due, and senders that died (separate from turns).
+    deliveries = await webhook.requeue_due(sessionmaker)
+    if deliveries:
+        log.info("sweeper_requeued_deliveries", deliveries=deliveries)
     return len(thread_ids)
 
 

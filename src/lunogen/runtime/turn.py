@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
+from lunogen.channel import webhook
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
@@ -278,6 +279,7 @@ async def run_turn(session: AsyncSession, deps: TurnDeps, *, inbound: Message) -
         completed_at=utcnow(),
     )
     session.add(reply)
+    await webhook.reply_ready(session, inbound_id=inbound.id)  # callbacks waiting for it
     inbound.status = "done"
     inbound.completed_at = utcnow()
     inbound.last_error = None
