@@ -85,6 +85,7 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, ob
         "google_client_id": None,
         "google_client_secret": None,
         "catalog_refresh_hours": 0,  # never reach for the real OpenRouter from a test
+        "job_broker": "memory",  # tests/worker runs the Redis Streams shape on purpose
     }
     values.update(settings_overrides)
     return Settings(**values)  # type: ignore[arg-type,unused-ignore]

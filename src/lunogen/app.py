@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from lunogen import __version__
 from lunogen.account.endpoints import router as account_router
-from lunogen.agent import logs as agent_logs
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
 from lunogen.audit.endpoints import router as audit_router
@@ -26,7 +24,6 @@ from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
 from lunogen.dashboard.pages import router as pages_router
-from lunogen.db import create_engine, create_sessionmaker
 from lunogen.errors import install_error_handlers
 from lunogen.health import router as health_router
 from lunogen.kit.crypto import load_keyring
@@ -37,19 +34,14 @@ from lunogen.kit.middleware import (
     RejectNulMiddleware,
     SecurityHeadersMiddleware,
 )
-from lunogen.llm import catalog
 from lunogen.llm.endpoints import router as model_router
-from lunogen.llm.provider import ModelClient
 from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.memory_endpoints import router as memory_router
-from lunogen.runtime.tasks import sweep_forever
 from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
-from lunogen.worker import enqueue
-from lunogen.worker.broker import JobRuntime, broker, set_runtime
-from lunogen.worker.maintenance import maintenance_forever
+from lunogen.worker.process import JobProcess
 
 log = structlog.get_logger(__name__)
 
@@ -70,53 +62,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.effective_database_url)
-        sessionmaker = create_sessionmaker(engine)
-        app.state.engine = engine
-        app.state.sessionmaker = sessionmaker
-        async with sessionmaker() as session:
-            seeded = await catalog.seed_if_empty(session)
-            await session.commit()
-        if seeded:
-            log.info("model_catalog_seeded", models=seeded)
-        model_client = ModelClient.from_settings(settings) if settings.llm_configured else None
-        set_runtime(
-            JobRuntime(
-                settings=settings,
-                sessionmaker=sessionmaker,
-                keyring=keyring,
-                model_client=model_client,
+        jobs = JobProcess(
+            settings,
+            keyring,
+            consume=settings.embedded_worker,
+            grace_seconds=SHUTDOWN_GRACE_SECONDS,
+        )
+        async with jobs.running() as runtime:
+            app.state.engine = runtime.engine
+            app.state.sessionmaker = runtime.sessionmaker
+            app.state.turn_events = runtime.turn_events
+            log.info(
+                "lunogen_started",
+                version=__version__,
+                public_url=settings.public_url,
+                jobs="redis" if settings.uses_redis_jobs else "in-process",
+                embedded_worker=settings.embedded_worker,
             )
-        )
-        await broker.startup()
-        log_bus = (
-            agent_logs.RedisLogBus(settings.redis_url)
-            if settings.redis_url
-            else agent_logs.LogBus()
-        )
-        agent_logs.set_bus(log_bus)
-        await log_bus.start()
-        sweeper = asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds))
-        maintenance = asyncio.create_task(maintenance_forever(sessionmaker, settings))
-        log.info("lunogen_started", version=__version__, public_url=settings.public_url)
-        try:
             yield
-        finally:
-            sweeper.cancel()
-            maintenance.cancel()
-            await asyncio.gather(sweeper, maintenance, return_exceptions=True)
-            await enqueue.drain()
-            await log_bus.stop()
-            agent_logs.set_bus(agent_logs.LogBus())
-            try:  # in-flight jobs get a bounded grace; the sweeper finds whatever they leave
-                await asyncio.wait_for(broker.wait_all(), timeout=SHUTDOWN_GRACE_SECONDS)
-            except TimeoutError:
-                log.warning("jobs_still_running_at_shutdown")
-            await broker.shutdown()
-            set_runtime(None)
-            if model_client is not None:
-                await model_client.aclose()
-            await engine.dispose()
 
     app = FastAPI(
         title="LunoGen API",

@@ -80,6 +80,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
     migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="Run no jobs here: `lunogen worker` processes do (needs LUNOGEN_REDIS_URL)",
+        ),
+    ] = False,
 ) -> None:
     """Run the server (embedded shape: applies pending migrations first)."""
     import uvicorn
@@ -87,6 +94,14 @@ def serve(
     from lunogen.app import create_app
 
     settings = _settings(data_dir)
+    if no_worker:
+        if not settings.uses_redis_jobs:
+            err_console.print(
+                "[red]Error:[/red] --no-worker needs a shared job queue: set LUNOGEN_REDIS_URL "
+                "and run `lunogen worker` processes."
+            )
+            raise typer.Exit(2)
+        settings = settings.model_copy(update={"embedded_worker": False})
     if migrate:
         with console.status("Applying database migrations…"):
             _upgrade(settings)
@@ -99,6 +114,42 @@ def serve(
         log_config=None,
         access_log=False,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="Jobs run at once (default LUNOGEN_WORKER_CONCURRENCY)"),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+) -> None:
+    """Run jobs from the shared queue (scaled shape: PostgreSQL + Redis), until SIGTERM."""
+    from lunogen.worker.run import run_worker
+
+    settings = _settings(data_dir)
+    problem = _worker_problem(settings)
+    if problem:
+        err_console.print(f"[red]Error:[/red] {problem}")
+        raise typer.Exit(2)
+    console.print(
+        f"LunoGen {__version__} worker: {concurrency or settings.worker_concurrency} jobs at "
+        f"once from {settings.job_queue}"
+    )
+    asyncio.run(run_worker(settings, concurrency=concurrency))
+
+
+def _worker_problem(settings: Settings) -> str | None:
+    from lunogen.kit.crypto import key_file
+
+    if not settings.uses_redis_jobs:
+        return "a worker needs the shared job queue: set LUNOGEN_REDIS_URL"
+    if not settings.secret_keys and not key_file(settings.data_dir).exists():
+        return (
+            "no secrets key: set LUNOGEN_SECRET_KEYS to the servers' keys (a worker must "
+            "decrypt what they encrypt)"
+        )
+    return None
 
 
 @db_app.command("upgrade")

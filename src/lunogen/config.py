@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     log_json: bool = True
     allow_private_urls: bool = False
     sweep_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Jobs: "auto" is Redis Streams when redis_url is set, else in-process.
+    job_broker: Literal["auto", "memory", "redis"] = "auto"
+    job_queue: str = Field(default="lunogen:jobs", min_length=1, max_length=200)
+    worker_concurrency: int = Field(default=20, ge=1, le=1000)
+    # `lunogen serve --no-worker` sets this to false: the server sends jobs and runs none.
+    embedded_worker: bool = True
+    # How long `lunogen worker` lets running jobs finish after SIGTERM before cancelling them.
+    shutdown_grace_seconds: float = Field(default=20, ge=0, le=600)
+    turn_lease_seconds: float = Field(default=120, ge=1, le=3600)
     log_retention_days: int = Field(default=30, ge=1, le=3650)
     catalog_refresh_hours: float = Field(default=24.0, ge=0, le=24 * 30)
     openrouter_api_key: SecretStr | None = None
@@ -53,6 +62,10 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(default=60, gt=0, le=600)
     llm_max_retries: int = Field(default=3, ge=0, le=10)
     llm_app_name: str = "LunoGen"
+
+    @property
+    def uses_redis_jobs(self) -> bool:
+        return self.job_broker == "redis" or (self.job_broker == "auto" and bool(self.redis_url))
 
     @classmethod
     def settings_customise_sources(

@@ -11,7 +11,7 @@ from sqlalchemy.sql.dml import Executable
 from lunogen.account.models import EmailToken, User
 from lunogen.kit.time import utcnow
 from lunogen.worker import enqueue
-from lunogen.worker.broker import broker
+from lunogen.worker.broker import wait_idle
 from tests.helpers import Api
 
 
@@ -46,4 +46,4 @@ async def expire_tokens(api: Api, email: str) -> None:
 async def deliver_all() -> None:
     """Let the enqueued email jobs run to the end."""
     await enqueue.drain()
-    await broker.wait_all()
+    await wait_idle()

@@ -13,3 +13,6 @@ from tests.fakes.openrouter import (  # noqa: F401 (fixtures)
 @pytest.fixture
 def settings_overrides(openrouter: FakeOpenRouter) -> dict[str, object]:  # noqa: F811
     return openrouter_settings(openrouter)
+
+
+from tests.agent.conftest import api_for_live  # noqa: E402, F401 (fixture)

@@ -12,7 +12,7 @@ from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message, Thread
 from lunogen.runtime.tasks import run_thread, sweep_once
 from lunogen.worker import enqueue
-from lunogen.worker.broker import broker
+from lunogen.worker.broker import wait_idle
 from tests.agent.support import create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
@@ -78,7 +78,7 @@ async def test_the_sweeper_takes_over_an_expired_lease_and_answers_once(
     thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=True)
     assert await sweep_once(api.app.state.sessionmaker) == 1
     await enqueue.drain()
-    await broker.wait_all()
+    await wait_idle()
     assert await _replies(api, message_id) == (1, 1, "done")
     # Sweeping again, or a late duplicate job, changes nothing.
     assert await sweep_once(api.app.state.sessionmaker) == 0

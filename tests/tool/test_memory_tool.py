@@ -6,7 +6,7 @@ from typing import Any
 
 from lunogen.runtime.models import MemoryNote
 from lunogen.tool import memory
-from lunogen.tool.registry import ToolContext
+from lunogen.tool.registry import StagedWrites, ToolContext
 from tests.agent.support import create_agent, new_dev, raw_rows
 from tests.helpers import Api
 
@@ -18,12 +18,19 @@ async def _agent(api: Api) -> tuple[str, str]:
 
 
 async def _run(api: Api, ctx: dict[str, Any], tool: Any, args: dict[str, Any]) -> str:
-    """Runs a tool in its own session and commits, as a turn would after its reply."""
+    """Runs a tool, then applies what it staged, as a turn does with its reply."""
+    writes = StagedWrites()
+    context = ToolContext(
+        sessionmaker=api.app.state.sessionmaker,
+        writes=writes,
+        keyring=api.app.state.keyring,
+        **ctx,
+    )
+    result: str = await tool(context, args)
     async with api.app.state.sessionmaker() as session:
-        context = ToolContext(session=session, keyring=api.app.state.keyring, **ctx)
-        result: str = await tool(context, args)
+        await writes.apply(session)
         await session.commit()
-        return result
+    return result
 
 
 async def _fill(api: Api, owner_id: str, agent_id: str, contact: str | None, count: int) -> None:
@@ -103,3 +110,36 @@ async def test_text_is_normalised_and_missing_services_are_an_error(api: Api) ->
     anonymous = {**ctx, "contact": None}
     refused = await _run(api, anonymous, memory.remember, {"note": "x"})
     assert refused.startswith("Error: this conversation has no contact")
+
+
+async def test_a_turn_reads_its_own_staged_notes_and_writes_only_when_applied(api: Api) -> None:
+    owner_id, agent_id = await _agent(api)
+    await _fill(api, owner_id, agent_id, "ada", 2)
+    writes = StagedWrites()
+    context = ToolContext(
+        agent_id=agent_id,
+        owner_id=owner_id,
+        contact="ada",
+        sessionmaker=api.app.state.sessionmaker,
+        writes=writes,
+        keyring=api.app.state.keyring,
+    )
+    kept = await memory.remember(context, {"note": "Ada likes tea"})
+    dropped = await memory.remember(context, {"note": "Ada likes coffee"})
+    listing = await memory.recall(context, {})
+    assert listing.startswith("4 notes:") and "Ada likes tea" in listing
+    stored_id = listing.splitlines()[-1].split("]")[0].lstrip("- [")  # the oldest, in the db
+    assert (await memory.forget(context, {"note_id": stored_id})).startswith("Forgot")
+    staged_id = dropped.rsplit(" ", 1)[1].rstrip(".")
+    assert (await memory.forget(context, {"note_id": staged_id})).startswith("Forgot")
+    assert (await memory.forget(context, {"note_id": staged_id})).startswith("Error: no note")
+    assert (await memory.recall(context, {"query": "coffee"})) == "No notes match."
+    # Nothing reached the database yet: a turn that fails now leaves memory as it was.
+    assert len(await raw_rows(api, "select id from memory_notes")) == 2
+    async with api.app.state.sessionmaker() as session:
+        await writes.apply(session)
+        await session.commit()
+    rows = await raw_rows(api, "select id, content from memory_notes")
+    texts = sorted(api.app.state.keyring.decrypt(row["content"]) for row in rows)
+    assert texts == ["Ada likes tea", "note number 1"]
+    assert kept.rsplit(" ", 1)[1].rstrip(".") in {row["id"] for row in rows}

@@ -49,6 +49,9 @@ class AgentChannel(IdMixin, CreatedMixin, Base):
     type: Mapped[str] = mapped_column(String(20))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     secrets: Mapped[str | None] = mapped_column(Text)
+    # Set when the channel's receiver said it is gone (HTTP 410); no more sends until re-enabled.
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
 
     agent: Mapped[Agent] = relationship(back_populates="channels")
 

@@ -3,6 +3,10 @@
 Secrets are a JSON object of the channel's secret fields, encrypted as one AES-GCM value in
 `AgentChannel.secrets`. Plaintext exists only here, while sealing, and in the response that
 reveals a generated secret once.
+
+A channel is disabled (`disabled_at`, `disabled_reason`) when its receiver says it is gone (a
+webhook callback answered 410): nothing is sent or accepted on it until the owner re-enables it
+(`enable_channel`) or gives it a new `callback_url`.
 """
 
 from __future__ import annotations
@@ -10,8 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from lunogen.agent.models import AgentChannel
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.agent.logs import log_event
+from lunogen.agent.models import Agent, AgentChannel
+from lunogen.audit import service as audit
+from lunogen.auth.dependencies import Principal
 from lunogen.channel.schemas import (
     INPUT_MODELS,
     OUTPUT_MODELS,
@@ -22,6 +33,7 @@ from lunogen.channel.schemas import (
 )
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
+from lunogen.kit.time import utcnow
 
 
 @dataclass
@@ -99,6 +111,10 @@ def apply_channels(
 
         config = item.public_config()
         is_new = item.id is None
+        if not is_new and row.config.get("callback_url") != config.get("callback_url"):
+            # A new receiver: the old one's 410 says nothing about it.
+            row.disabled_at = None
+            row.disabled_reason = None
         changed = is_new or row.config != config or row.position != index or merged != stored
         row.config = config
         row.position = index
@@ -118,10 +134,80 @@ def apply_channels(
 
 def render_channel(row: AgentChannel, revealed: dict[str, str] | None = None) -> ChannelOutBase:
     """A channel as the API shows it: public fields, and each secret as `{configured: true}`."""
-    values: dict[str, object] = {**row.config, "id": row.id, "type": row.type}
+    values: dict[str, object] = {
+        **row.config,
+        "id": row.id,
+        "type": row.type,
+        "disabled_at": row.disabled_at,
+        "disabled_reason": row.disabled_reason,
+    }
     for name in INPUT_MODELS[row.type].all_secret_fields():
         if revealed and name in revealed:
             values[name] = RevealedSecret(value=revealed[name])
         else:
             values[name] = SecretState(configured=row.secrets is not None)
     return OUTPUT_MODELS[row.type].model_validate(values)
+
+
+def enable_path(*, agent_id: str, channel_id: str) -> str:
+    return f"/api/v1/agents/{agent_id}/channels/{channel_id}/enable"
+
+
+async def disable_channel(
+    session: AsyncSession, *, agent_id: str, channel_id: str, reason: str
+) -> datetime | None:
+    """Disable the channel in the caller's transaction; None if it was already disabled.
+
+    A conditional UPDATE, so that concurrent 410s disable (and log) it once.
+    """
+    now = utcnow()
+    disabled = (
+        await session.execute(
+            update(AgentChannel)
+            .where(AgentChannel.id == channel_id, AgentChannel.disabled_at.is_(None))
+            .values(disabled_at=now, disabled_reason=reason[:2000])
+            .returning(AgentChannel.id)
+        )
+    ).first()
+    if disabled is None:
+        return None
+    log_event(
+        session,
+        agent_id=agent_id,
+        event="channel.disabled",
+        level="warning",
+        message=f"Channel {channel_id} disabled: {reason}. Nothing is sent or accepted on it "
+        f"until it is re-enabled (POST {enable_path(agent_id=agent_id, channel_id=channel_id)}, "
+        "or a new callback_url).",
+        details={"channel_id": channel_id, "reason": reason[:2000]},
+    )
+    return now
+
+
+def enable_channel(
+    session: AsyncSession, *, principal: Principal, agent: Agent, channel: AgentChannel
+) -> bool:
+    """Clear a channel's disabled state (logged and audited); False if it was not disabled."""
+    if channel.disabled_at is None:
+        return False
+    reason = channel.disabled_reason
+    channel.disabled_at = None
+    channel.disabled_reason = None
+    log_event(
+        session,
+        agent_id=agent.id,
+        event="channel.enabled",
+        message=f"Channel {channel.id} enabled again",
+        details={"channel_id": channel.id},
+    )
+    audit.record(
+        session,
+        action="agent.channel_enabled",
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details={"channel_id": channel.id, "type": channel.type, "was_disabled_for": reason},
+    )
+    return True

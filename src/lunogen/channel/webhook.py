@@ -41,7 +41,7 @@ from lunogen.kit.http import FetchError, SafeHttp, UnsafeUrlError
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.runtime.models import Delivery, Message
-from lunogen.worker.broker import broker, runtime
+from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
 
 log = structlog.get_logger(__name__)
@@ -183,6 +183,15 @@ async def reply_ready(session: AsyncSession, *, inbound_id: str) -> None:
     )
     for delivery_id in ids:
         enqueue(session, deliver_webhook, delivery_id)
+
+
+async def reply_failed(session: AsyncSession, *, inbound_id: str, reason: str) -> None:
+    """The turn for `inbound_id` failed for good: no reply will come for the waiting deliveries."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.message_id == inbound_id, Delivery.status == "waiting")
+        .values(status="failed", last_error=f"no reply: {reason}"[:2000], next_attempt_at=None)
+    )
 
 
 async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: int = 100) -> int:
@@ -394,7 +403,7 @@ async def attempt_delivery(
     return None
 
 
-@broker.task("channel.deliver_webhook")
+@job("channel.deliver_webhook")
 async def deliver_webhook(delivery_id: str) -> None:
     """POST a reply to its channel's callback, signed; short retries happen here."""
     rt = runtime()

@@ -18,7 +18,7 @@ from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.notification.models import OutboundEmail
-from lunogen.worker.broker import broker, runtime
+from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,7 @@ async def deliver_smtp(smtp_url: str, sender: str, email: OutboundEmail, body: s
     )
 
 
-@broker.task("notification.send_email")
+@job("notification.send_email")
 async def send_email(email_id: str) -> None:
     rt = runtime()
     async with rt.sessionmaker() as session:

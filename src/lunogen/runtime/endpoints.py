@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Annotated
 
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsExecute, AgentsRead
@@ -20,14 +20,14 @@ from lunogen.db import DbSession
 from lunogen.errors import LunogenError, NotFoundError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.pagination import Page, PageParams, page_params
-from lunogen.runtime import service
+from lunogen.runtime import service, waiting
+from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import Message, Thread
 from lunogen.runtime.tasks import enqueue_thread
 
 router = APIRouter(prefix="/api/v1/agents", tags=["conversations"])
 
 API_CHANNEL = "api"
-POLL_SECONDS = 0.02
 
 
 class MessageIn(BaseModel):
@@ -39,6 +39,11 @@ class MessageIn(BaseModel):
     ] = Field(default="api", description="Who is talking; each contact has its own thread.")
     wait_seconds: float = Field(
         default=60, ge=0, le=300, description="How long to wait for the reply before a 202."
+    )
+    stream: bool = Field(
+        default=False,
+        description="Answer with server-sent events as the reply is written (also chosen by "
+        "`Accept: text/event-stream`): `delta`, `tool`, then `done` or `error`.",
     )
 
 
@@ -79,29 +84,14 @@ def _message_out(message: Message, keyring: KeyRing) -> MessageOut:
     )
 
 
-async def _wait_for_reply(
-    request: Request, message_id: str, wait_seconds: float
-) -> tuple[Message, Message | None]:
-    deadline = time.monotonic() + wait_seconds
-    sessionmaker = request.app.state.sessionmaker
-    while True:
-        async with sessionmaker() as session:
-            inbound = await session.get(Message, message_id)
-            assert inbound is not None
-            if inbound.status != "pending":
-                reply = (
-                    await session.execute(select(Message).where(Message.reply_to_id == message_id))
-                ).scalar_one_or_none()
-                return inbound, reply
-        if time.monotonic() >= deadline:
-            return inbound, None
-        await asyncio.sleep(POLL_SECONDS)
-
-
 @router.post(
     "/{agent_id}/messages",
     response_model=ExchangeOut,
     responses={
+        200: {
+            "description": "The reply; or, when streaming, server-sent events",
+            "content": {"text/event-stream": {}},
+        },
         202: {"description": "Accepted; the reply was not ready within `wait_seconds`"},
         409: {"description": "The agent is not running; `status` names its state"},
     },
@@ -109,8 +99,11 @@ async def _wait_for_reply(
 async def send_message(
     agent_id: str, data: MessageIn, request: Request, principal: AgentsExecute, db: DbSession
 ) -> Response:
-    """Send the agent a message and wait for its reply (up to `wait_seconds`)."""
+    """Send the agent a message and wait for its reply (up to `wait_seconds`), or stream it."""
     keyring: KeyRing = request.app.state.keyring
+    events: TurnEvents = request.app.state.turn_events
+    sessionmaker = request.app.state.sessionmaker
+    streaming = data.stream or "text/event-stream" in request.headers.get("accept", "")
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
     accepted = await service.accept_inbound(
         db,
@@ -120,9 +113,34 @@ async def send_message(
         text=data.text,
         keyring=keyring,
     )
-    enqueue_thread(db, accepted.thread.id)
-    await db.commit()
-    inbound, reply = await _wait_for_reply(request, accepted.message.id, data.wait_seconds)
+    accepted.message.stream = streaming
+    following = AsyncExitStack()
+    # Follow before the job exists, so that no event of the turn can be missed.
+    subscription = await following.enter_async_context(events.follow(accepted.message.id))
+    try:
+        enqueue_thread(db, accepted.thread.id)
+        await db.commit()
+    except BaseException:
+        await following.aclose()
+        raise
+    if streaming:
+        body = waiting.stream_reply(
+            sessionmaker,
+            keyring,
+            subscription,
+            message_id=accepted.message.id,
+            thread_id=accepted.thread.id,
+            wait_seconds=data.wait_seconds,
+        )
+        return StreamingResponse(
+            _closing(body, following),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    async with following:
+        inbound, reply = await waiting.wait_for_reply(
+            sessionmaker, subscription, accepted.message.id, data.wait_seconds
+        )
     if inbound.status == "failed":
         raise LunogenError(
             inbound.last_error or "The agent could not answer",
@@ -131,12 +149,20 @@ async def send_message(
             extra={"message_id": inbound.id, "thread_id": inbound.thread_id},
         )
     status = "answered" if reply is not None else inbound.status
-    body = ExchangeOut(
+    exchange = ExchangeOut(
         message=_message_out(inbound, keyring),
         reply=_message_out(reply, keyring) if reply is not None else None,
         status=status,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if reply else 202)
+    return JSONResponse(exchange.model_dump(mode="json"), status_code=200 if reply else 202)
+
+
+async def _closing(body: AsyncIterator[str], following: AsyncExitStack) -> AsyncIterator[str]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        await following.aclose()
 
 
 @router.get("/{agent_id}/threads", response_model=Page[ThreadOut])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lunogen.db import Base, CreatedMixin, IdMixin
@@ -58,6 +58,8 @@ class Message(IdMixin, CreatedMixin, Base):
     next_attempt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     completed_at: Mapped[datetime | None]
+    # The sender asked to see the reply as it is written (API channel, SSE).
+    stream: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class Delivery(IdMixin, CreatedMixin, Base):

@@ -138,8 +138,10 @@ async def _thread(session: AsyncSession, thread_id: str) -> Thread:
     return thread
 
 
-async def claim_thread(session: AsyncSession, *, thread_id: str, worker_id: str) -> bool:
-    """Take the thread's lease if it is free or expired (or already ours). Commits."""
+async def claim_thread(
+    session: AsyncSession, *, thread_id: str, worker_id: str, lease: timedelta = LEASE
+) -> bool:
+    """Take (or extend) the thread's lease if it is free, expired or already ours. Commits."""
     now = utcnow()
     result = await session.execute(
         update(Thread)
@@ -151,7 +153,7 @@ async def claim_thread(session: AsyncSession, *, thread_id: str, worker_id: str)
                 Thread.lease_expires_at < now,
             ),
         )
-        .values(lease_owner=worker_id, lease_expires_at=now + LEASE)
+        .values(lease_owner=worker_id, lease_expires_at=now + lease)
     )
     await session.commit()
     return bool(getattr(result, "rowcount", 0))

@@ -1,7 +1,7 @@
 """One agent turn: answer the oldest pending message of a thread, exactly once.
 
-Model calls, tool runs, usage rows and the reply are committed together at the end of the
-turn, so a worker that dies mid-turn leaves nothing behind: the lease expires, the sweeper
+Usage rows, log lines, tool writes and the reply are committed together at the end of the
+turn, so a worker that dies mid-turn leaves nothing behind: its lease expires, the sweeper
 re-enqueues the thread, and another worker answers it from the start.
 """
 
@@ -16,22 +16,31 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from lunogen.agent.logs import log_event
+from lunogen.agent.lifecycle import Effects, set_status
+from lunogen.agent.logs import Level, log_event
 from lunogen.agent.models import Agent
 from lunogen.channel import webhook
+from lunogen.config import Settings
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.llm.models import UsageRecord
-from lunogen.llm.provider import ModelCallError, ModelCallResult, ModelClient
+from lunogen.llm.provider import (
+    ModelCallError,
+    ModelCallResult,
+    ModelClient,
+    StreamDone,
+    TextDelta,
+)
 from lunogen.llm.usage import effective_cost
 from lunogen.runtime import context
+from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.runtime.service import _next_seq, history
-from lunogen.tool.registry import ToolContext, ToolSpec, registry
+from lunogen.tool.registry import StagedWrites, ToolContext, ToolSpec, registry
 
 log = structlog.get_logger(__name__)
 
@@ -40,28 +49,32 @@ TURN_TOKEN_CAP = 200_000
 TOOL_RESULT_CHARS = 8_000
 TOOL_TIMEOUT_SECONDS = 30
 MAX_ATTEMPTS = 3
+CRASH_AFTER_FAILURES = 3
 RETRY_BACKOFF = (timedelta(seconds=5), timedelta(seconds=30), timedelta(minutes=2))
 NANO = Decimal(1_000_000_000)
 
 
 @dataclass
 class TurnDeps:
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
     keyring: KeyRing
     model_client: ModelClient | None
-    allow_private_urls: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    events: TurnEvents | None = None
+
+    @property
+    def allow_private_urls(self) -> bool:
+        return self.settings.allow_private_urls
 
 
-def _usage_row(
-    *, agent: Agent, thread: Thread, inbound: Message, result: ModelCallResult, price: Any
-) -> UsageRecord:
-    cost = effective_cost(result.usage, price)
+def _usage_row(plan: _Plan, result: ModelCallResult) -> UsageRecord:
+    cost = effective_cost(result.usage, plan.price)
     return UsageRecord(
         id=new_id(),
-        owner_id=agent.owner_id,
-        agent_id=agent.id,
-        thread_id=thread.id,
-        message_id=inbound.id,
+        owner_id=plan.owner_id,
+        agent_id=plan.agent_id,
+        thread_id=plan.thread_id,
+        message_id=plan.inbound_id,
         requested_model=result.requested_model,
         answered_model=result.model,
         prompt_tokens=result.usage.prompt_tokens,
@@ -78,16 +91,14 @@ def _usage_row(
     )
 
 
-def _failed_usage_row(
-    *, agent: Agent, thread: Thread, inbound: Message, error: ModelCallError
-) -> UsageRecord:
+def _failed_usage_row(plan: _Plan, error: ModelCallError) -> UsageRecord:
     return UsageRecord(
         id=new_id(),
-        owner_id=agent.owner_id,
-        agent_id=agent.id,
-        thread_id=thread.id,
-        message_id=inbound.id,
-        requested_model=agent.model,
+        owner_id=plan.owner_id,
+        agent_id=plan.agent_id,
+        thread_id=plan.thread_id,
+        message_id=plan.inbound_id,
+        requested_model=plan.model,
         answered_model=error.model,
         latency_ms=error.latency_ms or 0,
         outcome="error",
@@ -158,10 +169,71 @@ class TurnOutcome:
     RETRY_LATER = "retry_later"
     FAILED = "failed"
     SKIPPED = "skipped"
+    SUPERSEDED = "superseded"  # our lease ran out and another worker took the thread
 
 
-async def run_turn(session: AsyncSession, deps: TurnDeps, *, inbound: Message) -> str:
-    """Answer `inbound` (a pending user message). Commits; returns a `TurnOutcome` value."""
+@dataclass
+class _Plan:
+    """What the model loop needs, read in one short transaction."""
+
+    inbound_id: str
+    thread_id: str
+    contact: str | None
+    agent_id: str
+    owner_id: str
+    model: str
+    fallback_models: list[str]
+    max_output_tokens: int
+    stream: bool
+    messages: list[dict[str, Any]]
+    tools: dict[str, ToolSpec | None]
+    price: Any
+
+
+@dataclass
+class _LogLine:
+    event: str
+    message: str
+    level: Level = "info"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    """What the model loop produced; stored in one transaction at the end of the turn."""
+
+    writes: StagedWrites
+    usage: list[UsageRecord] = field(default_factory=list)
+    log: list[_LogLine] = field(default_factory=list)
+    reply_text: str | None = None
+    error: ModelCallError | None = None
+    failure: str | None = None  # a reason the turn cannot be answered at all
+
+
+async def run_turn(deps: TurnDeps, *, inbound_id: str, lease_token: str) -> str:
+    """Answer the pending message `inbound_id` of a thread whose lease we hold.
+
+    Three steps, so that no transaction stays open while the model thinks: read what the turn
+    needs, run the model/tool loop with no transaction, then store everything (usage, log,
+    staged tool writes, the reply) in one transaction that first checks the lease is still
+    ours. Returns a `TurnOutcome` value.
+    """
+    async with deps.sessionmaker() as session:
+        plan = await _prepare(session, deps, inbound_id=inbound_id)
+    if isinstance(plan, str):
+        return plan
+    work = await _model_loop(deps, plan)
+    async with deps.sessionmaker() as session:
+        outcome, event = await _store(session, deps, plan, work, lease_token=lease_token)
+    if deps.events is not None and event is not None:  # wakes whoever waits for the reply
+        await deps.events.publish(plan.inbound_id, event[0], event[1])
+    return outcome
+
+
+async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) -> _Plan | str:
+    inbound = await session.get(Message, inbound_id)
+    if inbound is None or inbound.status != "pending":
+        return TurnOutcome.SKIPPED
     thread = await session.get(Thread, inbound.thread_id)
     agent = await session.get(Agent, inbound.agent_id)
     assert thread is not None
@@ -179,101 +251,175 @@ async def run_turn(session: AsyncSession, deps: TurnDeps, *, inbound: Message) -
                 message=f"Message {inbound.id} not answered: the agent is {state}",
             )
         await session.commit()
+        if deps.events is not None:
+            await deps.events.publish(
+                inbound.id,
+                "error",
+                {"message_id": inbound.id, "error": inbound.last_error, "retrying": False},
+            )
         return TurnOutcome.SKIPPED
-
-    messages = await _context_messages(session, deps, agent=agent, thread=thread, inbound=inbound)
-    enabled = {name: registry.get(name) for name in agent.tools}
-    tool_schemas = [spec.openai_schema() for spec in enabled.values() if spec is not None]
-    tool_ctx = ToolContext(
+    return _Plan(
+        inbound_id=inbound.id,
+        thread_id=thread.id,
+        contact=thread.contact,
         agent_id=agent.id,
         owner_id=agent.owner_id,
-        contact=thread.contact,
+        model=agent.model,
+        fallback_models=list(agent.fallback_models),
+        max_output_tokens=agent.max_output_tokens,
+        stream=inbound.stream,
+        messages=await _context_messages(
+            session, deps, agent=agent, thread=thread, inbound=inbound
+        ),
+        tools={name: registry.get(name) for name in agent.tools},
+        price=await catalog.get_model(session, agent.model),
+    )
+
+
+async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
+    work = _Work(writes=StagedWrites())
+    if deps.model_client is None:
+        work.failure = "no model provider is configured on this server"
+        return work
+    messages = list(plan.messages)
+    tool_schemas = [spec.openai_schema() for spec in plan.tools.values() if spec is not None]
+    tool_ctx = ToolContext(
+        agent_id=plan.agent_id,
+        owner_id=plan.owner_id,
+        contact=plan.contact,
         allow_private_urls=deps.allow_private_urls,
-        session=session,
+        sessionmaker=deps.sessionmaker,
+        writes=work.writes,
         keyring=deps.keyring,
     )
-    price = await catalog.get_model(session, agent.model)
-    usage_rows: list[UsageRecord] = []
     tokens_used = 0
-    reply_text: str | None = None
-
-    if deps.model_client is None:
-        return await _fail(
-            session,
-            agent=agent,
-            inbound=inbound,
-            reason="no model provider is configured on this server",
-        )
-    # What tools write (memory notes) belongs to this attempt: a failed model call undoes it.
-    attempt = await session.begin_nested()
     for step in range(MAX_TOOL_STEPS + 1):
         last_step = step == MAX_TOOL_STEPS or tokens_used >= TURN_TOKEN_CAP
+        tools = None if last_step or not tool_schemas else tool_schemas
         try:
-            result = await deps.model_client.complete(
-                model=agent.model,
-                fallback_models=agent.fallback_models,
-                messages=messages,
-                tools=None if last_step or not tool_schemas else tool_schemas,
-                max_tokens=agent.max_output_tokens,
-            )
+            result = await _call_model(deps, plan, messages, tools)
         except ModelCallError as error:
-            await attempt.rollback()
-            for row in usage_rows:  # calls that did answer were real, and are recorded
-                session.add(row)
-            session.add(_failed_usage_row(agent=agent, thread=thread, inbound=inbound, error=error))
-            log_event(
-                session,
-                agent_id=agent.id,
-                event="model.failed",
-                level="error",
-                message=str(error),
-                details={"code": error.code, "status": error.status, "message_id": inbound.id},
+            work.error = error
+            work.log.append(
+                _LogLine(
+                    "model.failed",
+                    str(error),
+                    "error",
+                    {"code": error.code, "status": error.status, "message_id": plan.inbound_id},
+                )
             )
-            return await _retry_or_fail(session, agent=agent, inbound=inbound, error=error)
-        usage_rows.append(
-            _usage_row(agent=agent, thread=thread, inbound=inbound, result=result, price=price)
-        )
+            return work
+        work.usage.append(_usage_row(plan, result))
         tokens_used += result.usage.prompt_tokens + result.usage.completion_tokens
-        log_event(
-            session,
-            agent_id=agent.id,
-            event="model.call",
-            message=f"{result.model}: {result.usage.prompt_tokens} in, "
-            f"{result.usage.completion_tokens} out, {result.latency_ms} ms",
-            details={
-                "model": result.model,
-                "generation_id": result.generation_id,
-                "finish_reason": result.finish_reason,
-                "tool_calls": [c.name for c in result.tool_calls],
-            },
+        work.log.append(
+            _LogLine(
+                "model.call",
+                f"{result.model}: {result.usage.prompt_tokens} in, "
+                f"{result.usage.completion_tokens} out, {result.latency_ms} ms",
+                details={
+                    "model": result.model,
+                    "generation_id": result.generation_id,
+                    "finish_reason": result.finish_reason,
+                    "tool_calls": [c.name for c in result.tool_calls],
+                },
+            )
         )
         if not result.tool_calls or last_step:
-            reply_text = result.text
-            break
+            work.reply_text = result.text
+            return work
         messages.append(result.assistant_message())
         for call in result.tool_calls:
-            output = await _run_tool(enabled.get(call.name), call.name, call.arguments, tool_ctx)
+            await _publish(deps, plan, "tool", {"name": call.name, "status": "started"})
+            output = await _run_tool(plan.tools.get(call.name), call.name, call.arguments, tool_ctx)
             failed = output.startswith("Error:")
-            log_event(
-                session,
-                agent_id=agent.id,
-                event="tool.call",
-                level="warning" if failed else "info",
-                message=f"{call.name}: {'failed' if failed else 'ok'}",
-                details={"tool": call.name, "chars": len(output), "error": failed},
+            status = "failed" if failed else "ok"
+            await _publish(deps, plan, "tool", {"name": call.name, "status": status})
+            work.log.append(
+                _LogLine(
+                    "tool.call",
+                    f"{call.name}: {status}",
+                    "warning" if failed else "info",
+                    {"tool": call.name, "chars": len(output), "error": failed},
+                )
             )
             messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
+    raise AssertionError("unreachable: the last step never offers tools")
 
-    await attempt.commit()
-    for row in usage_rows:
-        session.add(row)
+
+async def _call_model(
+    deps: TurnDeps,
+    plan: _Plan,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> ModelCallResult:
+    assert deps.model_client is not None
+    arguments: dict[str, Any] = {
+        "model": plan.model,
+        "fallback_models": plan.fallback_models,
+        "messages": messages,
+        "tools": tools,
+        "max_tokens": plan.max_output_tokens,
+    }
+    if not (plan.stream and deps.events is not None):
+        return await deps.model_client.complete(**arguments)
+    async for event in deps.model_client.stream(**arguments):
+        if isinstance(event, TextDelta) and event.text:
+            await _publish(deps, plan, "delta", {"text": event.text})
+        elif isinstance(event, StreamDone):
+            return event.result
+    raise ModelCallError("The stream ended without a result", code="bad_response")
+
+
+async def _publish(deps: TurnDeps, plan: _Plan, event: str, data: dict[str, Any]) -> None:
+    if plan.stream and deps.events is not None:
+        await deps.events.publish(plan.inbound_id, event, data)
+
+
+async def _store(
+    session: AsyncSession, deps: TurnDeps, plan: _Plan, work: _Work, *, lease_token: str
+) -> tuple[str, tuple[str, dict[str, Any]] | None]:
+    """Write what the turn produced. Returns the outcome and the event to tell a follower."""
+    thread = (
+        await session.execute(select(Thread).where(Thread.id == plan.thread_id).with_for_update())
+    ).scalar_one()
+    inbound = await session.get(Message, plan.inbound_id, with_for_update=True)
+    assert inbound is not None
+    session.add_all(work.usage)  # every call that answered was real, whatever happens next
+    for line in work.log:
+        log_event(
+            session,
+            agent_id=plan.agent_id,
+            event=line.event,
+            level=line.level,
+            message=line.message,
+            details=line.details,
+        )
+    if thread.lease_owner != lease_token or inbound.status != "pending":
+        log_event(
+            session,
+            agent_id=plan.agent_id,
+            event="turn.superseded",
+            level="warning",
+            message=f"Message {inbound.id} was taken over by another worker; this answer "
+            "is dropped",
+            details={"message_id": inbound.id},
+        )
+        await session.commit()
+        return TurnOutcome.SUPERSEDED, None
+    if work.failure is not None:
+        return await _fail(session, deps, plan=plan, inbound=inbound, reason=work.failure)
+    if work.error is not None:
+        session.add(_failed_usage_row(plan, work.error))
+        return await _retry_or_fail(session, deps, plan=plan, inbound=inbound, error=work.error)
+    await work.writes.apply(session)
+    reply_text = work.reply_text or ""
     reply = Message(
         id=new_id(),
         thread_id=thread.id,
-        agent_id=agent.id,
+        agent_id=plan.agent_id,
         seq=await _next_seq(session, thread),
         role="assistant",
-        content=deps.keyring.encrypt(reply_text or ""),
+        content=deps.keyring.encrypt(reply_text),
         status="done",
         reply_to_id=inbound.id,
         completed_at=utcnow(),
@@ -285,39 +431,101 @@ async def run_turn(session: AsyncSession, deps: TurnDeps, *, inbound: Message) -
     inbound.last_error = None
     log_event(
         session,
-        agent_id=agent.id,
+        agent_id=plan.agent_id,
         event="reply",
-        message=f"Replied to {inbound.id} ({len(reply_text or '')} chars)",
+        message=f"Replied to {inbound.id} ({len(reply_text)} chars)",
         details={"message_id": inbound.id, "reply_id": reply.id, "thread_id": thread.id},
     )
     await session.commit()
-    return TurnOutcome.ANSWERED
+    done = {
+        "message_id": inbound.id,
+        "reply_id": reply.id,
+        "thread_id": thread.id,
+        "text": reply_text,
+    }
+    return TurnOutcome.ANSWERED, ("done", done)
 
 
 async def _retry_or_fail(
-    session: AsyncSession, *, agent: Agent, inbound: Message, error: ModelCallError
-) -> str:
+    session: AsyncSession, deps: TurnDeps, *, plan: _Plan, inbound: Message, error: ModelCallError
+) -> tuple[str, tuple[str, dict[str, Any]] | None]:
     inbound.attempts += 1
     if error.retryable and inbound.attempts < MAX_ATTEMPTS:
         delay = RETRY_BACKOFF[min(inbound.attempts - 1, len(RETRY_BACKOFF) - 1)]
         inbound.next_attempt_at = utcnow() + delay
         inbound.last_error = str(error)[:2000]
         await session.commit()
-        return TurnOutcome.RETRY_LATER
-    return await _fail(session, agent=agent, inbound=inbound, reason=str(error))
+        retry = {
+            "message_id": inbound.id,
+            "error": str(error),
+            "retrying": True,
+            "retry_at": inbound.next_attempt_at.isoformat(),
+        }
+        return TurnOutcome.RETRY_LATER, ("error", retry)
+    return await _fail(
+        session, deps, plan=plan, inbound=inbound, reason=str(error), model_gone=error.status == 404
+    )
 
 
-async def _fail(session: AsyncSession, *, agent: Agent, inbound: Message, reason: str) -> str:
+async def _fail(
+    session: AsyncSession,
+    deps: TurnDeps,
+    *,
+    plan: _Plan,
+    inbound: Message,
+    reason: str,
+    model_gone: bool = False,
+) -> tuple[str, tuple[str, dict[str, Any]] | None]:
     inbound.status = "failed"
     inbound.last_error = reason[:2000]
     inbound.completed_at = utcnow()
     log_event(
         session,
-        agent_id=agent.id,
+        agent_id=plan.agent_id,
         event="turn.failed",
         level="error",
         message=f"Message {inbound.id} could not be answered: {reason}",
         details={"message_id": inbound.id},
     )
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    await session.flush()
+    crash = await _crash_reason(session, plan=plan, reason=reason, model_gone=model_gone)
+    if crash is not None:
+        agent = await session.get(Agent, plan.agent_id, with_for_update=True)
+        if agent is not None and agent.status == "running":
+            effects = Effects(settings=deps.settings, keyring=deps.keyring)
+            await set_status(session, agent=agent, status="error", effects=effects, reason=crash)
     await session.commit()
-    return TurnOutcome.FAILED
+    return TurnOutcome.FAILED, (
+        "error",
+        {"message_id": inbound.id, "error": reason, "retrying": False},
+    )
+
+
+async def _crash_reason(
+    session: AsyncSession, *, plan: _Plan, reason: str, model_gone: bool
+) -> str | None:
+    """Why the agent should stop taking messages after this failure, if it should.
+
+    A model the provider no longer knows fails every turn; so does anything that has failed
+    the agent's last `CRASH_AFTER_FAILURES` turns in a row. Either is worth the owner's attention
+    (status `error`, notified) more than a stream of failed replies.
+    """
+    if model_gone:
+        return f"the model provider does not know the model {plan.model!r} ({reason})"
+    recent = (
+        await session.execute(
+            select(Message.status)
+            .where(
+                Message.agent_id == plan.agent_id,
+                Message.role == "user",
+                Message.status.in_(("done", "failed")),
+            )
+            .order_by(Message.completed_at.desc())
+            .limit(CRASH_AFTER_FAILURES)
+        )
+    ).scalars()
+    statuses = list(recent)
+    if len(statuses) == CRASH_AFTER_FAILURES and all(s == "failed" for s in statuses):
+        return f"the last {CRASH_AFTER_FAILURES} messages could not be answered; last: {reason}"
+    return None

@@ -2,20 +2,24 @@
 
 Notes live in `memory_notes`, encrypted with the key ring like other secrets. A turn sees the
 notes of its agent that are agent-wide or about the thread's contact; the tools read and change
-only those. Writes go into the turn's session and commit with its reply (never here). Tools
-never raise: problems come back as a string starting with "Error:".
+only those. Reads use short transactions of their own; writes are staged and applied with the
+turn's reply (`StagedWrites`), so a failed turn changes nothing. Tools never raise: problems
+come back as a string starting with "Error:".
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
+from lunogen.kit.time import utcnow
 from lunogen.runtime.models import MemoryNote
 from lunogen.tool.registry import ToolContext, ToolSpec, registry
 
@@ -26,10 +30,38 @@ _WORDS = re.compile(r"\w+")
 _UNAVAILABLE = "Error: memory is not available in this conversation."
 
 
-def _services(context: ToolContext) -> tuple[AsyncSession, KeyRing] | None:
-    if context.session is None or context.keyring is None:
+@dataclass
+class _Draft:
+    """This turn's staged memory changes: notes added, and ids forgotten (with their scope)."""
+
+    added: list[MemoryNote] = field(default_factory=list)
+    forgotten: dict[str, str | None] = field(default_factory=dict)
+
+    async def apply(self, agent_id: str, session: AsyncSession) -> None:
+        session.add_all(self.added)
+        if self.forgotten:
+            await session.execute(
+                delete(MemoryNote).where(
+                    MemoryNote.agent_id == agent_id, MemoryNote.id.in_(list(self.forgotten))
+                )
+            )
+
+
+@dataclass(frozen=True)
+class _Services:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    keyring: KeyRing
+    draft: _Draft
+
+
+def _services(context: ToolContext) -> _Services | None:
+    if context.sessionmaker is None or context.keyring is None or context.writes is None:
         return None
-    return context.session, context.keyring
+    draft = context.writes.state.get("memory")
+    if draft is None:
+        draft = context.writes.state["memory"] = _Draft()
+        context.writes.add(partial(draft.apply, context.agent_id))
+    return _Services(context.sessionmaker, context.keyring, draft)
 
 
 def _scope_filter(contact: str | None) -> Any:
@@ -54,7 +86,6 @@ async def remember(context: ToolContext, args: dict[str, Any]) -> str:
     services = _services(context)
     if services is None:
         return _UNAVAILABLE
-    session, keyring = services
     raw = args.get("note")
     if not isinstance(raw, str) or not _clean(raw):
         return "Error: the argument `note` (the text to remember) is required."
@@ -70,13 +101,20 @@ async def remember(context: ToolContext, args: dict[str, Any]) -> str:
     if about == "contact" and context.contact is None:
         return "Error: this conversation has no contact; use about='agent'."
     contact = context.contact if about == "contact" else None
+    async with services.sessionmaker() as session:
+        stored = (
+            await session.execute(
+                select(func.count())
+                .select_from(MemoryNote)
+                .where(MemoryNote.agent_id == context.agent_id, _scope_filter(contact))
+            )
+        ).scalar_one()
+    draft = services.draft
     count = (
-        await session.execute(
-            select(func.count())
-            .select_from(MemoryNote)
-            .where(MemoryNote.agent_id == context.agent_id, _scope_filter(contact))
-        )
-    ).scalar_one()
+        stored
+        + sum(1 for n in draft.added if n.contact == contact)
+        - sum(1 for scope in draft.forgotten.values() if scope == contact)
+    )
     if count >= MAX_NOTES:
         scope = "this contact" if contact is not None else "agent-wide notes"
         return (
@@ -88,10 +126,10 @@ async def remember(context: ToolContext, args: dict[str, Any]) -> str:
         agent_id=context.agent_id,
         owner_id=context.owner_id,
         contact=contact,
-        content=keyring.encrypt(note),
+        content=services.keyring.encrypt(note),
+        created_at=utcnow(),
     )
-    session.add(row)
-    await session.flush()
+    draft.added.append(row)
     where = "about this contact" if contact is not None else "agent-wide (for every contact)"
     return f"Remembered {where} as note {row.id}."
 
@@ -101,23 +139,28 @@ def _score(words: list[str], text: str) -> int:
     return sum(1 for word in words if word in folded)
 
 
+async def _notes_newest_first(context: ToolContext, services: _Services) -> list[MemoryNote]:
+    async with services.sessionmaker() as session:
+        stored = (
+            await session.execute(
+                _visible(context).order_by(MemoryNote.created_at.desc(), MemoryNote.id.desc())
+            )
+        ).scalars()
+        kept = [row for row in stored if row.id not in services.draft.forgotten]
+    return [*reversed(services.draft.added), *kept]
+
+
 async def recall(context: ToolContext, args: dict[str, Any]) -> str:
     services = _services(context)
     if services is None:
         return _UNAVAILABLE
-    session, keyring = services
     query = args.get("query")
     if query is not None and not isinstance(query, str):
         return "Error: `query` must be a string of words to search for."
     words = sorted(set(_WORDS.findall((query or "").casefold())))
-    rows = (
-        await session.execute(
-            _visible(context).order_by(MemoryNote.created_at.desc(), MemoryNote.id.desc())
-        )
-    ).scalars()
     found: list[tuple[int, int, MemoryNote, str]] = []
-    for position, row in enumerate(rows):
-        text = keyring.decrypt(row.content)
+    for position, row in enumerate(await _notes_newest_first(context, services)):
+        text = services.keyring.decrypt(row.content)
         score = _score(words, text) if words else 1
         if score:
             found.append((-score, position, row, text))
@@ -140,19 +183,24 @@ async def forget(context: ToolContext, args: dict[str, Any]) -> str:
     services = _services(context)
     if services is None:
         return _UNAVAILABLE
-    session, _ = services
     note_id = args.get("note_id")
     if not isinstance(note_id, str) or not note_id.strip():
         return "Error: the argument `note_id` (an id shown by recall) is required."
     note_id = note_id.strip().strip("[]")
-    row = (
-        await session.execute(_visible(context).where(MemoryNote.id == note_id))
-    ).scalar_one_or_none()
-    if row is None:
-        return f"Error: no note {note_id!r} in this conversation's memory; use recall for ids."
-    await session.delete(row)
-    await session.flush()
-    return f"Forgot note {note_id}."
+    draft = services.draft
+    for note in draft.added:
+        if note.id == note_id:
+            draft.added.remove(note)
+            return f"Forgot note {note_id}."
+    if note_id not in draft.forgotten:
+        async with services.sessionmaker() as session:
+            row = (
+                await session.execute(_visible(context).where(MemoryNote.id == note_id))
+            ).scalar_one_or_none()
+        if row is not None:
+            draft.forgotten[note_id] = row.contact
+            return f"Forgot note {note_id}."
+    return f"Error: no note {note_id!r} in this conversation's memory; use recall for ids."
 
 
 registry.register(

@@ -13,10 +13,33 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import SafeHttp
+
+StagedWrite = Callable[[AsyncSession], Awaitable[None]]
+
+
+class StagedWrites:
+    """What a turn's tools change in the database, applied with the turn's reply.
+
+    The model/tool loop runs outside any transaction (on SQLite a transaction blocks every
+    writer), so tools stage their writes here; the turn applies them in the transaction that
+    stores the reply. A failed or abandoned turn drops them: nothing half-written survives.
+    `state` lets a tool keep its staged changes per turn (to read its own writes back).
+    """
+
+    def __init__(self) -> None:
+        self._writes: list[StagedWrite] = []
+        self.state: dict[str, Any] = {}
+
+    def add(self, write: StagedWrite) -> None:
+        self._writes.append(write)
+
+    async def apply(self, session: AsyncSession) -> None:
+        for write in self._writes:
+            await write(session)
 
 
 @dataclass(frozen=True)
@@ -32,8 +55,9 @@ class ToolContext:
     contact: str | None = None
     allow_private_urls: bool = False
     http: SafeHttp | None = None
-    # The turn's own transaction: what a tool writes commits (or not) with the turn's reply.
-    session: AsyncSession | None = None
+    # Reads: short transactions of their own. Writes: staged, applied with the turn's reply.
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    writes: StagedWrites | None = None
     keyring: KeyRing | None = None
 
     def safe_http(self) -> SafeHttp:

@@ -1,0 +1,143 @@
+"""Waiting for a turn's reply: as one JSON answer, or as server-sent events while it is written.
+
+Both follow the turn's live events (`runtime.events`), subscribed before the message is
+enqueued, and fall back to reading the database now and then, so a lost event (Redis hiccup,
+a reply stored by another process without a follower) only delays the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from lunogen.kit.crypto import KeyRing
+from lunogen.runtime.events import Subscription
+from lunogen.runtime.models import Message
+
+CHECK_DATABASE_SECONDS = 1.0
+KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Settled:
+    inbound: Message
+    reply: Message | None
+
+
+async def settled(
+    sessionmaker: async_sessionmaker[AsyncSession], message_id: str
+) -> Settled | None:
+    """The message and its reply once its turn is over (answered, failed, skipped), else None.
+
+    A message whose turn will be retried later counts as not over.
+    """
+    async with sessionmaker() as session:
+        inbound = await session.get(Message, message_id)
+        assert inbound is not None
+        if inbound.status == "pending":
+            return None
+        reply = (
+            await session.execute(select(Message).where(Message.reply_to_id == message_id))
+        ).scalar_one_or_none()
+        return Settled(inbound, reply)
+
+
+async def wait_for_reply(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    subscription: Subscription,
+    message_id: str,
+    wait_seconds: float,
+) -> tuple[Message, Message | None]:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        done = await settled(sessionmaker, message_id)
+        if done is not None:
+            return done.inbound, done.reply
+        left = deadline - time.monotonic()
+        if left <= 0:
+            async with sessionmaker() as session:
+                inbound = await session.get(Message, message_id)
+                assert inbound is not None
+                return inbound, None
+        await subscription.next(min(left, CHECK_DATABASE_SECONDS))  # an event, or time to look
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def stream_reply(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    keyring: KeyRing,
+    subscription: Subscription,
+    *,
+    message_id: str,
+    thread_id: str,
+    wait_seconds: float,
+) -> AsyncIterator[str]:
+    """SSE: `delta` (text as written), `tool` (a tool starts or ends), then `done` or `error`.
+
+    `done` carries the whole reply text: a client that missed deltas still ends up right. A
+    turn that will be retried later ends the stream with `error` and `retrying: true`; the
+    reply then appears in the thread.
+    """
+    yield f": accepted {message_id}\n\n"
+    deadline = time.monotonic() + wait_seconds
+    last_check = last_sent = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            yield sse(
+                "error",
+                {
+                    "message_id": message_id,
+                    "thread_id": thread_id,
+                    "error": "The reply is not ready yet; read it from the thread later.",
+                    "retrying": True,
+                },
+            )
+            return
+        event = await subscription.next(min(deadline - now, CHECK_DATABASE_SECONDS))
+        if event is not None:
+            yield sse(event.event, {**event.data, "thread_id": thread_id})
+            last_sent = time.monotonic()
+            if event.event in ("done", "error"):
+                return
+            continue
+        if time.monotonic() - last_check >= CHECK_DATABASE_SECONDS:
+            last_check = time.monotonic()
+            done = await settled(sessionmaker, message_id)
+            if done is not None:  # its events went missing: tell the end from the database
+                yield _final_event(done, keyring, thread_id)
+                return
+        if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+
+
+def _final_event(done: Settled, keyring: KeyRing, thread_id: str) -> str:
+    if done.reply is not None:
+        return sse(
+            "done",
+            {
+                "message_id": done.inbound.id,
+                "reply_id": done.reply.id,
+                "thread_id": thread_id,
+                "text": keyring.decrypt(done.reply.content),
+            },
+        )
+    return sse(
+        "error",
+        {
+            "message_id": done.inbound.id,
+            "thread_id": thread_id,
+            "error": done.inbound.last_error or "The agent could not answer",
+            "retrying": False,
+        },
+    )

@@ -1,0 +1,183 @@
+"""What a LunoGen process runs besides HTTP: the job broker, its consumer, sweeper, housekeeping.
+
+`serve` (embedded: everything in one process), `serve --no-worker` (sends jobs, runs none) and
+`lunogen worker` (runs jobs, serves no HTTP) all start the same `JobProcess`; only which parts
+run differs. Shutdown is bounded: in-flight jobs get a grace period, then are cancelled, which
+releases their thread leases so the sweeper hands the work to another worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import structlog
+from taskiq import AsyncBroker, InMemoryBroker
+from taskiq.acks import AcknowledgeType
+from taskiq.receiver import Receiver
+
+from lunogen.agent import logs as agent_logs
+from lunogen.config import Settings
+from lunogen.db import create_engine, create_sessionmaker
+from lunogen.kit.crypto import KeyRing
+from lunogen.kit.ids import new_id
+from lunogen.llm import catalog
+from lunogen.llm.provider import ModelClient
+from lunogen.runtime.events import create_turn_events
+from lunogen.runtime.tasks import sweep_forever
+from lunogen.worker import enqueue
+from lunogen.worker.broker import (
+    JobRuntime,
+    build_broker,
+    in_flight_jobs,
+    set_runtime,
+    use_broker,
+)
+from lunogen.worker.maintenance import maintenance_forever
+
+log = structlog.get_logger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+
+
+@dataclass
+class JobProcess:
+    """The job side of one process. `consume`: run jobs here (embedded or worker)."""
+
+    settings: Settings
+    keyring: KeyRing
+    consume: bool = True
+    concurrency: int | None = None
+    grace_seconds: float = 3.0
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.consume and not self.settings.uses_redis_jobs:
+            raise ValueError(
+                "a server without a worker needs a shared job queue: set LUNOGEN_REDIS_URL "
+                "(and run `lunogen worker` processes)"
+            )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[JobRuntime]:
+        settings = self.settings
+        engine = create_engine(settings.effective_database_url)
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session:
+            seeded = await catalog.seed_if_empty(session)
+            await session.commit()
+        if seeded:
+            log.info("model_catalog_seeded", models=seeded)
+        model_client = ModelClient.from_settings(settings) if settings.llm_configured else None
+        turn_events = create_turn_events(settings.redis_url)
+        runtime = JobRuntime(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            keyring=self.keyring,
+            worker_id=worker_id(),
+            model_client=model_client,
+            turn_events=turn_events,
+            engine=engine,
+        )
+        set_runtime(runtime)
+        broker = build_broker(settings)
+        use_broker(broker)
+        await broker.startup()
+        log_bus = (
+            agent_logs.RedisLogBus(settings.redis_url)
+            if settings.redis_url
+            else agent_logs.LogBus()
+        )
+        agent_logs.set_bus(log_bus)
+        await log_bus.start()
+        consumer = _Consumer(broker, self.concurrency or settings.worker_concurrency)
+        if self.consume:
+            consumer.start(self.grace_seconds)
+            self.background = [
+                asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds)),
+                asyncio.create_task(maintenance_forever(sessionmaker, settings)),
+            ]
+        try:
+            yield runtime
+        finally:
+            for task in self.background:
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
+            await enqueue.drain()
+            await consumer.stop(self.grace_seconds)
+            await _finish_in_flight(broker, self.grace_seconds)
+            await broker.shutdown()
+            use_broker(InMemoryBroker(await_inplace=False))
+            await log_bus.stop()
+            agent_logs.set_bus(agent_logs.LogBus())
+            await turn_events.aclose()
+            set_runtime(None)
+            if model_client is not None:
+                await model_client.aclose()
+            await engine.dispose()
+
+
+class _Consumer:
+    """Runs jobs from a shared queue (Redis Streams). Nothing to do for the in-process broker."""
+
+    def __init__(self, broker: AsyncBroker, concurrency: int) -> None:
+        self.broker = broker
+        self.concurrency = concurrency
+        self.finish = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.executor: ThreadPoolExecutor | None = None
+
+    def start(self, grace_seconds: float) -> None:
+        if isinstance(self.broker, InMemoryBroker):
+            return
+        self.broker.is_worker_process = True
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        receiver = Receiver(
+            broker=self.broker,
+            executor=self.executor,
+            run_startup=False,
+            max_async_tasks=self.concurrency,
+            ack_type=AcknowledgeType.WHEN_EXECUTED,
+            wait_tasks_timeout=grace_seconds,
+        )
+        self.task = asyncio.create_task(receiver.listen(self.finish))
+        log.info("job_consumer_started", concurrency=self.concurrency)
+
+    async def stop(self, grace_seconds: float) -> None:
+        if self.task is None:
+            return
+        self.finish.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=grace_seconds + 1)
+        except TimeoutError:
+            self.task.cancel()
+        except Exception:
+            log.exception("job_consumer_failed")
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+
+
+async def _finish_in_flight(broker: AsyncBroker, grace_seconds: float) -> None:
+    """Give running jobs `grace_seconds`, then cancel them (their `finally` releases leases)."""
+    waiting: list[asyncio.Task[object]] = list(in_flight_jobs)
+    if isinstance(broker, InMemoryBroker):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(broker.wait_all(), timeout=grace_seconds)
+    elif waiting:  # the consumer already gave them the grace period while it stopped
+        await asyncio.wait(waiting, timeout=1.0)
+    left = [task for task in in_flight_jobs if not task.done()]
+    if left:
+        log.warning("jobs_cancelled_at_shutdown", jobs=len(left))
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
