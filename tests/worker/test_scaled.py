@@ -41,7 +41,7 @@ LEASE_SECONDS = 2
 
 @pytest.fixture
 def queue_name() -> str:
-    return f"lunogen:test:{secrets.token_hex(6)}"
+    return f"test-jobs:{secrets.token_hex(6)}"
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ from lunogen.worker.maintenance import maintenance_forever
 
 log = structlog.get_logger(__name__)
 
+RECONNECT_SECONDS = 1.0
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
@@ -140,16 +142,28 @@ class _Consumer:
             return
         self.broker.is_worker_process = True
         self.executor = ThreadPoolExecutor(max_workers=1)
-        receiver = Receiver(
-            broker=self.broker,
-            executor=self.executor,
-            run_startup=False,
-            max_async_tasks=self.concurrency,
-            ack_type=AcknowledgeType.WHEN_EXECUTED,
-            wait_tasks_timeout=grace_seconds,
-        )
-        self.task = asyncio.create_task(receiver.listen(self.finish))
+        self.task = asyncio.create_task(self._listen(grace_seconds))
         log.info("job_consumer_started", concurrency=self.concurrency)
+
+    async def _listen(self, grace_seconds: float) -> None:
+        """Consume until told to finish; come back after Redis errors (a restarted Redis
+        loses the stream and its consumer group: they are declared again)."""
+        while not self.finish.is_set():
+            receiver = Receiver(
+                broker=self.broker,
+                executor=self.executor,
+                run_startup=False,
+                max_async_tasks=self.concurrency,
+                ack_type=AcknowledgeType.WHEN_EXECUTED,
+                wait_tasks_timeout=grace_seconds,
+            )
+            try:
+                await receiver.listen(self.finish)
+            except Exception as exc:
+                log.warning("job_consumer_restarting", error=repr(exc))
+                await asyncio.sleep(RECONNECT_SECONDS)
+                with contextlib.suppress(Exception):
+                    await _declare_stream(self.broker)
 
     async def stop(self, grace_seconds: float) -> None:
         if self.task is None:
@@ -165,6 +179,12 @@ class _Consumer:
             await self.task
         if self.executor is not None:
             self.executor.shutdown(wait=False)
+
+
+async def _declare_stream(broker: AsyncBroker) -> None:
+    declare = getattr(broker, "_declare_consumer_group", None)
+    if declare is not None:
+        await declare()
 
 
 async def _finish_in_flight(broker: AsyncBroker, grace_seconds: float) -> None:
