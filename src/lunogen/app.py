@@ -19,6 +19,7 @@ from lunogen.auth.google import STATE_COOKIE, create_oauth
 from lunogen.auth.google import router as google_router
 from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.channel.endpoints import agent_channels_router
 from lunogen.channel.endpoints import router as webhook_channel_router
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle_router,
         conversation_router,
         webhook_channel_router,
+        agent_channels_router,
         notification_router,
         tool_router,
         agent_tools_router,

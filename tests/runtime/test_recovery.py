@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from lunogen.agent.models import AgentLogEvent
 from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message, Thread
@@ -85,3 +86,30 @@ async def test_the_sweeper_takes_over_an_expired_lease_and_answers_once(
     await run_thread(thread_id)
     assert await _replies(api, message_id) == (1, 1, "done")
     assert len(openrouter.chat_requests) == 1
+
+
+async def test_a_run_that_lost_its_lease_records_its_calls_but_not_its_answer(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """A worker that stalled past its lease while another took over must not reply too."""
+    from lunogen.runtime.turn import TurnDeps, TurnOutcome, run_turn
+    from lunogen.worker.broker import runtime
+
+    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=False)
+    rt = runtime()
+    deps = TurnDeps(
+        settings=rt.settings,
+        sessionmaker=rt.sessionmaker,
+        keyring=rt.keyring,
+        model_client=rt.model_client,
+    )
+    openrouter.reply("A late answer")
+    outcome = await run_turn(deps, inbound_id=message_id, lease_token="stale-worker:2")
+    assert outcome == TurnOutcome.SUPERSEDED
+    assert await _replies(api, message_id) == (0, 1, "pending")  # the call was real: metered
+    async with api.app.state.sessionmaker() as session:
+        thread = await session.get(Thread, thread_id)
+        assert thread is not None and thread.lease_owner == "dead-worker:1"
+    async with api.app.state.sessionmaker() as session:
+        events = list((await session.execute(select(AgentLogEvent.event))).scalars())
+    assert "turn.superseded" in events

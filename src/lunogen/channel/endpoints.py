@@ -5,9 +5,7 @@ No API key: whoever holds the channel's `whsec_` secret may talk to the agent th
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -18,20 +16,31 @@ from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from lunogen.agent.models import Agent, AgentChannel
+from lunogen.agent.service import get_agent
+from lunogen.auth.dependencies import AgentsWrite
 from lunogen.channel import webhook
 from lunogen.channel.fields import Storable
-from lunogen.channel.service import read_secrets
+from lunogen.channel.schemas import ChannelOut, ChannelOutBase
+from lunogen.channel.service import enable_channel, enable_path, read_secrets, render_channel
 from lunogen.db import DbSession
-from lunogen.errors import LunogenError, NotFoundError, UnauthorizedError, validation_response
+from lunogen.errors import (
+    ConflictError,
+    LunogenError,
+    NotFoundError,
+    UnauthorizedError,
+    validation_response,
+)
 from lunogen.kit.crypto import KeyRing
-from lunogen.runtime import service
+from lunogen.runtime import service, waiting
+from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import Message
 from lunogen.runtime.tasks import enqueue_thread
 
 router = APIRouter(prefix="/hooks", tags=["webhook channel"])
+# The owner's side of channel state; mounted next to the agent endpoints.
+agent_channels_router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
 SYNC_WAIT_SECONDS = 25.0
-POLL_SECONDS = 0.02
 MAX_BODY_BYTES = 256_000
 
 
@@ -70,29 +79,25 @@ async def _channel(db: DbSession, channel_id: str) -> tuple[AgentChannel, Agent]
     return row[0], row[1]
 
 
-async def _reply_of(request: Request, inbound_id: str) -> tuple[Message, Message | None]:
-    async with request.app.state.sessionmaker() as session:
-        inbound = await session.get(Message, inbound_id)
-        assert inbound is not None
-        reply = (
-            await session.execute(select(Message).where(Message.reply_to_id == inbound_id))
-        ).scalar_one_or_none()
-        return inbound, reply
-
-
-async def _wait_for_reply(
-    request: Request, inbound_id: str, seconds: float
-) -> tuple[Message, Message | None]:
-    deadline = time.monotonic() + seconds
-    while True:
-        inbound, reply = await _reply_of(request, inbound_id)
-        if inbound.status != "pending" or time.monotonic() >= deadline:
-            return inbound, reply
-        await asyncio.sleep(POLL_SECONDS)
+class ChannelDisabledError(ConflictError):
+    def __init__(self, channel: AgentChannel) -> None:
+        assert channel.disabled_at is not None
+        reason = channel.disabled_reason or "its receiver is gone"
+        enable = enable_path(agent_id=channel.agent_id, channel_id=channel.id)
+        super().__init__(
+            f"This channel was disabled because {reason}. It takes no messages until the "
+            f"agent's owner re-enables it: POST {enable} (scope agents:write), or a new "
+            f"callback_url for it in PATCH /api/v1/agents/{channel.agent_id}.",
+            error="Channel disabled",
+            extra={
+                "disabled_at": channel.disabled_at.isoformat().replace("+00:00", "Z"),
+                "reason": reason,
+            },
+        )
 
 
 async def _deliver_later(request: Request, *, inbound: Message, channel_id: str) -> None:
-    """The sync caller gave up waiting: send the reply to the callback once it exists."""
+    """The sync caller gave up waiting: send the reply (or failure notice) to the callback."""
     sessionmaker = request.app.state.sessionmaker
     async with sessionmaker() as session:
         session.add(webhook.new_delivery(inbound=inbound, channel_id=channel_id))
@@ -100,14 +105,10 @@ async def _deliver_later(request: Request, *, inbound: Message, channel_id: str)
             await session.commit()
         except IntegrityError:  # already arranged (a duplicate request timed out first)
             await session.rollback()
-    # The turn may have stored the reply before our row existed: queue it ourselves then.
+    # The turn may have ended before our row existed: queue it ourselves then.
     async with sessionmaker() as session:
-        answered = (
-            await session.execute(select(Message.id).where(Message.reply_to_id == inbound.id))
-        ).first()
-        if answered is not None:
-            await webhook.reply_ready(session, inbound_id=inbound.id)
-            await session.commit()
+        await webhook.queue_if_settled(session, inbound_id=inbound.id)
+        await session.commit()
 
 
 def _accepted(inbound: Message) -> JSONResponse:
@@ -158,12 +159,16 @@ _SIGNATURE_HEADERS = [
         200: {"description": "sync mode: the reply `{id, reply_to, text}`"},
         202: {"description": "async mode, or the reply was not ready in time"},
         401: {"description": "Missing, invalid or stale Standard Webhooks signature"},
-        409: {"description": "The agent is not running; `status` names its state"},
+        409: {
+            "description": "The agent is not running (`status` names its state), or the channel "
+            "was disabled after its callback URL answered 410 (`Channel disabled`)"
+        },
     },
 )
 async def receive(channel_id: str, request: Request, db: DbSession) -> Response:
     """A message for the agent: JSON `{id, from, text}`, signed with the channel's secret."""
     keyring: KeyRing = request.app.state.keyring
+    events: TurnEvents = request.app.state.turn_events
     channel, agent = await _channel(db, channel_id)
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
@@ -176,6 +181,8 @@ async def receive(channel_id: str, request: Request, db: DbSession) -> Response:
         webhook.verify(request.headers, body, [read_secrets(channel, keyring)["secret"]])
     except webhook.SignatureError as exc:
         raise UnauthorizedError(str(exc), error="Invalid webhook signature") from exc
+    if channel.disabled_at is not None:  # told only to whoever holds the secret
+        raise ChannelDisabledError(channel)
     parsed = _parse(body)
     if isinstance(parsed, Response):
         return parsed
@@ -194,16 +201,22 @@ async def receive(channel_id: str, request: Request, db: DbSession) -> Response:
         if mode == "async":
             db.add(webhook.new_delivery(inbound=accepted.message, channel_id=channel.id))
         enqueue_thread(db, accepted.thread.id)
-    await db.commit()
     if mode == "async":
+        await db.commit()
         return _accepted(accepted.message)
 
-    inbound, reply = await _wait_for_reply(request, accepted.message.id, SYNC_WAIT_SECONDS)
+    # Follow the turn before the commit that enqueues it, so that its end cannot be missed. A
+    # duplicate's turn may be over already: `wait_for_reply` reads the database first.
+    async with events.follow(accepted.message.id) as subscription:
+        await db.commit()
+        inbound, reply = await waiting.wait_for_reply(
+            request.app.state.sessionmaker, subscription, accepted.message.id, SYNC_WAIT_SECONDS
+        )
     if reply is not None:
         return JSONResponse(
             {"id": reply.id, "reply_to": parsed.id, "text": keyring.decrypt(reply.content)}
         )
-    if inbound.status in ("failed", "skipped"):
+    if inbound.status in webhook.UNANSWERED:
         raise LunogenError(
             inbound.last_error or "The agent could not answer",
             error="Agent failed to answer",
@@ -213,3 +226,32 @@ async def receive(channel_id: str, request: Request, db: DbSession) -> Response:
     if channel.config.get("callback_url") and not accepted.duplicate:
         await _deliver_later(request, inbound=inbound, channel_id=channel.id)
     return _accepted(inbound)
+
+
+# The owner's side ---------------------------------------------------------------------------
+
+
+@agent_channels_router.post(
+    "/{agent_id}/channels/{channel_id}/enable",
+    response_model=ChannelOut,
+    responses={
+        404: {
+            "description": "No agent with this id is visible to you, or it has no such channel",
+            "content": {"application/json": {"example": {"error": "Agent not found"}}},
+        }
+    },
+)
+async def enable_agent_channel(
+    agent_id: str, channel_id: str, principal: AgentsWrite, db: DbSession
+) -> ChannelOutBase:
+    """Re-enable a channel that was disabled (its callback URL answered 410). Scope: `agents:write`.
+
+    Callbacks are sent and messages accepted again from now on; deliveries dropped while it was
+    disabled stay dropped. Enabling a channel that is not disabled changes nothing.
+    """
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id, for_update=True)
+    channel = next((row for row in agent.channels if row.id == channel_id), None)
+    if channel is None:
+        raise _not_found()
+    enable_channel(db, principal=principal, agent=agent, channel=channel)
+    return render_channel(channel)

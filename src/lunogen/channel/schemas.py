@@ -12,6 +12,7 @@ import base64
 import re
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -270,6 +271,14 @@ class WebhookChannel(ChannelOutBase):
         description="The `whsec_…` signing secret: its value appears only when the channel is "
         "created."
     )
+    disabled_at: datetime | None = Field(
+        default=None,
+        description="Set when the callback URL answered 410 Gone: from then on no callback is "
+        "sent and inbound messages are refused (409) until the channel is re-enabled with "
+        "`POST /api/v1/agents/{agent_id}/channels/{channel_id}/enable` or given a new "
+        "`callback_url`.",
+    )
+    disabled_reason: str | None = Field(default=None, description="Why it was disabled.")
 
 
 class WhatsappChannel(ChannelOutBase):

@@ -208,6 +208,6 @@ def enable_channel(
         client=principal.client,
         target_type="agent",
         target_id=agent.id,
-        details={"channel_id": channel.id, "type": channel.type, "was_disabled_for": reason},
+        details={"channel_id": channel.id, "type": channel.type, "disabled_reason": reason},
     )
     return True

@@ -3,8 +3,14 @@
 Deliveries: a `Delivery` row is keyed by the INBOUND message it answers (`message_id`), so it
 can exist before the reply does and a reply is sent at most once per inbound message. It is
 created `waiting` (async mode: with the inbound message; sync mode: when the caller's wait ran
-out), becomes `queued` when the turn stores the reply (`reply_ready`), and ends `delivered`,
-`failed` or `disabled` (the receiver answered 410).
+out), becomes `queued` when the turn ends (`reply_ready`, or `reply_failed` when no reply will
+come), and ends `delivered`, `failed` or `disabled`. What it sends follows from the stored
+rows (there is no kind column): the reply (`message.reply`) if one exists, else, the inbound
+message being `failed` or `skipped`, a failure notice (`message.failed`) with its `last_error`.
+
+A 410 from the receiver disables the whole channel (`AgentChannel.disabled_at`) in the same
+transaction as the delivery's outcome, and ends the channel's other pending deliveries as
+`disabled`; an attempt on a disabled channel ends `disabled` without a request.
 
 Retries: an attempt claims the row by pushing `next_attempt_at` past the send timeout (a
 conditional UPDATE, so two jobs never send the same attempt). A retryable failure stores the
@@ -30,12 +36,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent, AgentChannel
-from lunogen.channel.service import read_secrets
+from lunogen.channel.service import disable_channel, read_secrets
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import FetchError, SafeHttp, UnsafeUrlError
 from lunogen.kit.ids import new_id
@@ -54,6 +60,8 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 3600.0
 INLINE_RETRY_MAX_SECONDS = 30.0  # longer waits are left to the sweeper
 DEDUPE_PREFIX = "webhook:"
+# Inbound statuses after which no reply will come: the waiting deliveries send a failure notice.
+UNANSWERED = ("failed", "skipped")
 
 
 # Standard Webhooks ----------------------------------------------------------------------
@@ -166,11 +174,7 @@ def new_delivery(*, inbound: Message, channel_id: str) -> Delivery:
     )
 
 
-async def reply_ready(session: AsyncSession, *, inbound_id: str) -> None:
-    """The reply to `inbound_id` is being stored: queue the deliveries waiting for it.
-
-    Called inside the transaction that stores the reply; the jobs start after it commits.
-    """
+async def _queue_waiting(session: AsyncSession, *, inbound_id: str) -> list[str]:
     ids = list(
         (
             await session.execute(
@@ -183,24 +187,53 @@ async def reply_ready(session: AsyncSession, *, inbound_id: str) -> None:
     )
     for delivery_id in ids:
         enqueue(session, deliver_webhook, delivery_id)
+    return ids
+
+
+async def reply_ready(session: AsyncSession, *, inbound_id: str) -> None:
+    """The reply to `inbound_id` is being stored: queue the deliveries waiting for it.
+
+    Called inside the transaction that stores the reply; the jobs start after it commits.
+    """
+    await _queue_waiting(session, inbound_id=inbound_id)
 
 
 async def reply_failed(session: AsyncSession, *, inbound_id: str, reason: str) -> None:
-    """The turn for `inbound_id` failed for good: no reply will come for the waiting deliveries."""
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.message_id == inbound_id, Delivery.status == "waiting")
-        .values(status="failed", last_error=f"no reply: {reason}"[:2000], next_attempt_at=None)
-    )
+    """The turn for `inbound_id` failed for good: its waiting deliveries send a failure notice.
+
+    Called inside the transaction that marks the inbound message failed; the notice's `error`
+    is read from the message (`last_error`) when it is sent, like a reply's text.
+    """
+    ids = await _queue_waiting(session, inbound_id=inbound_id)
+    if ids:
+        log.info("webhook_failure_notice_queued", inbound_id=inbound_id, reason=reason[:200])
+
+
+async def queue_if_settled(session: AsyncSession, *, inbound_id: str) -> None:
+    """Queue the waiting deliveries of `inbound_id` if its turn is already over.
+
+    For a delivery row made after the turn may have ended (a sync caller's wait ran out): the
+    turn's `reply_ready`/`reply_failed` found nothing to queue then.
+    """
+    inbound = await session.get(Message, inbound_id)
+    answered = (
+        await session.execute(select(Message.id).where(Message.reply_to_id == inbound_id))
+    ).first()
+    if answered is not None or (inbound is not None and inbound.status in UNANSWERED):
+        await _queue_waiting(session, inbound_id=inbound_id)
 
 
 async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: int = 100) -> int:
-    """For the sweeper: queue waiting deliveries whose reply exists, re-enqueue due ones."""
+    """For the sweeper: queue waiting deliveries whose turn is over, re-enqueue due ones."""
     async with sessionmaker() as session:
         answered = select(Message.reply_to_id).where(Message.reply_to_id.is_not(None))
+        unanswered = select(Message.id).where(Message.status.in_(UNANSWERED))
         await session.execute(
             update(Delivery)
-            .where(Delivery.status == "waiting", Delivery.message_id.in_(answered))
+            .where(
+                Delivery.status == "waiting",
+                or_(Delivery.message_id.in_(answered), Delivery.message_id.in_(unanswered)),
+            )
             .values(status="queued", next_attempt_at=utcnow())
         )
         await session.commit()
@@ -244,10 +277,22 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
 @dataclass(frozen=True)
 class _Target:
     delivery: Delivery
-    reply: Message
     inbound: Message
+    reply: Message | None  # None: a failure notice (the turn ended without a reply)
     channel: AgentChannel
     agent: Agent
+
+    @property
+    def what(self) -> str:
+        return "reply" if self.reply is not None else "failure notice"
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    """Why no attempt can be made: the delivery ends with `status` and no request."""
+
+    status: str  # failed | disabled
+    reason: str
 
 
 async def _claim(session: AsyncSession, delivery_id: str) -> bool:
@@ -265,8 +310,8 @@ async def _claim(session: AsyncSession, delivery_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-async def _load(session: AsyncSession, delivery_id: str) -> _Target | str:
-    """What the attempt needs, or why it cannot be made (a permanent failure)."""
+async def _load(session: AsyncSession, delivery_id: str) -> _Target | _Cancel:
+    """What the attempt needs, or why it cannot be made."""
     delivery = await session.get(Delivery, delivery_id)
     assert delivery is not None
     inbound = await session.get(Message, delivery.message_id)
@@ -275,27 +320,43 @@ async def _load(session: AsyncSession, delivery_id: str) -> _Target | str:
     ).scalar_one_or_none()
     channel = await session.get(AgentChannel, delivery.channel_id)
     agent = await session.get(Agent, delivery.agent_id)
-    if inbound is None or reply is None:
-        return "the reply no longer exists"
+    if inbound is None or (reply is None and inbound.status not in UNANSWERED):
+        return _Cancel("failed", "the reply no longer exists")
     if agent is None or agent.deleted_at is not None:
-        return "the agent was deleted"
+        return _Cancel("failed", "the agent was deleted")
     if channel is None or channel.type != "webhook":
-        return "the webhook channel was removed"
+        return _Cancel("failed", "the webhook channel was removed")
+    if channel.disabled_at is not None:
+        return _Cancel("disabled", f"the channel is disabled: {channel.disabled_reason}")
     if not channel.config.get("callback_url"):
-        return "the channel has no callback_url"
-    return _Target(delivery, reply, inbound, channel, agent)
+        return _Cancel("failed", "the channel has no callback_url")
+    return _Target(delivery, inbound, reply, channel, agent)
+
+
+def _timestamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _body(target: _Target, keyring: KeyRing) -> bytes:
+    """The callback's JSON: the reply, or (no reply will come) why the turn failed.
+
+    Built from stored rows only, so every attempt of a delivery sends the same bytes.
+    """
     payload: dict[str, Any] = {
-        "type": "message.reply",
+        "type": "message.reply" if target.reply is not None else "message.failed",
         "agent_id": target.agent.id,
         "channel_id": target.channel.id,
         "reply_to": payload_id(target.inbound),
-        "message_id": target.reply.id,
-        "text": keyring.decrypt(target.reply.content),
-        "created_at": target.reply.created_at.isoformat().replace("+00:00", "Z"),
     }
+    if target.reply is not None:
+        payload["message_id"] = target.reply.id
+        payload["text"] = keyring.decrypt(target.reply.content)
+        payload["created_at"] = _timestamp(target.reply.created_at)
+    else:
+        payload["error"] = target.inbound.last_error or "The agent could not answer"
+        payload["created_at"] = _timestamp(
+            target.inbound.completed_at or target.delivery.created_at
+        )
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -306,7 +367,7 @@ def _finish(
     status: str,
     code: int | None,
     error: str | None,
-    level: str = "error",
+    what: str = "reply",
 ) -> None:
     delivery.status = status
     delivery.last_status_code = code
@@ -317,8 +378,8 @@ def _finish(
         log_event(
             session,
             agent_id=delivery.agent_id,
-            event="reply.sent",
-            message=f"Webhook delivery {delivery.id} accepted ({code})",
+            event="reply.sent" if what == "reply" else "failure.sent",
+            message=f"Webhook {what} {delivery.id} accepted ({code})",
             details={"delivery_id": delivery.id, "status_code": code},
         )
         return
@@ -326,9 +387,32 @@ def _finish(
         session,
         agent_id=delivery.agent_id,
         event=f"webhook.{status}",
-        level="warning" if level == "warning" else "error",
+        level="warning" if status == "disabled" else "error",
         message=f"Webhook delivery {delivery.id} {status}: {error}",
         details={"delivery_id": delivery.id, "status_code": code, "attempts": delivery.attempts},
+    )
+
+
+async def _disable_channel(session: AsyncSession, delivery: Delivery) -> None:
+    """The receiver answered 410: disable the channel and drop its other pending deliveries."""
+    reason = f"its callback URL answered 410 Gone (delivery {delivery.id})"
+    disabled = await disable_channel(
+        session, agent_id=delivery.agent_id, channel_id=delivery.channel_id, reason=reason
+    )
+    if disabled is None:  # already disabled by a concurrent 410
+        return
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.channel_id == delivery.channel_id,
+            Delivery.status.in_(("queued", "waiting")),
+            Delivery.id != delivery.id,
+        )
+        .values(
+            status="disabled",
+            last_error=f"the channel is disabled: {reason}",
+            next_attempt_at=None,
+        )
     )
 
 
@@ -343,13 +427,13 @@ async def attempt_delivery(
         if not await _claim(session, delivery_id):
             return None
         target = await _load(session, delivery_id)
-        if isinstance(target, str):
+        if isinstance(target, _Cancel):
             delivery = await session.get(Delivery, delivery_id)
             assert delivery is not None
-            _finish(session, delivery, status="failed", code=None, error=target)
+            _finish(session, delivery, status=target.status, code=None, error=target.reason)
             await session.commit()
             return None
-        delivery = target.delivery
+        what = target.what
         secret = read_secrets(target.channel, keyring)["secret"]
         url = str(target.channel.config["callback_url"])
         body = _body(target, keyring)
@@ -391,21 +475,16 @@ async def attempt_delivery(
         if outcome == "retry":
             error = f"gave up after {row.attempts} attempts; last: {error}"
             outcome = "failed"
-        _finish(
-            session,
-            row,
-            status=outcome,
-            code=code,
-            error=error,
-            level="warning" if outcome == "disabled" else "error",
-        )
+        if outcome == "disabled":
+            await _disable_channel(session, row)
+        _finish(session, row, status=outcome, code=code, error=error, what=what)
         await session.commit()
     return None
 
 
 @job("channel.deliver_webhook")
 async def deliver_webhook(delivery_id: str) -> None:
-    """POST a reply to its channel's callback, signed; short retries happen here."""
+    """POST a reply (or a failure notice) to its channel's callback, signed; short retries here."""
     rt = runtime()
     http = SafeHttp(allow_private=rt.settings.allow_private_urls, timeout=SEND_TIMEOUT_SECONDS)
     for _ in range(MAX_ATTEMPTS):

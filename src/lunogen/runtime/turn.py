@@ -242,6 +242,7 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         inbound.status = "skipped"
         inbound.last_error = f"the agent was {state} before it could answer"
         inbound.completed_at = utcnow()
+        await webhook.reply_failed(session, inbound_id=inbound.id, reason=inbound.last_error)
         if agent is not None:
             log_event(
                 session,
