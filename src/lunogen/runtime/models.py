@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
@@ -60,6 +61,8 @@ class Message(IdMixin, CreatedMixin, Base):
     completed_at: Mapped[datetime | None]
     # The sender asked to see the reply as it is written (API channel, SSE).
     stream: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Why a turn ended unanswered, for machines: {"code": "insufficient_credits", ...}.
+    failure: Mapped[dict[str, Any] | None]
 
 
 class Delivery(IdMixin, CreatedMixin, Base):

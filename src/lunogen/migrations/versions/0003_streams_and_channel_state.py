@@ -23,6 +23,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("stream", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch.add_column(sa.Column("failure", sa.JSON(), nullable=True))
     with op.batch_alter_table("agent_channels") as batch:
         batch.add_column(
             sa.Column("disabled_at", lunogen.db.UTCDateTime(timezone=True), nullable=True)
@@ -35,4 +36,5 @@ def downgrade() -> None:
         batch.drop_column("disabled_reason")
         batch.drop_column("disabled_at")
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("failure")
         batch.drop_column("stream")
