@@ -54,6 +54,7 @@ MAX_TOKENS = 256
 # that the limiter never refuses one (its cost is still measured: every request is counted).
 REQUESTS_PER_KEY = 1_500
 MAX_KEYS = 25  # the Pro plan's key limit
+BENCH_CREDITS = 1_000_000  # far more than a run spends, so that no turn is refused
 
 
 # -- the zero-latency fake model (runs in a subprocess) ------------------------------------------
@@ -364,7 +365,8 @@ def _statement_kind(statement: str) -> str:
 
 
 async def _create_user(app: Any, email: str) -> None:
-    """Like `lunogen user create`: an active account with a password, on the Pro plan."""
+    """Like `lunogen user create`: an active account with a password, on the Pro plan, with
+    enough prepaid credits for the whole run (when the code has credits)."""
     from lunogen.account import service as accounts
 
     async with app.state.sessionmaker() as session:
@@ -372,7 +374,25 @@ async def _create_user(app: Any, email: str) -> None:
             session, email=email, name="Bench", password=PASSWORD, role="user"
         )
         user.plan = "pro"
+        await _grant_credits(session, user.id)
         await session.commit()
+
+
+async def _grant_credits(session: Any, user_id: str) -> None:
+    try:
+        from lunogen.billing import ledger
+        from lunogen.billing.units import credits_to_micro
+    except ImportError:  # code from before prepaid credits
+        return
+    await ledger.ensure_account(session, user_id)
+    await ledger.post(
+        session,
+        account_id=user_id,
+        kind="grant",
+        amount=credits_to_micro(BENCH_CREDITS),
+        key=f"bench:{user_id}",
+        description="Benchmark credits",
+    )
 
 
 async def _checked(response: Any, expected: int = 200) -> dict[str, Any]:

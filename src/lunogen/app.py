@@ -19,6 +19,7 @@ from lunogen.auth.google import STATE_COOKIE, create_oauth
 from lunogen.auth.google import router as google_router
 from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
 from lunogen.channel.endpoints import agent_channels_router
 from lunogen.channel.endpoints import router as webhook_channel_router
 from lunogen.config import Settings
@@ -115,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         memory_router,
         model_router,
         usage_router,
+        billing_router,
+        admin_credits_router,
+        stripe_webhook_router,
         audit_router,
         apidocs_router,
         pages_router,

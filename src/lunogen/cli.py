@@ -174,6 +174,7 @@ def user_create(
     """Create an active account (email verified). Consent is given at first sign-in."""
     from lunogen.account import service as accounts
     from lunogen.account.roles import ROLES
+    from lunogen.billing.grants import grant_starter_credits
 
     role = "admin" if admin else role
     if role not in ROLES:
@@ -191,6 +192,7 @@ def user_create(
                 password=password,
                 role=role,
             )
+            await grant_starter_credits(session, user=user, credits=settings.starter_credits)
             await session.commit()
             return user.id, user.email
 
@@ -353,3 +355,43 @@ def models_refresh() -> None:
     console.print(
         f"Refreshed {result.models} models ({result.added} new) from {settings.llm_base_url}."
     )
+
+
+billing_app = typer.Typer(help="Prepaid credits.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
+
+
+@billing_app.command("verify")
+def billing_verify() -> None:
+    """Check the credit ledger: every balance equals the sum of its entries, and more.
+
+    Exits 1 and lists each problem found, if any.
+    """
+    from rich.markup import escape
+
+    from lunogen.billing.verify import Problem, count_accounts, verify_all_in_batches
+
+    settings = _settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> tuple[int, list[Problem]]:
+        async with sm() as session:
+            total = await count_accounts(session)
+        verified = 0
+        with Progress(console=console) as progress:
+            task = progress.add_task("Verifying credit accounts", total=total)
+
+            def advance(n: int) -> None:
+                nonlocal verified
+                verified += n
+                progress.advance(task, n)
+
+            problems = await verify_all_in_batches(sm, advance)
+        return verified, problems
+
+    total, problems = _run_db(settings, work)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]Problem:[/red] {escape(str(problem))}", highlight=False)
+        err_console.print(f"{len(problems)} problem(s) in the credit ledger.")
+        raise typer.Exit(1)
+    console.print(f"{total} accounts verified.")

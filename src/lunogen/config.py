@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -13,6 +14,17 @@ from pydantic_settings import (
 )
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+def parse_credit_packs(value: str) -> dict[str, int]:
+    """`"starter:500,standard:2000"` → {"starter": 500, "standard": 2000}."""
+    packs: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, credits = item.partition(":")
+        if not name.strip().isidentifier() or not credits.strip().isdigit() or int(credits) <= 0:
+            raise ValueError(f"credit_packs: {item!r} is not name:credits (a positive integer)")
+        packs[name.strip()] = int(credits)
+    return packs
 
 
 class Settings(BaseSettings):
@@ -62,6 +74,20 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(default=60, gt=0, le=600)
     llm_max_retries: int = Field(default=3, ge=0, le=10)
     llm_app_name: str = "LunoGen"
+    # Credits and billing (amounts in credits unless the name says otherwise).
+    usd_per_credit: Decimal = Field(default=Decimal("0.01"), gt=0, le=100)
+    markup_percent: int = Field(default=0, ge=0, le=1000)
+    starter_credits: int = Field(default=100, ge=0, le=1_000_000)
+    low_credit_threshold: int = Field(default=10, ge=0, le=1_000_000)
+    credit_hold_seconds: int = Field(default=600, ge=30, le=86_400)
+    credit_packs: str = "starter:500,standard:2000,large:10000"
+    topup_min_credits: int = Field(default=500, ge=1)
+    topup_max_credits: int = Field(default=100_000, ge=1)
+    billing_currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_pro_price_id: str | None = None
 
     @property
     def uses_redis_jobs(self) -> bool:
@@ -96,6 +122,17 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
             raise ValueError("llm_base_url must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("credit_packs")
+    @classmethod
+    def _check_credit_packs(cls, value: str) -> str:
+        parse_credit_packs(value)
+        return value
+
+    @property
+    def credit_pack_map(self) -> dict[str, int]:
+        """Top-up packs offered at checkout: name → credits."""
+        return parse_credit_packs(self.credit_packs)
 
     @property
     def effective_database_url(self) -> str:

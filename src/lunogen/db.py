@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, Session, mapped_column
 
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import as_utc, utcnow
@@ -83,11 +84,77 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only session's transaction never writes, so it need not queue for the write
+        # lock: in WAL mode a deferred transaction reads a snapshot while a writer works.
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+READ_ONLY_OPTION = "lunogen_read_only"
+
+
+class ReadOnlyWriteError(RuntimeError):
+    """A session from a read sessionmaker tried to write."""
+
+
+class ReadOnlySession(Session):
+    """The sync session behind `create_read_sessionmaker`: refuses every write it can see."""
+
+
+@event.listens_for(ReadOnlySession, "before_flush")
+def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise ReadOnlyWriteError("a read-only session cannot write; use the main sessionmaker")
+
+
+@event.listens_for(ReadOnlySession, "do_orm_execute")
+def _refuse_dml(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlyWriteError("a read-only session cannot write; use the main sessionmaker")
+
+
+def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for work that only reads.
+
+    On SQLite their transactions begin with a plain (deferred) `BEGIN` instead of
+    `BEGIN IMMEDIATE`, so they never wait for the write lock, nor make writers wait. On other
+    databases they behave exactly like `create_sessionmaker`'s. Either way they refuse to write:
+    a deferred SQLite transaction that tries to would fail with "database is locked" at once
+    rather than wait its turn.
+    """
+    if engine.dialect.name == "sqlite":
+        engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=False, sync_session_class=ReadOnlySession
+    )
+
+
+_read_sessionmakers: weakref.WeakKeyDictionary[Any, async_sessionmaker[AsyncSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def read_sessionmaker(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """A read sessionmaker on the engine `sessionmaker` is bound to (made once, then reused).
+
+    For code that is handed only the main sessionmaker. Keyed weakly on it: the entry goes when
+    the sessionmaker does.
+    """
+    found = _read_sessionmakers.get(sessionmaker)
+    if found is None:
+        bind = sessionmaker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            return sessionmaker  # bound to a connection or to nothing: no separate reads
+        found = _read_sessionmakers[sessionmaker] = create_read_sessionmaker(bind)
+    return found
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:

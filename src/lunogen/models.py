@@ -4,6 +4,9 @@ from lunogen.account.models import Consent, EmailToken, User
 from lunogen.agent.models import Agent, AgentChannel, AgentLogEvent
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
+from lunogen.billing.grants import StarterGrantClaim
+from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, CreditPause
+from lunogen.billing.models_stripe import StripeEvent
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
@@ -20,12 +23,18 @@ __all__ = [
     "AuthSession",
     "CatalogModel",
     "Consent",
+    "CreditAccount",
+    "CreditEntry",
+    "CreditHold",
+    "CreditPause",
     "Delivery",
     "EmailToken",
     "MemoryNote",
     "Message",
     "Notification",
     "OutboundEmail",
+    "StarterGrantClaim",
+    "StripeEvent",
     "Thread",
     "UsageRecord",
     "User",

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from lunogen.account.models import User
 from lunogen.account.plans import PlanLimits, limits_for
@@ -53,17 +54,26 @@ def _is_uuid(value: str) -> bool:
 
 
 async def get_agent(
-    session: AsyncSession, *, owner_id: str, agent_id: str, for_update: bool = False
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    agent_id: str,
+    for_update: bool = False,
+    with_channels: bool = True,
 ) -> Agent:
     """One of the owner's live agents, else `404 Agent not found` (whoever owns the id).
 
     `for_update` locks the row (PostgreSQL) so concurrent edits apply one after the other.
+    `with_channels=False` skips loading `Agent.channels` (one query less); reading them then
+    raises instead of returning nothing.
     """
     if not _is_uuid(agent_id):
         raise agent_not_found()
     query = visible_agents(owner_id=owner_id).where(Agent.id == agent_id)
     if for_update:
         query = query.with_for_update()
+    if not with_channels:
+        query = query.options(raiseload(Agent.channels))
     agent = (await session.execute(query)).scalar_one_or_none()
     if agent is None:
         raise agent_not_found()

@@ -116,9 +116,20 @@ async def revoke_key(
 
 
 async def find_active_key(session: AsyncSession, plaintext: str) -> ApiKey | None:
+    found = await find_active_key_and_user(session, plaintext)
+    return None if found is None else found[0]
+
+
+async def find_active_key_and_user(
+    session: AsyncSession, plaintext: str
+) -> tuple[ApiKey, User] | None:
+    """The unrevoked key with this plaintext and its user (deleted or not), in one query."""
     if not looks_like_key(plaintext):
         return None
-    query = select(ApiKey).where(
-        ApiKey.key_hash == sha256_hex(plaintext), ApiKey.revoked_at.is_(None)
+    query = (
+        select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.key_hash == sha256_hex(plaintext), ApiKey.revoked_at.is_(None))
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else (row[0], row[1])

@@ -61,11 +61,11 @@ def _unauthorized() -> UnauthorizedError:
 
 
 async def _from_key(request: Request, db: DbSession, token: str, client: ClientInfo) -> Principal:
-    key = await apikeys.find_active_key(db, token)
-    if key is None:
+    found = await apikeys.find_active_key_and_user(db, token)
+    if found is None:
         raise _unauthorized()
-    user = await db.get(User, key.user_id)
-    if user is None or user.deleted_at is not None:
+    key, user = found
+    if user.deleted_at is not None:
         raise _unauthorized()
     limiter: RateLimiter = request.app.state.rate_limiter
     status = await limiter.hit(f"key:{key.id}", limits_for(user.plan).requests_per_minute)

@@ -36,6 +36,7 @@ from lunogen.auth.sessions import (
     revoke_session,
     set_session_cookies,
 )
+from lunogen.billing.grants import grant_starter_credits
 from lunogen.config import Settings
 from lunogen.dashboard.render import render
 from lunogen.db import DbSession
@@ -164,6 +165,8 @@ async def verify_email(request: Request, db: DbSession) -> Response:
         user = await accounts.verify_email(
             db, token=data.token, client=ClientInfo.from_request(request)
         )
+        starter = request.app.state.settings.starter_credits
+        await grant_starter_credits(db, user=user, credits=starter)
         if is_form(request):
             return render(
                 request,
@@ -360,9 +363,11 @@ async def reset_password(request: Request, db: DbSession) -> Response:
     async def action() -> Response:
         await _check_anonymous_csrf(request)
         data = await parse_body(request, PasswordResetIn)
-        await accounts.reset_password(
+        user = await accounts.reset_password(
             db, token=data.token, password=data.password, client=ClientInfo.from_request(request)
         )
+        starter = request.app.state.settings.starter_credits
+        await grant_starter_credits(db, user=user, credits=starter)
         message = "Your password is changed. Sign in with the new one."
         if is_form(request):
             return render(

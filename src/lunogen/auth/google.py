@@ -25,6 +25,7 @@ from lunogen.account import service as accounts
 from lunogen.account.models import User
 from lunogen.audit import service as audit
 from lunogen.auth.sessions import create_session, set_session_cookies
+from lunogen.billing.grants import grant_starter_credits
 from lunogen.config import Settings
 from lunogen.dashboard.render import render
 from lunogen.db import DbSession
@@ -136,6 +137,7 @@ async def google_callback(request: Request, db: DbSession) -> Response:
             link_text="Back to sign in",
         )
     request.session.clear()
+    await grant_starter_credits(db, user=user, credits=settings.starter_credits)
     row, session_token = await create_session(
         db, user=user, client=ClientInfo.from_request(request), settings=settings
     )

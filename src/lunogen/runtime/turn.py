@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from lunogen.agent.lifecycle import Effects, set_status
 from lunogen.agent.logs import Level, log_event
 from lunogen.agent.models import Agent
+from lunogen.billing import credit_alerts, ledger, metering
+from lunogen.billing.ledger import InsufficientCredits
 from lunogen.channel import webhook
 from lunogen.config import Settings
 from lunogen.kit.crypto import KeyRing
@@ -188,6 +190,8 @@ class _Plan:
     messages: list[dict[str, Any]]
     tools: dict[str, ToolSpec | None]
     price: Any
+    chain_prices: list[Any] = field(default_factory=list)  # every model that may answer
+    run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
 
 
 @dataclass
@@ -208,6 +212,8 @@ class _Work:
     reply_text: str | None = None
     error: ModelCallError | None = None
     failure: str | None = None  # a reason the turn cannot be answered at all
+    refused: InsufficientCredits | None = None  # the owner's credits cannot cover the next call
+    charged: int = 0  # micro-credits
 
 
 async def run_turn(deps: TurnDeps, *, inbound_id: str, lease_token: str) -> str:
@@ -274,6 +280,10 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         ),
         tools={name: registry.get(name) for name in agent.tools},
         price=await catalog.get_model(session, agent.model),
+        chain_prices=[
+            await catalog.get_model(session, model_id)
+            for model_id in (agent.model, *agent.fallback_models)
+        ],
     )
 
 
@@ -298,8 +308,16 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         last_step = step == MAX_TOOL_STEPS or tokens_used >= TURN_TOKEN_CAP
         tools = None if last_step or not tool_schemas else tool_schemas
         try:
+            hold_id = await _reserve(deps, plan, messages, tools, step)
+        except InsufficientCredits as refused:
+            work.refused = refused
+            return work
+        try:
             result = await _call_model(deps, plan, messages, tools)
         except ModelCallError as error:
+            async with deps.sessionmaker() as session:
+                await metering.release(session, hold_id=hold_id)
+                await session.commit()
             work.error = error
             work.log.append(
                 _LogLine(
@@ -310,7 +328,13 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
                 )
             )
             return work
-        work.usage.append(_usage_row(plan, result))
+        usage = _usage_row(plan, result)
+        async with deps.sessionmaker() as session:
+            charged = await metering.settle(session, deps.settings, hold_id=hold_id, usage=usage)
+            await _after_charge(session, deps, plan)
+            await session.commit()
+        work.usage.append(usage)
+        work.charged += charged
         tokens_used += result.usage.prompt_tokens + result.usage.completion_tokens
         work.log.append(
             _LogLine(
@@ -385,7 +409,6 @@ async def _store(
     ).scalar_one()
     inbound = await session.get(Message, plan.inbound_id, with_for_update=True)
     assert inbound is not None
-    session.add_all(work.usage)  # every call that answered was real, whatever happens next
     for line in work.log:
         log_event(
             session,
@@ -407,6 +430,8 @@ async def _store(
         )
         await session.commit()
         return TurnOutcome.SUPERSEDED, None
+    if work.refused is not None:
+        return await _refuse(session, deps, plan=plan, inbound=inbound, refused=work.refused)
     if work.failure is not None:
         return await _fail(session, deps, plan=plan, inbound=inbound, reason=work.failure)
     if work.error is not None:
@@ -530,3 +555,86 @@ async def _crash_reason(
     if len(statuses) == CRASH_AFTER_FAILURES and all(s == "failed" for s in statuses):
         return f"the last {CRASH_AFTER_FAILURES} messages could not be answered; last: {reason}"
     return None
+
+
+def _prompt_estimate(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    total = sum(context.estimate_tokens(json.dumps(m, ensure_ascii=False)) for m in messages)
+    if tools:
+        total += context.estimate_tokens(json.dumps(tools, ensure_ascii=False))
+    return total
+
+
+async def _reserve(
+    deps: TurnDeps,
+    plan: _Plan,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    step: int,
+) -> str:
+    amount = metering.worst_case_micro_credits(
+        plan.chain_prices,
+        prompt_tokens=_prompt_estimate(messages, tools),
+        max_output_tokens=plan.max_output_tokens,
+        settings=deps.settings,
+    )
+    async with deps.sessionmaker() as session:
+        hold_id = await metering.reserve(
+            session,
+            deps.settings,
+            owner_id=plan.owner_id,
+            amount=amount,
+            key=f"hold:{plan.inbound_id}:{plan.run}:{step}",
+            message_id=plan.inbound_id,
+        )
+        await session.commit()
+    return hold_id
+
+
+async def _after_charge(session: AsyncSession, deps: TurnDeps, plan: _Plan) -> None:
+    """Tell the owner when their credits run low; pause their agents when none are left."""
+    account = await ledger.get_account(session, plan.owner_id)
+    if account is None:
+        return
+    if await ledger.claim_low_credit_alert(session, plan.owner_id):
+        await credit_alerts.low_credits(session, deps.settings, deps.keyring, account=account)
+    if ledger.available(account) <= 0:
+        await credit_alerts.pause_for_credits(
+            session,
+            Effects(settings=deps.settings, keyring=deps.keyring),
+            owner_id=plan.owner_id,
+            required=1,
+        )
+
+
+async def _refuse(
+    session: AsyncSession,
+    deps: TurnDeps,
+    *,
+    plan: _Plan,
+    inbound: Message,
+    refused: InsufficientCredits,
+) -> tuple[str, tuple[str, dict[str, Any]] | None]:
+    """No credits for the next call: end the turn unanswered and pause the owner's agents."""
+    failure = {"code": "insufficient_credits", **refused.extra}
+    inbound.status = "failed"
+    inbound.last_error = str(refused)
+    inbound.failure = failure
+    inbound.completed_at = utcnow()
+    log_event(
+        session,
+        agent_id=plan.agent_id,
+        event="credits.refused",
+        level="warning",
+        message=f"Message {inbound.id} not answered: {refused}",
+        details={"message_id": inbound.id, **refused.extra},
+    )
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=str(refused))
+    await credit_alerts.pause_for_credits(
+        session,
+        Effects(settings=deps.settings, keyring=deps.keyring),
+        owner_id=plan.owner_id,
+        required=refused.required,
+    )
+    await session.commit()
+    event = {"message_id": inbound.id, "error": str(refused), "retrying": False, **failure}
+    return TurnOutcome.FAILED, ("error", event)

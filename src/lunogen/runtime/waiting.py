@@ -2,7 +2,9 @@
 
 Both follow the turn's live events (`runtime.events`), subscribed before the message is
 enqueued, and fall back to reading the database now and then, so a lost event (Redis hiccup,
-a reply stored by another process without a follower) only delays the answer.
+a reply stored by another process without a follower) only delays the answer. The reads go
+through the read-only sessionmaker (`db.read_sessionmaker`): on SQLite they never queue for the
+write lock that the turn needs.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from lunogen.db import read_sessionmaker
 from lunogen.kit.crypto import KeyRing
 from lunogen.runtime.events import Subscription
 from lunogen.runtime.models import Message
@@ -30,6 +33,29 @@ class Settled:
     reply: Message | None
 
 
+async def exchange(
+    sessionmaker: async_sessionmaker[AsyncSession], message_id: str
+) -> tuple[Message, Message | None]:
+    """The message and its reply (None while there is none), read in one query."""
+    async with read_sessionmaker(sessionmaker)() as session:
+        rows = (
+            await session.execute(
+                select(Message).where(
+                    or_(Message.id == message_id, Message.reply_to_id == message_id)
+                )
+            )
+        ).scalars()
+        inbound: Message | None = None
+        reply: Message | None = None
+        for row in rows:
+            if row.id == message_id:
+                inbound = row
+            else:
+                reply = row
+    assert inbound is not None
+    return inbound, reply
+
+
 async def settled(
     sessionmaker: async_sessionmaker[AsyncSession], message_id: str
 ) -> Settled | None:
@@ -37,15 +63,10 @@ async def settled(
 
     A message whose turn will be retried later counts as not over.
     """
-    async with sessionmaker() as session:
-        inbound = await session.get(Message, message_id)
-        assert inbound is not None
-        if inbound.status == "pending":
-            return None
-        reply = (
-            await session.execute(select(Message).where(Message.reply_to_id == message_id))
-        ).scalar_one_or_none()
-        return Settled(inbound, reply)
+    inbound, reply = await exchange(sessionmaker, message_id)
+    if inbound.status == "pending":
+        return None
+    return Settled(inbound, reply)
 
 
 async def wait_for_reply(
@@ -53,18 +74,26 @@ async def wait_for_reply(
     subscription: Subscription,
     message_id: str,
     wait_seconds: float,
+    *,
+    check_first: bool = True,
 ) -> tuple[Message, Message | None]:
+    """Wait for the turn's end; on timeout, the message as it is (and no reply).
+
+    `check_first=False` skips the database read before the first wait: for a message that was
+    just accepted, whose turn cannot have ended before `subscription` was taken out.
+    """
     deadline = time.monotonic() + wait_seconds
+    check = check_first
     while True:
-        done = await settled(sessionmaker, message_id)
-        if done is not None:
-            return done.inbound, done.reply
+        if check:
+            done = await settled(sessionmaker, message_id)
+            if done is not None:
+                return done.inbound, done.reply
+        check = True
         left = deadline - time.monotonic()
         if left <= 0:
-            async with sessionmaker() as session:
-                inbound = await session.get(Message, message_id)
-                assert inbound is not None
-                return inbound, None
+            inbound, reply = await exchange(sessionmaker, message_id)
+            return inbound, reply if inbound.status != "pending" else None
         await subscription.next(min(left, CHECK_DATABASE_SECONDS))  # an event, or time to look
 
 

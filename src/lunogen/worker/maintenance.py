@@ -1,4 +1,4 @@
-"""Housekeeping that runs on a timer: log retention and the model catalog refresh.
+"""Housekeeping on a timer: log retention, expired credit holds, the model catalog refresh.
 
 In the embedded shape the server runs it; each step is idempotent, so a second process
 running it too would only repeat work, never corrupt it.
@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.agent.logs import purge_events_before
+from lunogen.billing import ledger
 from lunogen.config import Settings
 from lunogen.kit.time import utcnow
 from lunogen.llm.refresh import refresh_catalog_job
@@ -21,6 +22,17 @@ from lunogen.llm.refresh import refresh_catalog_job
 log = structlog.get_logger(__name__)
 
 LOG_PURGE_EVERY_SECONDS = 3600.0
+HOLD_EXPIRY_EVERY_SECONDS = 60.0
+
+
+async def expire_credit_holds(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Return the credits held for calls whose worker died before settling them."""
+    async with sessionmaker() as session:
+        expired = await ledger.expire_holds(session)
+        await session.commit()
+    if expired:
+        log.info("credit_holds_expired", holds=expired)
+    return expired
 
 
 async def purge_old_logs(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> int:
@@ -40,11 +52,15 @@ async def maintenance_forever(
 ) -> None:
     """Purge old logs hourly; refresh the catalog every `catalog_refresh_hours` (0: never)."""
     next_purge = time.monotonic()
+    next_expiry = time.monotonic()
     refresh_every = settings.catalog_refresh_hours * 3600
     next_refresh = time.monotonic() + refresh_every
     while True:
         now = time.monotonic()
         try:
+            if now >= next_expiry:
+                next_expiry = now + HOLD_EXPIRY_EVERY_SECONDS
+                await expire_credit_holds(sessionmaker)
             if now >= next_purge:
                 next_purge = now + LOG_PURGE_EVERY_SECONDS
                 await purge_old_logs(sessionmaker, settings)

@@ -1,0 +1,215 @@
+"""Billing over HTTP: the owner's balance, settings, transactions and checkout; Stripe's
+webhook; and the operators' credit adjustments.
+
+Reading billing takes any key of the owner (every scope can see what its calls cost); buying,
+changing settings and adjusting credits need `full` (or a browser session).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from lunogen.agent.lifecycle import Effects
+from lunogen.auth.dependencies import Admin, AnyUser, FullAccess
+from lunogen.billing import ledger, service, stripe_events
+from lunogen.billing.models import EntryKind
+from lunogen.billing.schemas import (
+    AdminCreditsIn,
+    AdminCreditsOut,
+    BillingOut,
+    BillingSettingsIn,
+    CheckoutIn,
+    CheckoutOut,
+    TransactionPage,
+)
+from lunogen.billing.stripe_client import StripeSignatureError, verify_event
+from lunogen.billing.units import micro_to_credits_str
+from lunogen.config import Settings
+from lunogen.db import DbSession
+from lunogen.errors import BadRequestError, error_responses
+
+billing_router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
+admin_credits_router = APIRouter(prefix="/api/v1/admin/accounts", tags=["admin"])
+stripe_webhook_router = APIRouter(tags=["webhooks"])
+
+MAX_WEBHOOK_BYTES = 512 * 1024
+CSV_TYPE = "text/csv"
+Kind = Literal["grant", "topup", "usage", "hold", "release", "refund", "adjustment", "plan"]
+assert set(Kind.__args__) == {k.value for k in EntryKind}  # type: ignore[attr-defined]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _effects(request: Request) -> Effects:
+    return Effects(settings=request.app.state.settings, keyring=request.app.state.keyring)
+
+
+@billing_router.get("", response_model=BillingOut)
+async def get_billing(request: Request, principal: AnyUser, db: DbSession) -> BillingOut:
+    """Your credits (balance, held for calls in progress, available), plan, alert threshold, and
+    what you can buy. Any key of yours can read it. Credits are exact decimal strings."""
+    return await service.overview(db, _settings(request), principal.user)
+
+
+@billing_router.patch("/settings", response_model=BillingOut)
+async def update_billing_settings(
+    data: BillingSettingsIn, request: Request, principal: FullAccess, db: DbSession
+) -> BillingOut:
+    """Set the low-credit alert threshold (credits, 0 to 1,000,000). Scope: `full`."""
+    settings = _settings(request)
+    await service.set_low_credit_threshold(db, settings, principal.user, data.low_credit_threshold)
+    return await service.overview(db, settings, principal.user)
+
+
+@billing_router.get(
+    "/transactions",
+    response_model=TransactionPage,
+    responses={200: {"content": {CSV_TYPE: {"schema": {"type": "string"}}}}},
+)
+async def list_transactions(
+    request: Request,
+    principal: AnyUser,
+    db: DbSession,
+    kind: Annotated[Kind | None, Query(description="Only entries of this kind")] = None,
+    since: Annotated[
+        datetime | None, Query(description="From, inclusive (UTC if no offset)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="To, exclusive")] = None,
+    before_id: Annotated[
+        int | None,
+        Query(ge=1, description="Older than this id: the previous page's next_before_id"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Entries per page")] = 50,
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: every matching entry as CSV (also with Accept: text/csv)"),
+    ] = None,
+) -> Any:
+    """Your ledger entries, newest first. Page back with `before_id`. As CSV (`?format=csv` or
+    `Accept: text/csv`), every matching entry (up to 100,000) with a header row, no paging."""
+    service.check_range(since, until)
+    wants_csv = format == "csv" or (
+        format is None and CSV_TYPE in request.headers.get("accept", "")
+    )
+    owner = principal.user.id
+    if wants_csv:
+        rows = await service.all_entries(db, owner, kind=kind, since=since, until=until)
+        return Response(
+            service.transactions_csv(rows),
+            media_type=f"{CSV_TYPE}; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="lunogen-transactions.csv"'},
+        )
+    page = await ledger.entries(
+        db, owner, kind=kind, since=since, until=until, before_id=before_id, limit=limit + 1
+    )
+    more = len(page) > limit
+    page = page[:limit]
+    return TransactionPage(
+        data=[service.transaction_out(entry) for entry in page],
+        next_before_id=page[-1].id if more and page else None,
+    )
+
+
+@billing_router.post(
+    "/checkout",
+    response_model=CheckoutOut,
+    responses=error_responses(409, 502, 503),
+)
+async def create_checkout(
+    data: CheckoutIn,
+    request: Request,
+    principal: FullAccess,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Retrying with the same key returns the same checkout session",
+        ),
+    ] = None,
+) -> CheckoutOut:
+    """Start a Stripe Checkout: `{"pack": name}` or `{"credits": n}` (a custom amount between
+    the configured minimum and maximum) buys credits; `{"plan": "pro"}` subscribes to Pro.
+    Send the customer to `url`. Credits (or the plan) arrive when Stripe confirms the payment.
+    Scope: `full`. 503 when this server has no Stripe keys."""
+    return await service.start_checkout(
+        _settings(request), principal.user, data, client_key=idempotency_key
+    )
+
+
+@stripe_webhook_router.post("/webhooks/stripe", include_in_schema=False)
+async def stripe_webhook(request: Request, db: DbSession) -> dict[str, Any]:
+    """Stripe's event deliveries, checked against `Stripe-Signature` (no other authentication).
+    Each event is applied once however often it is delivered. Not in the API document: only
+    Stripe calls it."""
+    settings = _settings(request)
+    secret = settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        raise service.StripeNotConfigured(
+            "Stripe webhooks are not configured: set LUNOGEN_STRIPE_WEBHOOK_SECRET"
+        )
+    payload = await request.body()
+    if len(payload) > MAX_WEBHOOK_BYTES:
+        raise BadRequestError(f"the body is larger than {MAX_WEBHOOK_BYTES} bytes")
+    try:
+        event = verify_event(
+            payload, request.headers.get("stripe-signature"), secret.get_secret_value()
+        )
+    except StripeSignatureError as exc:
+        raise BadRequestError(exc.message, error=exc.error, extra={"problem": exc.problem}) from exc
+    received = await stripe_events.receive(db, _effects(request), event)
+    return {
+        "received": True,
+        "event_id": received.event_id,
+        "duplicate": received.duplicate,
+        "outcome": received.outcome,
+    }
+
+
+@admin_credits_router.post(
+    "/{user_id}/credits",
+    response_model=AdminCreditsOut,
+    status_code=201,
+    responses=error_responses(409),
+)
+async def adjust_account_credits(
+    user_id: str,
+    data: AdminCreditsIn,
+    request: Request,
+    principal: Admin,
+    db: DbSession,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Retrying with the same key applies the adjustment once",
+        ),
+    ] = None,
+) -> AdminCreditsOut:
+    """Add (or, with negative credits, take away) credits on a user's account: an `adjustment`
+    entry and an audit row with the reason, together. Admin only."""
+    entry, account = await service.adjust_credits(
+        db,
+        _effects(request),
+        actor=principal.user,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        user_id=user_id,
+        credits=data.credits,
+        reason=data.reason,
+        client_key=idempotency_key,
+    )
+    return AdminCreditsOut(
+        user_id=account.user_id,
+        transaction=service.transaction_out(entry),
+        balance=micro_to_credits_str(account.balance),
+        available=micro_to_credits_str(ledger.available(account)),
+    )

@@ -1,0 +1,105 @@
+"""Pay before the call: where a turn meets the credit ledger.
+
+Before each model call the turn reserves the worst case (prompt tokens at the dearest prompt
+price of the agent's model chain, plus the agent's `max_output_tokens` at the dearest completion
+price, with the markup) as a hold, in a short transaction of its own; a balance that cannot cover
+it refuses the call before it is made. After the call, one transaction writes the usage row and
+settles the hold at the actual cost (the provider's reported cost, else catalog prices),
+idempotently on the generation id. A failed call releases its hold. A worker that dies mid-call
+leaves an active hold, which expires (`credit_hold_seconds`) and charges nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.billing import ledger
+from lunogen.billing.units import micro_to_credits_str, nano_usd_to_micro_credits
+from lunogen.config import Settings
+from lunogen.llm.models import CatalogModel, UsageRecord
+
+NANO_PER_USD = Decimal(1_000_000_000)
+
+
+def worst_case_micro_credits(
+    models: Iterable[CatalogModel | None],
+    *,
+    prompt_tokens: int,
+    max_output_tokens: int,
+    settings: Settings,
+) -> int:
+    """The most a call can cost in micro-credits, across the models that may answer it."""
+    worst = Decimal(0)
+    for model in models:
+        if model is None:
+            continue
+        cost = Decimal(model.prompt_price) * prompt_tokens
+        cost += Decimal(model.completion_price) * max_output_tokens
+        worst = max(worst, cost)
+    nano = math.ceil(worst * NANO_PER_USD)
+    return max(
+        1,
+        nano_usd_to_micro_credits(
+            nano, usd_per_credit=settings.usd_per_credit, markup_percent=settings.markup_percent
+        ),
+    )
+
+
+def charge_micro_credits(usage: UsageRecord, settings: Settings) -> int:
+    """What a successful call costs its owner. An unknown cost charges 0 until reconciled."""
+    return nano_usd_to_micro_credits(
+        usage.cost_nano_usd or 0,
+        usd_per_credit=settings.usd_per_credit,
+        markup_percent=settings.markup_percent,
+    )
+
+
+async def reserve(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    owner_id: str,
+    amount: int,
+    key: str,
+    message_id: str,
+) -> str:
+    """Hold `amount` micro-credits for one call; raises `ledger.InsufficientCredits`."""
+    await ledger.ensure_account(session, owner_id)
+    hold = await ledger.place_hold(
+        session,
+        account_id=owner_id,
+        amount=amount,
+        key=key,
+        reference=message_id,
+        ttl=timedelta(seconds=settings.credit_hold_seconds),
+        description=f"Up to {micro_to_credits_str(amount)} credits for a model call",
+    )
+    return hold.id
+
+
+async def settle(
+    session: AsyncSession, settings: Settings, *, hold_id: str, usage: UsageRecord
+) -> int:
+    """Store the usage row and charge it against its hold. Returns the micro-credits charged."""
+    session.add(usage)
+    charged = charge_micro_credits(usage, settings)
+    await ledger.settle_hold(
+        session,
+        hold_id=hold_id,
+        actual=charged,
+        key=f"usage:{usage.generation_id or usage.id}",
+        reference=usage.id,
+        description=f"{usage.answered_model or usage.requested_model}: "
+        f"{usage.prompt_tokens} in, {usage.completion_tokens} out",
+    )
+    return charged
+
+
+async def release(session: AsyncSession, *, hold_id: str) -> None:
+    """The call the hold was for never produced a reply: charge nothing."""
+    await ledger.release_hold(session, hold_id=hold_id, key=f"release:{hold_id}")
