@@ -15,14 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.agent.logs import purge_events_before
 from lunogen.billing import ledger
+from lunogen.billing.reconcile import reconcile_costs
 from lunogen.config import Settings
 from lunogen.kit.time import utcnow
+from lunogen.llm.provider import ModelClient
 from lunogen.llm.refresh import refresh_catalog_job
 
 log = structlog.get_logger(__name__)
 
 LOG_PURGE_EVERY_SECONDS = 3600.0
 HOLD_EXPIRY_EVERY_SECONDS = 60.0
+RECONCILE_EVERY_SECONDS = 300.0
 
 
 async def expire_credit_holds(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
@@ -48,11 +51,14 @@ async def maintenance_forever(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     *,
+    model_client: ModelClient | None = None,
     tick_seconds: float = 1.0,
 ) -> None:
-    """Purge old logs hourly; refresh the catalog every `catalog_refresh_hours` (0: never)."""
+    """Expire dead holds every minute, reconcile unreported costs every 5 minutes, purge old
+    logs hourly, refresh the catalog every `catalog_refresh_hours` (0: never)."""
     next_purge = time.monotonic()
     next_expiry = time.monotonic()
+    next_reconcile = time.monotonic() + RECONCILE_EVERY_SECONDS
     refresh_every = settings.catalog_refresh_hours * 3600
     next_refresh = time.monotonic() + refresh_every
     while True:
@@ -61,6 +67,9 @@ async def maintenance_forever(
             if now >= next_expiry:
                 next_expiry = now + HOLD_EXPIRY_EVERY_SECONDS
                 await expire_credit_holds(sessionmaker)
+            if now >= next_reconcile:
+                next_reconcile = now + RECONCILE_EVERY_SECONDS
+                await reconcile_costs(sessionmaker, settings, model_client)
             if now >= next_purge:
                 next_purge = now + LOG_PURGE_EVERY_SECONDS
                 await purge_old_logs(sessionmaker, settings)

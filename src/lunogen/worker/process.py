@@ -105,7 +105,9 @@ class JobProcess:
             consumer.start(self.grace_seconds)
             self.background = [
                 asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds)),
-                asyncio.create_task(maintenance_forever(sessionmaker, settings)),
+                asyncio.create_task(
+                    maintenance_forever(sessionmaker, settings, model_client=model_client)
+                ),
             ]
         try:
             yield runtime
