@@ -11,14 +11,16 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 CHROMIUM := /usr/bin/chromium
+BWRAP := /usr/bin/bwrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format clean
+.PHONY: help serve test lint format clean check-sandbox
 
 help:
 	@echo "make serve   run LunoGen on http://$(HOST):$(PORT) (data in ./data)"
 	@echo "make test    run the test suite (PYTEST_ARGS=... passes options to pytest)"
+	@echo "make check-sandbox  which LunoEdge sandbox backends work here, with a self-test"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make clean   remove .venv and caches (keeps ./data)"
@@ -34,7 +36,7 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 
-serve: $(RUNTIME_STAMP)
+serve: $(RUNTIME_STAMP) | $(BWRAP)
 	$(BIN)/lunogen serve --host $(HOST) --port $(PORT)
 
 # The browser tests drive Debian's Chromium (never a downloaded browser).
@@ -43,8 +45,21 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-test: $(DEV_STAMP) | $(CHROMIUM)
+# LunoEdge backends: bubblewrap, and gVisor's runsc where Debian has it (a missing runsc is
+# reported by `lunogen sandbox check` and by the gVisor tests, never silently skipped).
+$(BWRAP):
+	@echo "Installing Debian's bubblewrap and runsc for the sandbox"
+	-$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap >/dev/null \
+		|| echo "bubblewrap is not installable here; code tools need LUNOGEN_SANDBOX=process"
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq runsc >/dev/null \
+		|| echo "runsc (gVisor) is not installable here; the gvisor backend will be unavailable"
+
+test: $(DEV_STAMP) | $(CHROMIUM) $(BWRAP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+check-sandbox: $(RUNTIME_STAMP) | $(BWRAP)
+	$(BIN)/lunogen sandbox check
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

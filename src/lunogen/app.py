@@ -41,6 +41,8 @@ from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.memory_endpoints import router as memory_router
+from lunogen.skill.endpoints import admin_router as admin_skills_router
+from lunogen.skill.endpoints import router as skill_router
 from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
 from lunogen.worker.process import JobProcess
@@ -114,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tool_router,
         agent_tools_router,
         memory_router,
+        skill_router,
+        admin_skills_router,
         model_router,
         usage_router,
         billing_router,

@@ -395,3 +395,45 @@ def billing_verify() -> None:
         err_console.print(f"{len(problems)} problem(s) in the credit ledger.")
         raise typer.Exit(1)
     console.print(f"{total} accounts verified.")
+
+
+sandbox_app = typer.Typer(help="LunoEdge agent sandboxes.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("check")
+def sandbox_check() -> None:
+    """Report which sandbox backends work here, each proven by a quick self-test.
+
+    Exits 1 when the backend LUNOGEN_SANDBOX selects cannot run (or fails its self-test).
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lunogen.sandbox.check import check
+
+    settings = _settings()
+    with console.status("Testing sandbox backends"):
+        report = check(settings.sandbox)
+    table = Table("backend", "status", "self-test")
+    for backend in report.backends:
+        if not backend.available:
+            table.add_row(backend.name, "[red]unavailable[/red]", escape(backend.reason or ""))
+            continue
+        status = "[green]ok[/green]" if backend.passed else "[red]FAILED[/red]"
+        if backend.available and not backend.isolated:
+            status += " [yellow](not isolated)[/yellow]"
+        lines = [
+            f"{'✓' if c.ok else '✗'} {escape(c.name)}"
+            + (f": {escape(c.detail)}" if c.detail else "")
+            for c in backend.checks
+        ]
+        table.add_row(backend.name, status, "\n".join(lines))
+    console.print(table)
+    if report.chosen is None:
+        err_console.print(f"[red]LUNOGEN_SANDBOX={report.configured}:[/red] {report.choice_error}")
+        raise typer.Exit(1)
+    console.print(f"LUNOGEN_SANDBOX={report.configured} uses: {report.chosen}")
+    if not report.ok:
+        err_console.print(f"[red]The {report.chosen} backend failed its self-test.[/red]")
+        raise typer.Exit(1)

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_pro_price_id: str | None = None
+    # LunoEdge: "auto" is bwrap, else gVisor, whichever works here first; `process` (no
+    # isolation) is used only when named here.
+    sandbox: Literal["auto", "bwrap", "gvisor", "process"] = "auto"
+    # Agent workspaces; default: <data_dir>/workspaces.
+    sandbox_dir: Path | None = None
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.sandbox_dir or self.data_dir / "workspaces"
 
     @property
     def uses_redis_jobs(self) -> bool:

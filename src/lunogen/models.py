@@ -11,6 +11,7 @@ from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
 from lunogen.runtime.models import Delivery, MemoryNote, Message, Thread
+from lunogen.skill.models import Skill, SkillFile, SkillVersion
 
 metadata = Base.metadata
 
@@ -33,6 +34,9 @@ __all__ = [
     "Message",
     "Notification",
     "OutboundEmail",
+    "Skill",
+    "SkillFile",
+    "SkillVersion",
     "StarterGrantClaim",
     "StripeEvent",
     "Thread",

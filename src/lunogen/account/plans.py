@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lunogen.sandbox.base import SandboxLimits
+
 PlanName = Literal["free", "pro"]
 PLANS: tuple[PlanName, ...] = ("free", "pro")
 
@@ -16,14 +18,41 @@ class PlanLimits:
     requests_per_minute: int
     agents: int
     channels_per_agent: int
+    sandbox: SandboxLimits  # each run of an agent's code tools (LunoEdge)
 
 
 PLAN_LIMITS: dict[str, PlanLimits] = {
     "free": PlanLimits(
-        label="Free", api_keys=1, requests_per_minute=30, agents=3, channels_per_agent=4
+        label="Free",
+        api_keys=1,
+        requests_per_minute=30,
+        agents=3,
+        channels_per_agent=4,
+        sandbox=SandboxLimits(
+            cpu_seconds=10,
+            memory_mb=256,
+            processes=64,
+            open_files=256,
+            file_size_mb=50,
+            workspace_mb=100,
+            wall_seconds=30,
+        ),
     ),
     "pro": PlanLimits(
-        label="Pro", api_keys=25, requests_per_minute=2000, agents=100, channels_per_agent=20
+        label="Pro",
+        api_keys=25,
+        requests_per_minute=2000,
+        agents=100,
+        channels_per_agent=20,
+        sandbox=SandboxLimits(
+            cpu_seconds=60,
+            memory_mb=1024,
+            processes=256,
+            open_files=1024,
+            file_size_mb=500,
+            workspace_mb=2048,
+            wall_seconds=120,
+        ),
     ),
 }
 

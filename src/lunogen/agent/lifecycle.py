@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from lunogen.account.models import User
 from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
-from lunogen.agent.service import get_agent, unknown_skills
+from lunogen.agent.provision import provision
+from lunogen.agent.service import get_agent
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.crypto import KeyRing
@@ -26,6 +27,7 @@ from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.notification.service import notify
 from lunogen.runtime.models import Message, Thread
+from lunogen.skill.service import skill_problems
 from lunogen.tool.registry import registry
 
 ALLOWED_FROM: dict[str, frozenset[str]] = {
@@ -120,9 +122,9 @@ async def deployment_problem(
     unknown_tools = registry.unknown(agent.tools)
     if unknown_tools:
         return f"unknown tools: {', '.join(unknown_tools)}"
-    missing_skills = await unknown_skills(session, owner_id=agent.owner_id, skill_ids=agent.skills)
-    if missing_skills:
-        return f"unknown skills: {', '.join(missing_skills)}"
+    skill_reasons = await skill_problems(session, owner_id=agent.owner_id, skill_ids=agent.skills)
+    if skill_reasons:
+        return "; ".join(skill_reasons)
     return None
 
 
@@ -146,6 +148,8 @@ async def deploy(
         log_event(session, agent_id=agent.id, event="restart", message="Restart requested")
     await set_status(session, agent=agent, status="deploying", effects=effects)
     problem = await deployment_problem(session, agent=agent, settings=effects.settings)
+    if problem is None:
+        problem = await provision(session, agent=agent, settings=effects.settings)
     if problem is not None:
         await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
         return agent, problem

@@ -17,7 +17,7 @@ from sqlalchemy.orm import raiseload
 
 from lunogen.account.models import User
 from lunogen.account.plans import PlanLimits, limits_for
-from lunogen.agent import schemas
+from lunogen.agent import schemas, workspace
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
 from lunogen.auth.dependencies import Principal
@@ -26,7 +26,9 @@ from lunogen.errors import ForbiddenError, NotFoundError, ValidationFailedError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
+from lunogen.skill.service import unknown_skill_ids
 from lunogen.tool.registry import registry
+from lunogen.worker.enqueue import enqueue
 
 PURGE_AFTER = timedelta(days=30)
 # Statuses in which an agent answers (or will answer) messages: a delete stops it. `paused`
@@ -104,12 +106,9 @@ async def list_agents(
 async def unknown_skills(
     session: AsyncSession, *, owner_id: str, skill_ids: list[str]
 ) -> list[str]:
-    """The ids in `skill_ids` that the owner cannot use.
-
-    No skills exist yet, so every id is unknown. The skills issue replaces this body with a
-    lookup of the skills visible to `owner_id`; callers need not change.
-    """
-    return list(skill_ids)
+    """The ids in `skill_ids` that are not skills of `owner_id` (another tenant's, deleted, or
+    never existed). Flagged and blocked skills are known: they are refused at deploy."""
+    return await unknown_skill_ids(session, owner_id=owner_id, skill_ids=skill_ids)
 
 
 async def _reference_problems(
@@ -302,6 +301,8 @@ async def delete_agent(session: AsyncSession, *, principal: Principal, agent_id:
     agent.purge_after = now + PURGE_AFTER
     agent.updated_at = now
     await session.flush()
+    # Its workspace holds files its code wrote: gone with the agent, once this commits.
+    enqueue(session, workspace.destroy_workspace, agent.id)
     audit.record(
         session,
         action="agent.deleted",

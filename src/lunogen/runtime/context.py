@@ -31,10 +31,22 @@ class HistoryItem:
 
 
 def system_prompt(
-    *, instructions: str, now: datetime, agent_notes: Sequence[str], contact_notes: Sequence[str]
+    *,
+    instructions: str,
+    now: datetime,
+    agent_notes: Sequence[str],
+    contact_notes: Sequence[str],
+    skills: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """The system message. Skills appear by name and description only (progressive
+    disclosure): the model loads a skill's body with `load_skill` when it needs it."""
     parts = [instructions.strip() or "You are a helpful assistant."]
     parts.append(f"Current date and time: {now:%A %d %B %Y, %H:%M} UTC.")
+    if skills:
+        parts.append(
+            "Skills (call load_skill with a skill's name to read its full instructions "
+            "before using it):\n" + "\n".join(f"- {name}: {about}" for name, about in skills)
+        )
     if agent_notes:
         parts.append("Things you remember:\n" + "\n".join(f"- {n}" for n in agent_notes))
     if contact_notes:

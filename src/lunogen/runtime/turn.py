@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from lunogen.agent.lifecycle import Effects, set_status
 from lunogen.agent.logs import Level, log_event
 from lunogen.agent.models import Agent
+from lunogen.agent.workspace import edge_for, sandbox_limits, uses_sandbox
 from lunogen.billing import credit_alerts, ledger, metering
 from lunogen.billing.ledger import InsufficientCredits
 from lunogen.channel import webhook
@@ -42,14 +44,16 @@ from lunogen.runtime import context
 from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.runtime.service import _next_seq, history
+from lunogen.sandbox.base import SandboxLimits
+from lunogen.skill.service import SkillPackage, usable_skills
 from lunogen.tool.registry import StagedWrites, ToolContext, ToolSpec, registry
+from lunogen.tool.skill_loader import LOAD_SKILL
 
 log = structlog.get_logger(__name__)
 
 MAX_TOOL_STEPS = 8
 TURN_TOKEN_CAP = 200_000
 TOOL_RESULT_CHARS = 8_000
-TOOL_TIMEOUT_SECONDS = 30
 MAX_ATTEMPTS = 3
 CRASH_AFTER_FAILURES = 3
 RETRY_BACKOFF = (timedelta(seconds=5), timedelta(seconds=30), timedelta(minutes=2))
@@ -121,7 +125,13 @@ async def _notes(
 
 
 async def _context_messages(
-    session: AsyncSession, deps: TurnDeps, *, agent: Agent, thread: Thread, inbound: Message
+    session: AsyncSession,
+    deps: TurnDeps,
+    *,
+    agent: Agent,
+    thread: Thread,
+    inbound: Message,
+    skills: Sequence[SkillPackage],
 ) -> list[dict[str, Any]]:
     keyring = deps.keyring
     system = context.system_prompt(
@@ -129,6 +139,7 @@ async def _context_messages(
         now=utcnow(),
         agent_notes=await _notes(session, keyring, agent_id=agent.id, contact=None),
         contact_notes=await _notes(session, keyring, agent_id=agent.id, contact=thread.contact),
+        skills=[(skill.name, skill.description) for skill in skills],
     )
     items: list[context.HistoryItem] = []
     for question, answer in await history(session, thread_id=thread.id, before_seq=inbound.seq):
@@ -155,9 +166,9 @@ async def _run_tool(spec: ToolSpec | None, name: str, raw_args: str, ctx: ToolCo
     except ValueError as exc:
         return f"Error: invalid arguments for {name}: {exc}"
     try:
-        result = await asyncio.wait_for(spec.run(ctx, args), timeout=TOOL_TIMEOUT_SECONDS)
+        result = await asyncio.wait_for(spec.run(ctx, args), timeout=spec.timeout_seconds)
     except TimeoutError:
-        return f"Error: the tool {name} took longer than {TOOL_TIMEOUT_SECONDS} s."
+        return f"Error: the tool {name} took longer than {spec.timeout_seconds:g} s."
     except Exception as exc:  # a tool failure goes to the model, never ends the turn
         log.warning("tool_failed", tool=name, error=repr(exc))
         return f"Error: the tool {name} failed: {type(exc).__name__}: {exc}"
@@ -189,6 +200,8 @@ class _Plan:
     stream: bool
     messages: list[dict[str, Any]]
     tools: dict[str, ToolSpec | None]
+    skills: dict[str, str]  # usable skills, name → id
+    sandbox_limits: SandboxLimits | None
     price: Any
     chain_prices: list[Any] = field(default_factory=list)  # every model that may answer
     run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
@@ -265,6 +278,15 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
                 {"message_id": inbound.id, "error": inbound.last_error, "retrying": False},
             )
         return TurnOutcome.SKIPPED
+    skills = (
+        await usable_skills(session, owner_id=agent.owner_id, skill_ids=agent.skills)
+        if agent.skills
+        else []
+    )
+    tools: dict[str, ToolSpec | None] = {name: registry.get(name) for name in agent.tools}
+    if skills:
+        tools[LOAD_SKILL.name] = LOAD_SKILL
+    needs_sandbox = skills or uses_sandbox(agent.tools)
     return _Plan(
         inbound_id=inbound.id,
         thread_id=thread.id,
@@ -276,9 +298,13 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         max_output_tokens=agent.max_output_tokens,
         stream=inbound.stream,
         messages=await _context_messages(
-            session, deps, agent=agent, thread=thread, inbound=inbound
+            session, deps, agent=agent, thread=thread, inbound=inbound, skills=skills
         ),
-        tools={name: registry.get(name) for name in agent.tools},
+        tools=tools,
+        skills={skill.name: skill.id for skill in skills},
+        sandbox_limits=(
+            await sandbox_limits(session, owner_id=agent.owner_id) if needs_sandbox else None
+        ),
         price=await catalog.get_model(session, agent.model),
         chain_prices=[
             await catalog.get_model(session, model_id)
@@ -294,6 +320,7 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         return work
     messages = list(plan.messages)
     tool_schemas = [spec.openai_schema() for spec in plan.tools.values() if spec is not None]
+    edge, sandbox_problem = edge_for(deps.settings) if plan.sandbox_limits else (None, None)
     tool_ctx = ToolContext(
         agent_id=plan.agent_id,
         owner_id=plan.owner_id,
@@ -302,6 +329,10 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         sessionmaker=deps.sessionmaker,
         writes=work.writes,
         keyring=deps.keyring,
+        edge=edge,
+        sandbox_limits=plan.sandbox_limits,
+        sandbox_problem=sandbox_problem,
+        skills=plan.skills,
     )
     tokens_used = 0
     for step in range(MAX_TOOL_STEPS + 1):

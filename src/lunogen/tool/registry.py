@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import SafeHttp
+
+if TYPE_CHECKING:
+    from lunogen.sandbox.base import SandboxLimits
+    from lunogen.sandbox.edge import LunoEdge
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
 
 StagedWrite = Callable[[AsyncSession], Awaitable[None]]
 
@@ -59,6 +65,12 @@ class ToolContext:
     sessionmaker: async_sessionmaker[AsyncSession] | None = None
     writes: StagedWrites | None = None
     keyring: KeyRing | None = None
+    # Code and file tools: the agent's sandbox, or why there is none on this server.
+    edge: LunoEdge | None = None
+    sandbox_limits: SandboxLimits | None = None
+    sandbox_problem: str | None = None
+    # The agent's usable skills (clean or approved), by name → id.
+    skills: dict[str, str] = field(default_factory=dict)
 
     def safe_http(self) -> SafeHttp:
         return self.http or SafeHttp(allow_private=self.allow_private_urls)
@@ -74,6 +86,8 @@ class ToolSpec:
     parameters: dict[str, Any]
     run: ToolRun
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # The turn stops waiting for the tool after this long (sandboxed tools add their wall time).
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
 
     def openai_schema(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,57 @@
+"""An agent's LunoEdge workspace: the sandbox its tools use, its limits, and its removal.
+
+Deleting an agent destroys its workspace in a job, after the deletion commits.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.account.models import User
+from lunogen.account.plans import limits_for
+from lunogen.config import Settings
+from lunogen.sandbox.base import SandboxLimits, SandboxUnavailableError
+from lunogen.sandbox.edge import LunoEdge
+from lunogen.tool.registry import registry
+from lunogen.worker.broker import job, runtime
+
+log = structlog.get_logger(__name__)
+
+
+@lru_cache(maxsize=64)
+def _edge(backend: str, workspaces_dir: Path, settings: Settings) -> LunoEdge | str:
+    try:
+        return LunoEdge.from_settings(settings)
+    except SandboxUnavailableError as exc:
+        return str(exc)
+
+
+def edge_for(settings: Settings) -> tuple[LunoEdge | None, str | None]:
+    """This process's sandbox for `settings`, or why there is none (checked once per process)."""
+    edge = _edge(settings.sandbox, settings.workspaces_dir, settings)
+    return (None, edge) if isinstance(edge, str) else (edge, None)
+
+
+def uses_sandbox(tools: list[str]) -> bool:
+    return any("sandbox" in spec.tags for name in tools if (spec := registry.get(name)))
+
+
+async def sandbox_limits(session: AsyncSession, *, owner_id: str) -> SandboxLimits:
+    plan = (await session.execute(select(User.plan).where(User.id == owner_id))).scalar_one()
+    return limits_for(plan).sandbox
+
+
+@job("sandbox.destroy_workspace")
+async def destroy_workspace(agent_id: str) -> None:
+    """Remove a deleted agent's workspace and everything in it."""
+    edge, problem = edge_for(runtime().settings)
+    if edge is None:
+        log.warning("workspace_not_destroyed", agent_id=agent_id, reason=problem)
+        return
+    await edge.destroy(agent_id)
+    log.info("workspace_destroyed", agent_id=agent_id)

@@ -1,0 +1,90 @@
+"""Sandbox fixtures: a LunoEdge per backend, laid out as in production (data dir, database
+file, workspaces dir inside it). A backend that cannot run here is skipped with its reason."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lunogen.sandbox import LunoEdge, SandboxLimits
+from lunogen.sandbox.backends import backend_class
+from lunogen.sandbox.edge import backend_unavailable_reason
+
+# The backends the escape suite runs against (the `process` backend isolates nothing).
+ISOLATING_BACKENDS = ("bwrap", "gvisor")
+
+LIMITS = SandboxLimits(
+    cpu_seconds=10,
+    memory_mb=128,
+    processes=32,
+    open_files=128,
+    file_size_mb=4,
+    workspace_mb=16,
+    wall_seconds=15,
+    output_bytes=16_000,
+)
+DB_SENTINEL = b"SQLite format 3\x00 lunogen-db-sentinel-7f3a"
+KEY_SENTINEL = "lunogen-secret-key-sentinel-91c2"
+
+
+@dataclass
+class Sandbox:
+    name: str
+    edge: LunoEdge
+    data_dir: Path
+    database: Path
+    secret_key: Path
+
+    def host_snapshot(self) -> dict[str, bytes]:
+        """What must stay unchanged on the host, whatever the sandboxed code does."""
+        return {
+            "database": self.database.read_bytes(),
+            "secret_key": self.secret_key.read_bytes(),
+        }
+
+
+def make_sandbox(name: str, tmp_path: Path) -> Sandbox:
+    reason = backend_unavailable_reason(name)
+    if reason is not None:
+        pytest.skip(f"{name} unavailable: {reason}")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    database = data_dir / "lunogen.db"
+    database.write_bytes(DB_SENTINEL)
+    secret_key = data_dir / "secret.key"
+    secret_key.write_text(KEY_SENTINEL)
+    secret_key.chmod(0o600)
+    edge = LunoEdge(workspaces_dir=data_dir / "workspaces", backend=backend_class(name)())
+    return Sandbox(
+        name=name, edge=edge, data_dir=data_dir, database=database, secret_key=secret_key
+    )
+
+
+@pytest.fixture(params=ISOLATING_BACKENDS)
+def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]:
+    box = make_sandbox(request.param, tmp_path)
+    yield box
+
+
+@pytest.fixture
+def process_sandbox(tmp_path: Path) -> Sandbox:
+    return make_sandbox("process", tmp_path)
+
+
+def running_with_marker(marker: str) -> list[int]:
+    """Host pids whose command line contains `marker` (leftovers of a run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
