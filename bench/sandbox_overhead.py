@@ -27,7 +27,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from lunogen.sandbox import LunoEdge, SandboxLimits
+from lunogen.account.plans import limits_for
+from lunogen.sandbox import LunoEdge
 from lunogen.sandbox.backends import BACKENDS, backend_class
 from lunogen.sandbox.edge import backend_unavailable_reason
 
@@ -36,15 +37,7 @@ COMMANDS: dict[str, list[str]] = {
     "/bin/true": ["/bin/true"],
     "python3 -c pass": ["python3", "-c", "pass"],
 }
-LIMITS = SandboxLimits(
-    cpu_seconds=10,
-    memory_mb=256,
-    processes=64,
-    open_files=256,
-    file_size_mb=50,
-    workspace_mb=100,
-    wall_seconds=30,
-)
+LIMITS = limits_for("free").sandbox  # the smallest plan a run can have
 
 
 def pct(values: list[float], q: float) -> float:

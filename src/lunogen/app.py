@@ -13,6 +13,7 @@ from lunogen import __version__
 from lunogen.account.endpoints import router as account_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
+from lunogen.agent.workspace import edge_for
 from lunogen.audit.endpoints import router as audit_router
 from lunogen.auth.endpoints import router as auth_router
 from lunogen.auth.google import STATE_COOKIE, create_oauth
@@ -76,12 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = runtime.engine
             app.state.sessionmaker = runtime.sessionmaker
             app.state.turn_events = runtime.turn_events
+            sandbox, sandbox_problem = edge_for(settings)
             log.info(
                 "lunogen_started",
                 version=__version__,
                 public_url=settings.public_url,
                 jobs="redis" if settings.uses_redis_jobs else "in-process",
                 embedded_worker=settings.embedded_worker,
+                sandbox=sandbox.backend_name if sandbox else f"unavailable: {sandbox_problem}",
             )
             yield
 

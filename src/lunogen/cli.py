@@ -410,9 +410,11 @@ def sandbox_check() -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from lunogen.kit.logging import configure_logging
     from lunogen.sandbox.check import check
 
     settings = _settings()
+    configure_logging("WARNING", json=False)  # the table says it all; each run's log is noise
     with console.status("Testing sandbox backends"):
         report = check(settings.sandbox)
     table = Table("backend", "status", "self-test")

@@ -16,3 +16,4 @@ def settings_overrides(openrouter: FakeOpenRouter) -> dict[str, object]:  # noqa
 
 
 from tests.agent.conftest import api_for_live  # noqa: E402, F401 (fixture)
+from tests.runtime.sandbox_support import bwrap_available  # noqa: E402, F401 (fixture)

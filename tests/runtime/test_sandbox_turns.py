@@ -11,21 +11,16 @@ import pytest
 
 from lunogen.account.plans import PLAN_LIMITS
 from lunogen.config import Settings
-from lunogen.sandbox.backends import backend_class
 from lunogen.worker import enqueue
 from lunogen.worker.broker import wait_idle
 from tests.agent.support import Dev, create_agent, new_dev, raw_rows
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.helpers import Api
+from tests.runtime.sandbox_support import say, tool_results
+
+pytestmark = pytest.mark.usefixtures("bwrap_available")
 
 CODE_TOOLS = ["run_code", "read_file", "write_file", "list_files"]
-
-
-@pytest.fixture(autouse=True)
-def _bwrap() -> None:
-    reason = backend_class("bwrap").unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"bwrap unavailable: {reason}")
 
 
 async def _running_agent(api: Api, *, plan: str = "pro", **overrides: Any) -> tuple[Dev, str]:
@@ -34,20 +29,6 @@ async def _running_agent(api: Api, *, plan: str = "pro", **overrides: Any) -> tu
     deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
     assert deployed.status_code == 200, deployed.text
     return dev, str(agent["id"])
-
-
-async def _say(dev: Dev, agent_id: str, text: str) -> dict[str, Any]:
-    response = await dev.http.post(
-        f"/api/v1/agents/{agent_id}/messages", json={"text": text, "contact": "ada"}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    assert body["status"] == "answered", body
-    return body
-
-
-def _tool_results(openrouter: FakeOpenRouter) -> list[str]:
-    return [m["content"] for m in openrouter.last_chat.messages if m["role"] == "tool"]
 
 
 def _workspace(settings: Settings, agent_id: str) -> Path:
@@ -62,9 +43,9 @@ async def test_the_model_runs_code_and_answers_with_its_output(
 
     openrouter.call_tool("run_code", {"language": "python", "code": "print(6 * 7)"})
     openrouter.echo()
-    body = await _say(dev, agent_id, "What is six times seven? Compute it.")
+    body = await say(dev, agent_id, "What is six times seven? Compute it.")
 
-    [result] = _tool_results(openrouter)
+    [result] = tool_results(openrouter)
     assert result.startswith("exit code: 0 (")
     assert "stdout:\n42\n" in result
     assert body["reply"]["text"] == result  # the echoing fake answers with the tool's output
@@ -95,9 +76,9 @@ async def test_files_written_by_one_tool_are_seen_by_code_and_the_other_tools(
     openrouter.call_tool("list_files", {"path": "data"})
     openrouter.call_tool("read_file", {"path": "data/sum.txt"})
     openrouter.reply("Seven.")
-    await _say(dev, agent_id, "Add the numbers")
+    await say(dev, agent_id, "Add the numbers")
 
-    written, ran, listed, read = _tool_results(openrouter)
+    written, ran, listed, read = tool_results(openrouter)
     assert written == "Wrote 4 bytes to data/in.txt."
     assert "stdout:\n7\n/workspace\n" in ran
     assert "data/in.txt (4 bytes)" in listed and "data/sum.txt (2 bytes)" in listed
@@ -121,9 +102,9 @@ async def test_escapes_through_the_file_tools_are_refused_and_change_nothing(
     openrouter.call_tool("read_file", {"path": "link"})
     openrouter.call_tool("list_files", {"path": "up"})
     openrouter.reply("I could not.")
-    await _say(dev, agent_id, "Read everything you can")
+    await say(dev, agent_id, "Read everything you can")
 
-    results = _tool_results(openrouter)
+    results = tool_results(openrouter)
     assert len(results) == 6
     for result in (results[0], results[1], results[2], results[4], results[5]):
         assert result.startswith("Error:"), result
@@ -143,7 +124,7 @@ async def test_a_run_past_the_wall_time_is_stopped_and_logged_as_a_warning(
     dev, agent_id = await _running_agent(api, plan="free")
     openrouter.call_tool("run_code", {"language": "bash", "code": "echo started; sleep 600"})
     openrouter.echo()
-    body = await _say(dev, agent_id, "Wait a long time")
+    body = await say(dev, agent_id, "Wait a long time")
 
     result = body["reply"]["text"]
     assert result.startswith("exit code: killed (")
@@ -164,8 +145,8 @@ async def test_agents_without_code_tools_get_an_error_string_not_a_crash(
     dev, agent_id = await _running_agent(api, tools=["current_time"])
     openrouter.call_tool("run_code", {"language": "python", "code": "print(1)"})
     openrouter.reply("No.")
-    await _say(dev, agent_id, "Run code")
-    [result] = _tool_results(openrouter)
+    await say(dev, agent_id, "Run code")
+    [result] = tool_results(openrouter)
     assert result == "Error: the tool 'run_code' is not enabled for this agent."
 
 
@@ -175,7 +156,7 @@ async def test_deleting_an_agent_destroys_its_workspace(
     dev, agent_id = await _running_agent(api)
     openrouter.call_tool("write_file", {"path": "keep.txt", "content": "data"})
     openrouter.reply("Saved.")
-    await _say(dev, agent_id, "Save")
+    await say(dev, agent_id, "Save")
     assert (_workspace(settings, agent_id) / "keep.txt").exists()
 
     deleted = await dev.http.delete(f"/api/v1/agents/{agent_id}")

@@ -5,8 +5,8 @@ Deleting an agent destroys its workspace in a job, after the deletion commits.
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from lunogen.account.plans import limits_for
 from lunogen.config import Settings
 from lunogen.sandbox.base import SandboxLimits, SandboxUnavailableError
 from lunogen.sandbox.edge import LunoEdge
+from lunogen.sandbox.workspace import Workspace, validate_agent_id
 from lunogen.tool.registry import registry
 from lunogen.worker.broker import job, runtime
 
@@ -24,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 @lru_cache(maxsize=64)
-def _edge(backend: str, workspaces_dir: Path, settings: Settings) -> LunoEdge | str:
+def _edge(settings: Settings) -> LunoEdge | str:
     try:
         return LunoEdge.from_settings(settings)
     except SandboxUnavailableError as exc:
@@ -33,7 +34,7 @@ def _edge(backend: str, workspaces_dir: Path, settings: Settings) -> LunoEdge | 
 
 def edge_for(settings: Settings) -> tuple[LunoEdge | None, str | None]:
     """This process's sandbox for `settings`, or why there is none (checked once per process)."""
-    edge = _edge(settings.sandbox, settings.workspaces_dir, settings)
+    edge = _edge(settings)
     return (None, edge) if isinstance(edge, str) else (edge, None)
 
 
@@ -48,10 +49,7 @@ async def sandbox_limits(session: AsyncSession, *, owner_id: str) -> SandboxLimi
 
 @job("sandbox.destroy_workspace")
 async def destroy_workspace(agent_id: str) -> None:
-    """Remove a deleted agent's workspace and everything in it."""
-    edge, problem = edge_for(runtime().settings)
-    if edge is None:
-        log.warning("workspace_not_destroyed", agent_id=agent_id, reason=problem)
-        return
-    await edge.destroy(agent_id)
+    """Remove a deleted agent's workspace and everything in it (no backend needed)."""
+    root = runtime().settings.workspaces_dir / validate_agent_id(agent_id)
+    await asyncio.to_thread(Workspace(root).destroy)
     log.info("workspace_destroyed", agent_id=agent_id)

@@ -49,6 +49,7 @@ from lunogen.sandbox.base import (
     SandboxLimits,
     SandboxUnavailableError,
 )
+from lunogen.sandbox.etc_snapshot import publish, snapshot_path, start_snapshot
 from lunogen.sandbox.limits import MIB, Cgroups, RunCgroup, fsize_for, prlimit_args, rlimits
 from lunogen.sandbox.runner import Launch, supervise
 from lunogen.sandbox.workspace import Workspace
@@ -60,30 +61,6 @@ UID_BASE = 1 << 30
 UID_SPAN = (1 << 30) - (1 << 16)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # What programs need from /etc; everything else (shadow, ssl/private, the host's secrets) stays out.
-ETC_FILES: tuple[str, ...] = (
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "alternatives",
-    "ssl/certs",
-    "ssl/openssl.cnf",
-    "ca-certificates",
-    "ca-certificates.conf",
-    "localtime",
-    "timezone",
-    "nsswitch.conf",
-    "host.conf",
-    "protocols",
-    "services",
-    "mime.types",
-    "inputrc",
-    "bash.bashrc",
-    "profile",
-    "python3",
-    "python3.11",
-    "python3.12",
-    "python3.13",
-)
 SYSTEM_DIRS: tuple[str, ...] = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 MOUNT_ROOT = Path("/run/lunogen-sandbox")
 TOOL_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
@@ -185,38 +162,13 @@ class BwrapBackend(Backend):
             parent = MOUNT_ROOT
         else:
             parent = Path(tempfile.mkdtemp(prefix="lunogen-sandbox-"))
-        key = hashlib.sha256(repr(sorted(_etc_texts().items())).encode())
-        for name in ETC_FILES:
-            with contextlib.suppress(OSError):
-                st = os.stat(Path("/etc") / name)
-                key.update(f"{name}:{st.st_mtime_ns}:{st.st_size};".encode())
-        target = parent / f"etc-{key.hexdigest()[:16]}"
+        target = snapshot_path(parent, repr(sorted(_etc_texts().items())))
         if target.is_dir():
             return target
-        staging = Path(tempfile.mkdtemp(prefix=".etc-", dir=parent))
-        staging.chmod(0o755)
-        for name in ETC_FILES:
-            source = Path("/etc") / name
-            if not source.exists():
-                continue
-            dest = staging / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_symlink():
-                dest.symlink_to(os.readlink(source))
-            elif source.is_dir():
-                shutil.copytree(source, dest, symlinks=True)
-            else:
-                shutil.copy2(source, dest)
+        staging = start_snapshot(parent)
         for name, text in _etc_texts().items():
             (staging / name).write_text(text)
-        for path in [staging, *staging.rglob("*")]:
-            if not path.is_symlink():
-                path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            staging.rename(target)
-        except OSError:  # another process made the same snapshot first
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return publish(staging, target)
 
     def _static_args(self) -> list[str]:
         args = [

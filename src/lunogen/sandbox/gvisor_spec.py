@@ -10,7 +10,6 @@ runs; passwd and group name the run's uid and are written per run, beside `confi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lunogen.sandbox.base import WORKSPACE_MOUNT, SandboxLimits
-from lunogen.sandbox.bwrap import ETC_FILES, SYSTEM_DIRS
+from lunogen.sandbox.bwrap import SYSTEM_DIRS
+from lunogen.sandbox.etc_snapshot import publish, snapshot_path, start_snapshot
 from lunogen.sandbox.limits import MIB
 
 HOSTNAME = "lunoedge"
@@ -57,18 +57,6 @@ int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags) {
 """
 
 
-def _publish(staging: Path, target: Path) -> Path:
-    """Make the finished `staging` directory `target`, unless another process already did."""
-    for path in [staging, *staging.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    try:
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def build_rootfs(parent: Path) -> Path:
     """The empty, read-only root every container starts from."""
     layout = [f"dir:{name}" for name in MOUNT_POINTS]
@@ -88,7 +76,7 @@ def build_rootfs(parent: Path) -> Path:
         else:
             name, _, dest = rest.partition(":")
             (staging / name).symlink_to(dest)
-    return _publish(staging, target)
+    return publish(staging, target)
 
 
 def _compile_shim(dest: Path) -> bool:
@@ -113,27 +101,10 @@ def _compile_shim(dest: Path) -> bool:
 
 def build_etc(parent: Path, *, statx_shim: bool) -> tuple[Path, bool]:
     """(the /etc snapshot, whether it preloads the statx shim). Rebuilt when a source changes."""
-    key = hashlib.sha256(f"shim={statx_shim};{STATX_SHIM_C}".encode())
-    for name in ETC_FILES:
-        with contextlib.suppress(OSError):
-            st = os.stat(Path("/etc") / name)
-            key.update(f"{name}:{st.st_mtime_ns}:{st.st_size};".encode())
-    target = parent / f"etc-{key.hexdigest()[:16]}"
+    target = snapshot_path(parent, f"shim={statx_shim};{STATX_SHIM_C}")
     if target.is_dir():
         return target, (target / SHIM_INSIDE.removeprefix("/etc/")).is_file()
-    staging = Path(tempfile.mkdtemp(prefix=".etc-", dir=parent))
-    for name in ETC_FILES:
-        source = Path("/etc") / name
-        if not source.exists():
-            continue
-        dest = staging / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            dest.symlink_to(os.readlink(source))
-        elif source.is_dir():
-            shutil.copytree(source, dest, symlinks=True)
-        else:
-            shutil.copy2(source, dest)
+    staging = start_snapshot(parent)
     (staging / "hosts").write_text(
         f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     )
@@ -147,7 +118,7 @@ def build_etc(parent: Path, *, statx_shim: bool) -> tuple[Path, bool]:
         shimmed = _compile_shim(shim)
         if shimmed:
             (staging / "ld.so.preload").write_text(f"{SHIM_INSIDE}\n")
-    return _publish(staging, target), shimmed
+    return publish(staging, target), shimmed
 
 
 def identity_files(uid: int, gid: int) -> dict[str, str]:
