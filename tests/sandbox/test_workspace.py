@@ -135,3 +135,16 @@ async def test_provision_and_destroy_are_idempotent(edge: LunoEdge) -> None:
     await edge.destroy("a1")
     assert not (edge.workspaces_dir / "a1").exists()
     assert await edge.list_files("a1") == []
+
+
+async def test_copy_in_then_copy_out_round_trips_a_directory(edge: LunoEdge) -> None:
+    files = {"scripts/run.py": b"print(1)\n", "references/notes.md": b"# notes\n"}
+    await edge.copy_in("a3", "skills/demo", files, limits=LIMITS)
+    copied = await edge.copy_out("a3", "skills/demo", max_bytes=1000)
+    assert copied == {f"skills/demo/{name}": data for name, data in files.items()}
+    with pytest.raises(WorkspaceQuotaError):
+        await edge.copy_out("a3", "skills/demo", max_bytes=10)
+    with pytest.raises(WorkspaceQuotaError):
+        await edge.copy_out("a3", "skills", max_bytes=1000, max_files=2)
+    with pytest.raises(WorkspacePathError):
+        await edge.copy_out("a3", "../a4", max_bytes=1000)

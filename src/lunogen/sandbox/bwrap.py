@@ -19,12 +19,12 @@ Launch chain. The steps before bwrap are done by small programs chained by exec,
 Python `preexec_fn` (or `user=`): either makes CPython fork() the whole platform process instead
 of vfork(), which costs ~15 ms at 130 MB and grows with it. As root the chain is
 `unshare --mount --propagation private` (the private mount namespace), `sh` (joins the run's
-cgroups by writing "0" to their `cgroup.procs`, then `mount --bind` of the workspace onto the
-mount point), `prlimit` (the rlimits, exact bytes), `unshare --setuid --setgid` (the agent's
-uid and gid, supplementary groups dropped; a uid change from root clears every capability),
-then bwrap. Each step fails closed: nothing runs when one of them fails. All run before any
-sandboxed code, with the platform's pid (exec keeps it), so --die-with-parent, the session and
-the wall-time kill see the same process as before.
+cgroups by writing "0" to their `tasks`, see `limits.JOIN_FILE`, then `mount --bind` of the
+workspace onto the mount point), `prlimit` (the rlimits, exact bytes), `unshare --setuid
+--setgid` (the agent's uid and gid, supplementary groups dropped; a uid change from root clears
+every capability), then bwrap. Each step fails closed: nothing runs when one of them fails. All
+run before any sandboxed code, with the platform's pid (exec keeps it), so --die-with-parent,
+the session and the wall-time kill see the same process as before.
 """
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ from lunogen.sandbox.base import (
     SandboxUnavailableError,
 )
 from lunogen.sandbox.etc_snapshot import publish, snapshot_path, start_snapshot
-from lunogen.sandbox.limits import MIB, Cgroups, RunCgroup, fsize_for, prlimit_args, rlimits
+from lunogen.sandbox.limits import (
+    JOIN_FILE,
+    MIB,
+    Cgroups,
+    RunCgroup,
+    fsize_for,
+    prlimit_args,
+    rlimits,
+)
 from lunogen.sandbox.runner import Launch, supervise
 from lunogen.sandbox.workspace import Workspace
 
@@ -66,8 +74,9 @@ MOUNT_ROOT = Path("/run/lunogen-sandbox")
 TOOL_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 SETUP_ERROR = b"lunogen-sandbox: "
 # Run by /bin/sh (as root, in the run's private mount namespace) before the rest of the chain:
-# $1 = mount binary, $2 = workspace, $3 = mount point ("" = no bind), then the cgroup.procs
-# files to join, "--", and the command to exec. Only our own paths and argv: nothing is parsed.
+# $1 = mount binary, $2 = workspace, $3 = mount point ("" = no bind), then the cgroup `tasks`
+# files to join (sh is single-threaded: moving its one thread moves the process), "--", and the
+# command to exec. Only our own paths and argv: nothing is parsed.
 SETUP_SCRIPT = """
 mount=$1 ws=$2 mp=$3
 shift 3
@@ -237,7 +246,7 @@ class BwrapBackend(Backend):
             chain = [self.tools["unshare"], f"--setuid={uid}", f"--setgid={gid}", "--", *chain]
         if limits:
             chain = [self.tools["prlimit"], *prlimit_args(limits), "--", *chain]
-        procs = [str(path / "cgroup.procs") for path in cgroup.paths.values()] if cgroup else []
+        procs = [str(path / JOIN_FILE) for path in cgroup.paths.values()] if cgroup else []
         if procs or self._mount_point is not None:
             mount_point = str(self._mount_point) if self._mount_point is not None else ""
             chain = [

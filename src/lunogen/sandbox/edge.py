@@ -14,7 +14,12 @@ import structlog
 from lunogen.config import Settings
 from lunogen.sandbox.backends import AUTO_ORDER, BACKENDS, backend_class
 from lunogen.sandbox.base import Backend, RunResult, SandboxLimits, SandboxUnavailableError
-from lunogen.sandbox.workspace import FileEntry, Workspace, validate_agent_id
+from lunogen.sandbox.workspace import (
+    FileEntry,
+    Workspace,
+    WorkspaceQuotaError,
+    validate_agent_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -199,6 +204,28 @@ class LunoEdge:
     ) -> None:
         workspace = self._workspace(agent_id)
         await asyncio.to_thread(workspace.replace_dir, dest, dict(files), limits=limits)
+
+    async def copy_out(
+        self, agent_id: str, path: str = ".", *, max_bytes: int, max_files: int = 1000
+    ) -> dict[str, bytes]:
+        """Every regular file under `path`, by its path relative to the workspace.
+
+        The same confinement as read_file; WorkspaceQuotaError when the files are more than
+        `max_files` or `max_bytes` together (nothing is returned half).
+        """
+        entries = await self.list_files(agent_id, path, recursive=True, limit=max_files + 1)
+        files = [entry for entry in entries if not entry.is_dir]
+        if len(entries) > max_files:
+            raise WorkspaceQuotaError(f"{path} holds more than {max_files} entries")
+        if sum(entry.size for entry in files) > max_bytes:
+            raise WorkspaceQuotaError(f"the files under {path} are over {max_bytes} bytes")
+        copied: dict[str, bytes] = {}
+        for entry in files:
+            data = await self.read_file(agent_id, entry.path, max_bytes=max_bytes + 1)
+            copied[entry.path] = data
+            if sum(len(d) for d in copied.values()) > max_bytes:  # grew while we read
+                raise WorkspaceQuotaError(f"the files under {path} are over {max_bytes} bytes")
+        return copied
 
     def workspace_usage(self, agent_id: str) -> int:
         return self._workspace(agent_id).usage()
