@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from lunogen.sandbox import LunoEdge, SandboxLimits
+from lunogen.sandbox import LunoEdge, RunResult, SandboxLimits
 from lunogen.sandbox.backends import backend_class
 from lunogen.sandbox.edge import backend_unavailable_reason
 
@@ -38,6 +40,7 @@ class Sandbox:
     data_dir: Path
     database: Path
     secret_key: Path
+    logs: list[dict[str, Any]] = field(default_factory=list)  # structlog events of the test
 
     def host_snapshot(self) -> dict[str, bytes]:
         """What must stay unchanged on the host, whatever the sandboxed code does."""
@@ -66,8 +69,23 @@ def make_sandbox(name: str, tmp_path: Path) -> Sandbox:
 
 @pytest.fixture(params=ISOLATING_BACKENDS)
 def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]:
+    """Also checks, after the test, that every run was logged with what stopped it."""
     box = make_sandbox(request.param, tmp_path)
-    yield box
+    results: list[RunResult] = []
+    run = box.edge.run
+
+    async def recorded(*args: Any, **kwargs: Any) -> RunResult:
+        result = await run(*args, **kwargs)
+        results.append(result)
+        return result
+
+    box.edge.run = recorded  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        box.logs = logs
+        yield box
+    logged = [(e["limit_hit"], e["exit_code"]) for e in logs if e["event"] == "sandbox.run"]
+    ran = [(r.limit_hit, r.exit_code) for r in results]
+    assert sorted(logged, key=repr) == sorted(ran, key=repr)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from lunogen.sandbox import WorkspaceError, WorkspacePathError
 from tests.sandbox.conftest import DB_SENTINEL, KEY_SENTINEL, LIMITS, Sandbox, running_with_marker
@@ -28,14 +27,14 @@ async def test_echo_round_trip_env_and_log(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LUNOGEN_HOST_ONLY", "host-env-must-not-leak")
-    with capture_logs() as logs:
-        result = await sandbox.edge.run(
-            A,
-            ["/bin/sh", "-c", "read x; echo got:$x; echo skill=$SKILL_MODE; env; pwd; echo $HOME"],
-            limits=LIMITS,
-            stdin=b"hello\n",
-            env={"SKILL_MODE": "fast", "AWS_SECRET_ACCESS_KEY": "nope", "LD_PRELOAD": "/x.so"},
-        )
+    result = await sandbox.edge.run(
+        A,
+        ["/bin/sh", "-c", "read x; echo got:$x; echo skill=$SKILL_MODE; env; pwd; echo $HOME"],
+        limits=LIMITS,
+        stdin=b"hello\n",
+        env={"SKILL_MODE": "fast", "AWS_SECRET_ACCESS_KEY": "nope", "LD_PRELOAD": "/x.so"},
+    )
+    logs = sandbox.logs
     out = result.stdout.decode()
     assert result.exit_code == 0, result
     assert "got:hello" in out
