@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,3 +139,15 @@ class Api:
             assert user is not None
             user.plan = plan
             await session.commit()
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, parsed data) of each server-sent event in `body`; comments are skipped."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    for block in body.split("\n\n"):
+        lines = [line for line in block.splitlines() if line and not line.startswith(":")]
+        if lines:
+            name = next(line[7:] for line in lines if line.startswith("event: "))
+            data = json.loads(next(line[6:] for line in lines if line.startswith("data: ")))
+            events.append((name, data))
+    return events

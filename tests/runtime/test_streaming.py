@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
@@ -13,18 +12,7 @@ from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.helpers import Api
-
-
-def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    for block in body.split("\n\n"):
-        lines = [line for line in block.splitlines() if line and not line.startswith(":")]
-        if lines:
-            name = next(line[7:] for line in lines if line.startswith("event: "))
-            data = json.loads(next(line[6:] for line in lines if line.startswith("data: ")))
-            events.append((name, data))
-    return events
+from tests.helpers import Api, sse_events
 
 
 async def _running_agent(api: Api, **overrides: Any) -> tuple[Dev, str]:

@@ -7,7 +7,6 @@ Needs LUNOGEN_TEST_DATABASE_URL (PostgreSQL) and LUNOGEN_TEST_REDIS_URL; `.ci/ru
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -28,7 +27,7 @@ from lunogen.runtime.models import Message, Thread
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.conftest import PG_URL, REDIS_URL
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
-from tests.helpers import Api
+from tests.helpers import Api, sse_events
 
 pytestmark = pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
@@ -164,7 +163,7 @@ async def test_a_separate_worker_answers_and_streams(
         json={"text": "Stream it", "stream": True, "wait_seconds": 30},
     )
     assert streamed.status_code == 200
-    events = _sse_events(streamed.text)
+    events = sse_events(streamed.text)
     deltas = "".join(data["text"] for name, data in events if name == "delta")
     assert deltas == "Streamed across processes"
     assert events[-1][0] == "done"
@@ -242,15 +241,3 @@ async def test_a_stopped_worker_releases_its_thread_for_the_next(
 
     await _wait_until(answered, 30, "the next worker to answer")
     assert await _counts(api, message_id) == (1, 1, "done")
-
-
-def _sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    for block in body.split("\n\n"):
-        lines = [line for line in block.splitlines() if not line.startswith(":")]
-        if not lines:
-            continue
-        name = next(line[7:] for line in lines if line.startswith("event: "))
-        data = json.loads(next(line[6:] for line in lines if line.startswith("data: ")))
-        events.append((name, data))
-    return events

@@ -135,7 +135,8 @@ async def get_account(session: AsyncSession, account_id: str) -> CreditAccount |
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def _lock(session: AsyncSession, account_id: str) -> CreditAccount | None:
+async def lock_account(session: AsyncSession, account_id: str) -> CreditAccount | None:
+    """The account row (None before it exists), locked for this transaction."""
     query = (
         select(CreditAccount)
         .where(CreditAccount.user_id == account_id)
@@ -151,7 +152,7 @@ async def claim_low_credit_alert(session: AsyncSession, account_id: str) -> bool
     The flag re-arms by itself when a ledger change lifts the available credits above the
     threshold again. Call it in the transaction of the change that may have crossed it.
     """
-    account = await _lock(session, account_id)
+    account = await lock_account(session, account_id)
     if account is None or account.low_alert_sent:
         return False
     if available(account) > account.low_credit_threshold:
@@ -189,10 +190,10 @@ async def post(
     _check_key(key)
     _check_text(reference, description)
 
-    account = await _lock(session, account_id)
+    account = await lock_account(session, account_id)
     if account is None:
         await ensure_account(session, account_id)
-        account = await _lock(session, account_id)
+        account = await lock_account(session, account_id)
         assert account is not None
     replayed = await _entry_by_key(session, key)
     entry = CreditEntry(
@@ -236,7 +237,7 @@ async def place_hold(
     _check_key(key)
     _check_text(reference, description)
 
-    account = await _lock(session, account_id)
+    account = await lock_account(session, account_id)
     if account is None:
         raise InsufficientCredits(amount, 0)
     replayed = await _entry_by_key(session, key)
@@ -353,7 +354,7 @@ async def expire_holds(
     due = (await session.execute(query)).all()
     expired = 0
     for account_id in sorted({row.account_id for row in due}):
-        account = await _lock(session, account_id)
+        account = await lock_account(session, account_id)
         assert account is not None
         hold_ids = [row.id for row in due if row.account_id == account_id]
         holds = await _holds(session, hold_ids)
@@ -415,7 +416,7 @@ async def pause_agent(
     account can now cover `required`, so a top-up that raced the failed hold never leaves the
     agent paused. Run it in the transaction that changes the agent's status.
     """
-    account = await _lock(session, account_id)
+    account = await lock_account(session, account_id)
     if account is not None and available(account) >= required:
         return False
     if account is None:
@@ -432,7 +433,7 @@ async def pause_agent(
 
 async def take_paused_agents(session: AsyncSession, account_id: str) -> list[str]:
     """The agents paused for lack of credits on this account, forgotten here: resume them."""
-    await _lock(session, account_id)
+    await lock_account(session, account_id)
     query = (
         select(CreditPause.agent_id)
         .where(CreditPause.account_id == account_id)

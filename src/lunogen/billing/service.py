@@ -98,22 +98,12 @@ async def set_low_credit_threshold(
     change that is still at or below it does); lowering it below them re-arms the alert.
     """
     await ledger.ensure_account(session, user.id, low_credit_threshold=default_threshold(settings))
-    account = await lock_account(session, user.id)
+    account = await ledger.lock_account(session, user.id)
+    assert account is not None  # ensured just above
     account.low_credit_threshold = credits_to_micro(credits)
     if account.low_alert_sent and ledger.available(account) > account.low_credit_threshold:
         account.low_alert_sent = False
     await session.flush()
-
-
-async def lock_account(session: AsyncSession, account_id: str) -> CreditAccount:
-    """The account row, locked for this transaction (FOR UPDATE on PostgreSQL)."""
-    query = (
-        select(CreditAccount)
-        .where(CreditAccount.user_id == account_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(query)).scalar_one()
 
 
 def transaction_out(entry: CreditEntry) -> TransactionOut:

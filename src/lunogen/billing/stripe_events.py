@@ -29,7 +29,7 @@ from lunogen.audit import service as audit
 from lunogen.billing import ledger
 from lunogen.billing.models import CreditEntry, EntryKind
 from lunogen.billing.models_stripe import StripeEvent
-from lunogen.billing.service import after_balance_change, default_threshold, lock_account
+from lunogen.billing.service import after_balance_change, default_threshold
 from lunogen.billing.units import credits_to_micro, micro_to_credits_str
 from lunogen.errors import BadRequestError
 from lunogen.kit.time import utcnow
@@ -206,7 +206,7 @@ async def _refund(
     await ledger.ensure_account(
         session, user.id, low_credit_threshold=default_threshold(effects.settings)
     )
-    await lock_account(session, user.id)
+    await ledger.lock_account(session, user.id)
     taken = -int(
         (
             await session.execute(
