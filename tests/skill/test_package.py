@@ -199,6 +199,23 @@ def test_zip_bomb_that_lies_about_its_size_stops_while_inflating() -> None:
     assert "declared size" in message or "CRC" in message  # zipfile stops at the declared size
 
 
+def test_an_entry_in_an_unsupported_compression_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("SKILL.md", skill_md())
+        archive.writestr("assets/data.bin", b"payload")
+    data = bytearray(buffer.getvalue())
+    # Mark the asset as Deflate64 (method 9), which zipfile cannot inflate.
+    for signature, offset, name_offset in ((b"PK\x03\x04", 8, 30), (b"PK\x01\x02", 10, 46)):
+        start = 0
+        while (found := data.find(signature, start)) >= 0:
+            if data[found + name_offset : found + name_offset + 15] == b"assets/data.bin":
+                data[found + offset : found + offset + 2] = (9).to_bytes(2, "little")
+            start = found + 4
+    _, message = _zip_error(bytes(data))
+    assert message == "'assets/data.bin' uses an unsupported compression"
+
+
 def test_too_many_entries() -> None:
     entries: dict[str, bytes | str] = {"SKILL.md": skill_md()}
     entries.update({f"scripts/{i}.py": "x" for i in range(package.MAX_FILES + 1)})

@@ -6,7 +6,7 @@ directory under the state dir, started with `runsc run` as container `lunogen-<r
 `--network=none` (loopback only), no capabilities, no_new_privs, the agent's host uid
 (`bwrap.agent_uid`, owner of its workspace) inside, rlimits the sentry enforces (processes, open
 files, file size, core). runsc itself runs with `--ignore-cgroups` inside the run's own cgroup
-(`limits.Cgroups`): the sentry, the gofer and the platform's stub processes are all in it, so
+(`limits.Cgroups`): the sentry, the gofer and the ptrace platform's host tasks are all in it, so
 memory (limit plus the sentry's own overhead) and CPU time cover the whole sandbox, and the
 shared supervisor (`runner.supervise`) kills all of it at the wall time. Whatever happens, the
 container's state, its cgroup and its bundle are removed when the run ends.
@@ -57,7 +57,7 @@ PLATFORMS = ("ptrace", "systrap", "kvm")
 # What the sandbox itself (sentry, gofer, runsc) may use on top of the command's memory limit.
 SENTRY_OVERHEAD_MB = 96
 # Host tasks of one sandbox beyond the command's own: Go threads of runsc, the sentry and the
-# gofer, and the ptrace stubs (one or two host tasks per sandboxed thread).
+# gofer, and the ptrace platform's tracee tasks (one or two per sandboxed thread).
 HOST_TASKS_BASE = 192
 HOST_TASKS_PER_PROCESS = 3
 TRACED_SYSCALLS = "clone,clone3,fork,vfork"
