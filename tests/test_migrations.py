@@ -61,8 +61,9 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     assert asyncio.run(pragmas()) == ("wal", 1)
 
 
+@pytest.mark.db
 @pytest.mark.skipif(
     not os.environ.get("LUNOGEN_TEST_DATABASE_URL"), reason="runs in the PostgreSQL pass of CI"
 )
-def test_postgres_schema_matches_models() -> None:
+def test_postgres_schema_matches_models(migrated_template: Path | None) -> None:
     command.check(alembic_config(os.environ["LUNOGEN_TEST_DATABASE_URL"]))
