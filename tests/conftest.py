@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -28,6 +29,7 @@ import uvicorn
 from argon2 import PasswordHasher
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from openai._base_client import BaseClient
 
 from lunogen.app import create_app
 from lunogen.auth import passwords
@@ -48,6 +50,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "database_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(autouse=True)
+def short_model_retry_waits(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The openai SDK's retries wait 1/1000 of the back-off it computes: tests that retry a
+    failed model call keep the retry, not the 0.5-2 s sleep. `retry_delays` (tests/llm)
+    records the computed waits itself."""
+    if "retry_delays" in request.fixturenames:
+        return
+    computed = BaseClient._calculate_retry_timeout
+
+    def shortened(self: Any, *args: Any, **kwargs: Any) -> float:
+        return float(computed(self, *args, **kwargs)) / 1000
+
+    monkeypatch.setattr(BaseClient, "_calculate_retry_timeout", shortened)
 
 
 @pytest.fixture(autouse=True)
