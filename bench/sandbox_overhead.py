@@ -3,12 +3,18 @@
     .venv/bin/python bench/sandbox_overhead.py                 # 200 runs of each command
     .venv/bin/python bench/sandbox_overhead.py --runs 1000
     .venv/bin/python bench/sandbox_overhead.py --backends bwrap --check
+    .venv/bin/python bench/sandbox_overhead.py --quota watcher --files 9000
 
 For each command (`/bin/true`, `python3 -c pass`) the script runs it N times as a bare
 `asyncio.create_subprocess_exec` (output piped, as LunoEdge does) and N times through
 `LunoEdge.run` with each backend that can run here, interleaved round by round so that load on
 the machine hits every variant alike. Overhead = backend p50 - bare p50. ARCHITECTURE.md budgets
 bwrap at p50 ≤ 15 ms; `--check` exits 1 when that is missed.
+
+`--quota` picks how workspace quotas hold (LUNOGEN_SANDBOX_QUOTA: the kernel's loop-mounted
+image, or the watcher's polling); the first run of each backend, which makes the image in the
+kernel mode, is timed apart. `--files N` fills the workspace with N empty files first: the
+watcher's check before and after each run walks them, the kernel mode's is one statfs.
 """
 
 from __future__ import annotations
@@ -64,13 +70,23 @@ async def main(args: argparse.Namespace) -> int:
     names = [n for n in (args.backends or list(BACKENDS))]
     edges: dict[str, LunoEdge] = {}
     tmp = Path(tempfile.mkdtemp(prefix="lunogen-bench-"))
+    first_runs: dict[str, float] = {}
     for name in names:
         reason = backend_unavailable_reason(name)
         if reason is not None:
             console.print(f"[yellow]{name}: unavailable ({reason})[/yellow]")
             continue
-        edges[name] = LunoEdge(workspaces_dir=tmp / name, backend=backend_class(name)())
-        await edges[name].provision("bench-agent", limits=LIMITS)
+        edge = LunoEdge(workspaces_dir=tmp / name, backend=backend_class(name)(), quota=args.quota)
+        edges[name] = edge
+        await edge.provision("bench-agent", limits=LIMITS)
+        started = time.perf_counter()
+        await edge.run("bench-agent", ["/bin/true"], limits=LIMITS)
+        first_runs[name] = (time.perf_counter() - started) * 1000
+        if args.files:
+            fill = f"import os\nos.mkdir('f')\nfor i in range({args.files}): open(f'f/{{i}}', 'w')"
+            made = await edge.run("bench-agent", ["python3", "-c", fill], limits=LIMITS)
+            if made.exit_code != 0:
+                raise RuntimeError(f"{name}: could not make {args.files} files: {made}")
     bare_dir = tmp / "bare"
     bare_dir.mkdir()
 
@@ -115,6 +131,11 @@ async def main(args: argparse.Namespace) -> int:
                 "" if variant == "bare" else f"{over:+.2f}",
             )
     console.print(table)
+    for name, edge in edges.items():
+        console.print(
+            f"{name}: workspace quota by the {edge.quota_mode}; first run (makes the image in "
+            f"the kernel mode) {first_runs[name]:.1f} ms; {args.files} files in the workspace"
+        )
     load = os.getloadavg()
     console.print(
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -133,6 +154,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured runs first")
     parser.add_argument("--backends", nargs="*", choices=list(BACKENDS), help="default: all")
     parser.add_argument("--check", action="store_true", help="exit 1 when the budget is missed")
+    parser.add_argument(
+        "--quota",
+        choices=["auto", "kernel", "watcher"],
+        default="auto",
+        help="how workspace quotas hold (LUNOGEN_SANDBOX_QUOTA)",
+    )
+    parser.add_argument(
+        "--files",
+        type=int,
+        default=0,
+        help="empty files in the workspace (the Free plan allows 10000 entries)",
+    )
     return parser.parse_args()
 
 

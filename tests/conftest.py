@@ -37,6 +37,7 @@ from lunogen.config import Settings
 from lunogen.migrations import upgrade
 from lunogen.models import metadata
 from tests.helpers import Api
+from tests.sandbox.support import mounts_under
 
 PG_URL = os.environ.get("LUNOGEN_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL")
@@ -50,6 +51,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "database_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mount_left_in_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Workspace images (loop mounts under pytest's tmp dirs) never outlive the run."""
+    yield
+    assert mounts_under(tmp_path_factory.getbasetemp()) == []
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +147,9 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, ob
         "google_client_secret": None,
         "catalog_refresh_hours": 0,  # never reach for the real OpenRouter from a test
         "job_broker": "memory",  # tests/worker runs the Redis Streams shape on purpose
+        # Every test registers from 127.0.0.1; tests/account/test_registration_throttle.py
+        # checks the real default.
+        "registrations_per_ip_per_hour": 10_000,
     }
     values.update(settings_overrides)
     return Settings(**values)  # type: ignore[arg-type,unused-ignore]

@@ -20,7 +20,9 @@ from lunogen.auth.google import STATE_COOKIE, create_oauth
 from lunogen.auth.google import router as google_router
 from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.billing import endpoints as billing_endpoints
 from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
+from lunogen.channel import endpoints as channel_endpoints
 from lunogen.channel.endpoints import agent_channels_router
 from lunogen.channel.endpoints import router as webhook_channel_router
 from lunogen.config import Settings
@@ -32,9 +34,11 @@ from lunogen.health import router as health_router
 from lunogen.kit.crypto import load_keyring
 from lunogen.kit.logging import configure_logging
 from lunogen.kit.middleware import (
+    BodyLimitMiddleware,
     Metrics,
     MetricsMiddleware,
     RejectNulMiddleware,
+    RouteBodyLimit,
     SecurityHeadersMiddleware,
 )
 from lunogen.llm.endpoints import router as model_router
@@ -42,6 +46,7 @@ from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.memory_endpoints import router as memory_router
+from lunogen.skill import endpoints as skill_endpoints
 from lunogen.skill.endpoints import admin_router as admin_skills_router
 from lunogen.skill.endpoints import router as skill_router
 from lunogen.tool.agent_tools import router as agent_tools_router
@@ -51,6 +56,15 @@ from lunogen.worker.process import JobProcess
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 3.0
+
+# Routes whose bodies are not held to `max_body_bytes`: skill uploads need more, the webhook
+# routes take less (each cap is enforced while the body streams in, before the route runs).
+ROUTE_BODY_LIMITS = (
+    RouteBodyLimit("POST", "/api/v1/skills", skill_endpoints.MAX_BODY_BYTES),
+    RouteBodyLimit("PUT", "/api/v1/skills/{skill_id}", skill_endpoints.MAX_BODY_BYTES),
+    RouteBodyLimit("POST", "/hooks/webhook/{channel_id}", channel_endpoints.MAX_BODY_BYTES),
+    RouteBodyLimit("POST", "/webhooks/stripe", billing_endpoints.MAX_WEBHOOK_BYTES),
+)
 
 API_DESCRIPTION = """The LunoGen developer API.
 
@@ -143,7 +157,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.secure_cookies,
     )
+    # Added innermost first: a request meets Metrics, SecurityHeaders, BodyLimit, RejectNul,
+    # then the session cookie and the routes. The body limit comes before anything that reads.
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, default=settings.max_body_bytes, routes=ROUTE_BODY_LIMITS
+    )
     app.add_middleware(SecurityHeadersMiddleware, https=settings.secure_cookies)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -416,7 +416,7 @@ def sandbox_check() -> None:
     settings = _settings()
     configure_logging("WARNING", json=False)  # the table says it all; each run's log is noise
     with console.status("Testing sandbox backends"):
-        report = check(settings.sandbox)
+        report = check(settings.sandbox, settings.sandbox_quota)
     table = Table("backend", "status", "self-test")
     for backend in report.backends:
         if not backend.available:

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     smtp_url: str | None = None
     mail_from: str = "LunoGen <no-reply@lunogen.local>"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     google_client_id: str | None = None
     google_client_secret: str | None = None
     google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
@@ -52,8 +53,12 @@ class Settings(BaseSettings):
     reset_token_minutes: int = Field(default=60, ge=5)
     login_failures_per_window: int = Field(default=5, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=10)
+    registrations_per_ip_per_hour: int = Field(default=5, ge=1)
     log_level: str = "INFO"
     log_json: bool = True
+    # Request bodies above this are refused with 413 before they are read (skill uploads and
+    # the webhook routes have caps of their own).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     allow_private_urls: bool = False
     sweep_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
     # Jobs: "auto" is Redis Streams when redis_url is set, else in-process.
@@ -88,9 +93,17 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_pro_price_id: str | None = None
+    # The API version Stripe renders webhook events in: create the endpoint with it (the
+    # version of the pinned `stripe` SDK). Events in another version are logged, still applied.
+    stripe_webhook_api_version: str = Field(
+        default="2026-10-28.endive", pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
+    )
     # LunoEdge: "auto" is bwrap, else gVisor, whichever works here first; `process` (no
     # isolation) is used only when named here.
     sandbox: Literal["auto", "bwrap", "gvisor", "process"] = "auto"
+    # Workspace quota: "kernel" (an ext4 image per workspace, loop-mounted: needs root and loop
+    # devices), "watcher" (polled size and file count), or "auto" (kernel where it works).
+    sandbox_quota: Literal["auto", "kernel", "watcher"] = "auto"
     # Agent workspaces; default: <data_dir>/workspaces.
     sandbox_dir: Path | None = None
 

@@ -58,7 +58,9 @@ class CreatedMixin:
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    kwargs: dict[str, Any] = {"echo": echo}
+    """The engine every process uses. Its errors and echo never include bound parameters:
+    they carry emails, password hashes and message text (`hide_parameters`)."""
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     else:

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lunogen.kit.time import DateOutOfRangeError
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +89,22 @@ class TooManyRequestsError(LunogenError):
     error = "Too many requests"
 
 
+class PayloadTooLargeError(LunogenError):
+    status_code = 413
+    error = "Payload too large"
+
+
+def body_too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body must be at most {limit} bytes ({_size(limit)})")
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} bytes"
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
     return ".".join(parts) or "body"
@@ -115,6 +135,7 @@ ERROR_DESCRIPTIONS = {
     403: "Not allowed: missing scope, account setup incomplete, CSRF token missing, or plan limit",
     404: "Not found, or not visible to you",
     409: "Conflicts with the current state",
+    413: "The request body is larger than this endpoint accepts",
     422: "Invalid input; `details` names each field at fault",
     429: "Too many requests; retry after `Retry-After` seconds",
 }
@@ -158,7 +179,7 @@ _FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route, naming error statuses beyond those every route gets documented.
 
-    Every operation is documented with 422 (if it takes input), 400 (if it takes a body),
+    Every operation is documented with 422 (if it takes input), 400 and 413 (if it takes a body),
     401/403/429 (if it needs credentials) and 404 (if it has path parameters); add others here.
     """
     return {code: {"description": ERROR_DESCRIPTIONS.get(code, "Error")} for code in codes}
@@ -176,7 +197,7 @@ def _generic_error_codes(operation: dict[str, Any]) -> set[int]:
     if params or body_types:
         codes.add(422)
     if body_types:
-        codes.add(400)
+        codes.update((400, 413))
     if any(p.get("in") == "path" for p in params):
         codes.add(404)
     if operation.get("security"):
@@ -272,14 +293,61 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None)
         )
 
+    @app.exception_handler(StatementError)
+    async def _statement_error(request: Request, exc: StatementError) -> JSONResponse:
+        # A time given to a query that cannot be held in UTC fails while SQLAlchemy binds it.
+        if isinstance(exc.orig, DateOutOfRangeError):
+            message = f"date out of range: {exc.orig}"
+            return JSONResponse(
+                status_code=422,
+                content={"error": "Validation failed", "message": message, "details": []},
+            )
+        raise exc
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Answered by Starlette's outermost middleware, outside our own: add the headers here.
         from lunogen.kit.middleware import security_headers
 
-        log.exception("unhandled_error", path=request.url.path)
+        log_unexpected("unhandled_error", exc, path=request.url.path)
         return JSONResponse(
             status_code=500,
             content={"error": "Internal error", "message": "Something went wrong on our side."},
             headers=security_headers(https=request.app.state.settings.secure_cookies),
         )
+
+
+def _statement_error_in(exc: BaseException) -> StatementError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StatementError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def log_unexpected(event: str, exc: BaseException, **fields: Any) -> None:
+    """Log an unexpected exception with its traceback, but never the data of a database error.
+
+    The text of a database error (and of the driver's exception chained to it) can quote bound
+    parameters or the failing row: an email, a password hash. For those only the classes, the
+    driver's first message line (PostgreSQL puts row values in DETAIL, not there), the SQL and
+    the stack frames are logged.
+    """
+    statement_error = _statement_error_in(exc)
+    if statement_error is None:
+        log.error(event, exc_info=exc, **fields)
+        return
+    orig = statement_error.orig
+    first_line = str(orig).splitlines()[0][:300] if str(orig) else ""
+    log.error(
+        event,
+        error=type(exc).__name__,
+        db_error=f"{type(orig).__name__}: {first_line}",
+        sqlstate=getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
+        statement=(statement_error.statement or "")[:2000],
+        stack="".join(traceback.format_tb(exc.__traceback__)),
+        **fields,
+    )

@@ -8,9 +8,19 @@ import pytest
 from sqlalchemy import select
 
 from lunogen.account.models import Consent, User
+from lunogen.audit.models import AuditEvent
+from lunogen.auth.endpoints import EMAILS_PER_ADDRESS_PER_HOUR
 from lunogen.privacy.policy import AGE_ATTESTATION_VERSION, PRIVACY_VERSION, TERMS_VERSION
+from tests.account.conftest import FromIp
 from tests.account.support import rows, user_count
 from tests.helpers import PASSWORD, Api
+
+
+def sent_to(email: str) -> str:
+    return (
+        f"We sent an email to {email}. Open the link in it to continue; if it does not arrive, "
+        "check your spam folder."
+    )
 
 
 def _field_names(body: dict[str, Any]) -> list[str]:
@@ -21,11 +31,10 @@ async def test_register_verify_sign_in_me(api: Api) -> None:
     client = api.new_client()
     response = await api.register(client, "Ada@Example.com", name="Ada Lovelace")
     assert response.status_code == 201, response.text
-    created = response.json()
-    assert created["email"] == "ada@example.com"
-    assert created["email_verified"] is False
-    assert created["role"] == "user" and created["plan"] == "free"
-    assert "password" not in response.text
+    assert response.json() == {"message": sent_to("ada@example.com")}
+    (created,) = await rows(api, select(User).where(User.email == "ada@example.com"))
+    assert created.email_verified_at is None
+    assert created.role == "user" and created.plan == "free"
 
     token = await api.last_token("ada@example.com", "verify")
     verified = await client.post("/api/v1/auth/verify", json={"token": token})
@@ -68,13 +77,77 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(api: Api) ->
     assert "lg_session" not in client.cookies
 
 
-async def test_duplicate_email_is_409_case_insensitive(api: Api) -> None:
-    client = api.new_client()
-    assert (await api.register(client, "dup@example.com")).status_code == 201
-    again = await api.register(client, "DUP@Example.COM")
-    assert again.status_code == 409
-    assert again.json()["error"] == "Conflict"
+async def test_a_taken_address_gets_the_same_answer_and_its_owner_an_email(api: Api) -> None:
+    new = await api.register(api.new_client(), "dup@example.com")
+    assert new.status_code == 201
+    owner_token = await api.last_token("dup@example.com", "verify")
+    taken = await api.register(api.new_client(), " DUP@Example.COM", password="another phrase 42")
+    assert (taken.status_code, taken.json()) == (new.status_code, new.json())
+    assert taken.headers.get("content-type") == new.headers.get("content-type")
     assert await user_count(api, "dup@example.com") == 1
+
+    subjects = [row.subject for row, _ in await api.emails("dup@example.com")]
+    assert subjects == [
+        "Verify your LunoGen email address",
+        "Someone tried to register with your LunoGen address",
+    ]
+    _row, body = (await api.emails("dup@example.com"))[-1]
+    assert "No new account was made" in body
+    assert "/login" in body and "/forgot" in body
+    assert "token=" not in body  # nothing in it works for whoever tried
+    (attempt,) = await rows(
+        api,
+        select(AuditEvent).where(AuditEvent.action == "account.registration_for_existing_address"),
+    )
+    (owner,) = await rows(api, select(User).where(User.email == "dup@example.com"))
+    assert attempt.subject_user_id == owner.id and attempt.actor_user_id is None
+
+    # The first registration stands: its link and password work, the second password does not.
+    client = api.new_client()
+    assert (await client.post("/api/v1/auth/verify", json={"token": owner_token})).is_success
+    assert (await api.sign_in(client, "dup@example.com")).id == owner.id
+    login = await client.post(
+        "/api/v1/auth/login", json={"email": "dup@example.com", "password": "another phrase 42"}
+    )
+    assert login.status_code == 401
+
+
+async def test_owner_emails_about_a_taken_address_stay_within_the_cap(
+    api: Api, from_ip: FromIp
+) -> None:
+    person = await api.sign_up()
+    for n in range(EMAILS_PER_ADDRESS_PER_HOUR + 2):
+        response = await api.register(from_ip(f"192.0.2.{n + 1}"), person.email)
+        assert response.status_code == 201
+        assert response.json() == {"message": sent_to(person.email)}
+    notices = [row for row, _ in await api.emails(person.email) if "tried" in row.subject]
+    assert len(notices) == EMAILS_PER_ADDRESS_PER_HOUR
+
+
+async def test_registering_a_taken_address_by_form_shows_the_same_page(api: Api) -> None:
+    async def register_by_form(email: str) -> str:
+        client = api.new_client()
+        await client.get("/register")
+        response = await client.post(
+            "/api/v1/auth/register",
+            data={
+                "name": "Form Person",
+                "email": email,
+                "password": PASSWORD,
+                "age_confirmed": "true",
+                "accept_terms": "true",
+                "accept_privacy": "true",
+                "csrf_token": client.cookies["lg_csrf"],
+            },
+        )
+        assert response.status_code == 201, response.text
+        return response.text.replace(client.cookies["lg_csrf"], "")
+
+    first = await register_by_form("form@example.com")
+    again = await register_by_form("form@example.com")
+    assert "Check your inbox" in first
+    assert again == first
+    assert await user_count(api, "form@example.com") == 1
 
 
 @pytest.mark.parametrize(
@@ -157,7 +230,7 @@ async def test_consent_records_document_version_time_ip_and_user_agent(api: Api)
     client.headers["User-Agent"] = "ConsentBrowser/1.0"
     response = await api.register(client, "consent@example.com")
     assert response.status_code == 201
-    user_id = response.json()["id"]
+    (user_id,) = await rows(api, select(User.id).where(User.email == "consent@example.com"))
     consents = await rows(api, select(Consent).where(Consent.user_id == user_id))
     by_document = {c.document: c for c in consents}
     assert sorted(by_document) == ["age_attestation", "privacy", "terms"]
@@ -181,7 +254,8 @@ async def test_password_is_stored_as_argon2id_hash(api: Api) -> None:
     assert PASSWORD not in user.password_hash
 
 
-async def test_sign_in_before_verification_is_403(api: Api) -> None:
+async def test_sign_in_before_verification_is_403_only_with_the_right_password(api: Api) -> None:
+    """The 403 tells the account exists only to someone who knows its password."""
     client = api.new_client()
     assert (await api.register(client, "early@example.com")).status_code == 201
     response = await client.post(
@@ -190,6 +264,14 @@ async def test_sign_in_before_verification_is_403(api: Api) -> None:
     assert response.status_code == 403
     assert response.json()["error"] == "Email not verified"
     assert "lg_session" not in client.cookies
+    wrong = await client.post(
+        "/api/v1/auth/login", json={"email": "early@example.com", "password": "not the password"}
+    )
+    unknown = await client.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "not the password"}
+    )
+    assert (wrong.status_code, wrong.json()) == (unknown.status_code, unknown.json())
+    assert wrong.status_code == 401
 
 
 async def test_resend_verification_sends_a_new_working_link(api: Api) -> None:

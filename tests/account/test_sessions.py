@@ -95,6 +95,25 @@ async def test_logout_all_revokes_every_session_of_the_user(api: Api) -> None:
     assert (await again.client.get("/api/v1/me")).status_code == 200
 
 
+async def test_logout_all_with_a_narrow_key_is_refused_and_signs_nobody_out(api: Api) -> None:
+    person = await api.sign_up()
+    narrow = api.key_client(await api.create_key(person, ["logs:read"]))
+    await api.set_plan(person, "pro")  # room for a second key
+    response = await narrow.post("/api/v1/auth/logout-all")
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": "Forbidden",
+        "message": "API key missing required scope: full",
+    }
+    assert (await person.client.get("/api/v1/me")).status_code == 200
+
+    full = api.key_client(await api.create_key(person, ["full"]))
+    allowed = await full.post("/api/v1/auth/logout-all")
+    assert allowed.status_code == 200
+    assert "1 session" in allowed.json()["message"]
+    assert (await person.client.get("/api/v1/me")).status_code == 401
+
+
 async def test_revoked_session_is_401_with_the_exact_body(api: Api) -> None:
     person = await api.sign_up()
     await execute(

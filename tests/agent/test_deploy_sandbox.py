@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from lunogen.config import Settings
 from lunogen.sandbox import edge as sandbox_edge
+from lunogen.sandbox.workspace import Workspace
 from tests.agent.support import create_agent, new_dev
 from tests.helpers import Api
+from tests.sandbox.support import mounts_under, release_workspaces
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left_behind(tmp_path: Path) -> Iterator[None]:
+    """Workspaces the test made (and any quota image mounted for them) go with it."""
+    yield
+    release_workspaces(tmp_path)
+    assert mounts_under(tmp_path) == []
 
 
 @pytest.fixture
@@ -56,3 +69,6 @@ async def test_an_explicit_process_sandbox_deploys_and_is_logged_as_not_isolated
     [provisioned] = [e for e in logs if e["event"] == "sandbox.provisioned"]
     assert provisioned["details"] == {"backend": "process", "isolated": False, "skills": 0}
     assert (settings.workspaces_dir / agent["id"]).is_dir()
+    # No quota image yet (mkfs and mount cost ~25 ms): the agent's first run makes it.
+    workspace = Workspace(settings.workspaces_dir / agent["id"])
+    assert not workspace.image.exists() and not workspace.image.mounted()

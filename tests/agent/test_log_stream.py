@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import httpx
+from structlog.testing import capture_logs
+
+from lunogen.agent.logs import RedisLogBus
+
+REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
 
 
 async def _events(response: httpx.Response, count: int) -> list[dict[str, Any]]:
@@ -48,3 +54,23 @@ async def test_stream_resumes_after_last_event_id(live_server: str, api_for_live
     ) as stream:
         events = await asyncio.wait_for(_events(stream, 1), timeout=15)
     assert events[0]["id"] == listing[1]["id"]
+
+
+async def test_redis_bus_stops_without_waiting_out_its_poll() -> None:
+    """Shutdown must not wait for the listener's `get_message` poll to run out: with a 10 s
+    poll, `stop` returns long before it (the bound below is only reached by a hang)."""
+    bus = RedisLogBus(REDIS_URL, poll_seconds=10)
+    await bus.start()
+    follower = bus.follow("agent-stop-test", poll_seconds=60)
+    woke = asyncio.ensure_future(anext(follower))
+    try:
+        while not woke.done():  # the listener is subscribed once a publish comes back to us
+            await bus.publish("agent-stop-test")
+            await asyncio.wait({woke}, timeout=0.1)
+        # The listener is now inside a fresh 10 s poll.
+        with capture_logs() as logs:
+            await asyncio.wait_for(bus.stop(), timeout=5)
+    finally:
+        woke.cancel()
+        await follower.aclose()
+    assert [e for e in logs if e["event"] == "log_bus_listener_did_not_stop"] == []

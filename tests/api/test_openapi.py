@@ -120,7 +120,7 @@ async def test_errors_are_documented_in_our_shape(client: httpx.AsyncClient) -> 
     login = spec["paths"]["/api/v1/auth/login"]["post"]["responses"]
     assert {"200", "303", "400", "401", "403", "422", "429"} <= set(login)
     assert "text/html" in login["200"]["content"]  # browsers posting the form get a page
-    assert "409" in spec["paths"]["/api/v1/auth/register"]["post"]["responses"]
+    assert "429" in spec["paths"]["/api/v1/auth/register"]["post"]["responses"]  # per-IP throttle
 
 
 async def test_api_docs_page_lists_every_operation(client: httpx.AsyncClient) -> None:
@@ -146,3 +146,15 @@ def test_docstring_code_spans_render_as_code_and_everything_else_is_escaped() ->
         "Send <code>X-CSRF-Token</code> &amp; &lt;script&gt;alert(1)&lt;/script&gt; "
         "<code>&lt;b&gt;</code>"
     )
+
+
+async def test_every_operation_with_a_body_documents_413(client: httpx.AsyncClient) -> None:
+    spec = await spec_of(client)
+    with_body = [(method, path, op) for method, path, op in operations(spec) if "requestBody" in op]
+    assert len(with_body) >= 10
+    for method, path, op in with_body:
+        too_large = op["responses"].get("413")
+        assert too_large is not None, (method, path)
+        assert too_large["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }

@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 from lunogen.account.models import User
 from lunogen.app import create_app
 from lunogen.audit.models import AuditEvent
+from lunogen.billing.models import CreditEntry
 from lunogen.config import Settings
 from tests.conftest import BASE_URL
-from tests.fakes.google_oidc import FakeGoogle, Identity, s256
+from tests.fakes.google_oidc import FIRST_KID, GOOGLE_ISSUER, FakeGoogle, Identity, s256
 from tests.helpers import PASSWORD, Api
 
 CLIENT_ID = "123456789-lunogen.apps.googleusercontent.com"
@@ -275,7 +276,8 @@ async def test_linking_an_unverified_registration_drops_its_password_and_consent
     response = await google_sign_in(client, provider)
     assert_signed_in(response, "/onboarding")  # the real owner must attest and consent
     me = (await client.get("/api/v1/me")).json()
-    assert me["id"] == registered.json()["id"]
+    (squatted,) = await users(api)
+    assert me["id"] == squatted.id
     assert me["name"] == "V" and me["setup_complete"] is False
     login = await squatter.post(
         "/api/v1/auth/login", json={"email": "victim@example.com", "password": PASSWORD}
@@ -373,6 +375,13 @@ async def test_callback_with_a_forged_state_cookie_is_refused(
         pytest.param({"lifetime_seconds": -120}, "token is expired", id="expired"),
         pytest.param({"issued_at_offset": 600}, "issued in the future", id="issued-in-future"),
         pytest.param({"issuer": "https://evil.example"}, "'iss'", id="wrong-issuer"),
+        pytest.param(
+            {"issuer": "https://accounts.google.com.evil.example"}, "'iss'", id="look-alike-issuer"
+        ),
+        pytest.param({"issuer": "http://accounts.google.com"}, "'iss'", id="http-issuer"),
+        pytest.param(
+            {"azp": "someone-else.apps.googleusercontent.com"}, "'azp'", id="azp-another-client"
+        ),
         pytest.param({"unknown_key_kid": "fake-google-1"}, "BadSignatureError", id="forged-kid"),
         pytest.param({"unknown_key_kid": "rogue-1"}, "No key for kid", id="unknown-kid"),
         pytest.param({"omit_id_token": True}, "did not return an ID token", id="no-id-token"),
@@ -470,6 +479,108 @@ async def test_callback_without_parameters_is_a_400(api: Api, google: FakeGoogle
     await start(client)
     assert_failed(await client.get("/auth/google/callback"), "MismatchingStateError")
     assert_failed(await api.new_client().get("/auth/google/callback"), "another browser")
+
+
+# -- like real Google: issuer, azp, key rotation -------------------------------------------------
+
+
+async def test_tokens_come_from_accounts_google_com_with_our_azp(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    discovery = (await provider.get(google.discovery_url)).json()
+    assert discovery["issuer"] == GOOGLE_ISSUER == "https://accounts.google.com"
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    ((header, claims),) = google.issued_id_tokens
+    assert claims["iss"] == GOOGLE_ISSUER
+    assert claims["azp"] == claims["aud"] == CLIENT_ID
+    assert header["kid"] == FIRST_KID
+
+
+async def test_the_issuer_without_scheme_is_accepted_too(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    """Google documents both forms of `iss` for its ID tokens."""
+    google.misbehaviour.issuer = "accounts.google.com"
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    assert google.issued_id_tokens[0][1]["iss"] == "accounts.google.com"
+
+
+async def test_a_token_without_azp_for_our_client_alone_is_accepted(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    google.misbehaviour.omit_azp = True
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+
+
+async def test_a_rotated_signing_key_is_fetched_once_and_accepted(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    assert google.jwks_requests == 1  # cached from now on
+
+    new_kid = google.rotate()  # two keys published; tokens now signed with the new one
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    assert google.issued_id_tokens[-1][0]["kid"] == new_kid
+    assert google.jwks_requests == 2  # the unknown kid made the client fetch the JWKS again
+
+    google.signing_kid = FIRST_KID  # a token still signed with the old key during the rotation
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    google.signing_kid = new_kid
+    google.retire(FIRST_KID)
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    assert google.jwks_requests == 2
+    assert len(await audit_rows(api, "auth.sign_in")) == 4
+
+
+async def test_a_kid_still_unknown_after_refetching_is_refused(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    assert_signed_in(await google_sign_in(api.new_client(), provider), "/onboarding")
+    assert google.jwks_requests == 1
+    google.misbehaviour.unknown_key_kid = "fake-google-99"
+    client = api.new_client()
+    assert_failed(await google_sign_in(client, provider), "No key for kid")
+    assert google.jwks_requests == 2  # it did look again before refusing
+    assert (await client.get("/api/v1/me")).status_code == 401
+    assert len(await audit_rows(api, "auth.sign_in")) == 1
+
+
+async def test_a_token_signed_with_a_retired_key_is_refused(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    google.rotate()
+    google.retire(FIRST_KID)
+    google.signing_kid = FIRST_KID  # Google no longer publishes the key this token names
+    assert_failed(await google_sign_in(api.new_client(), provider), "No key for kid")
+    assert google.jwks_requests == 2  # fetched, then fetched again for the unknown kid
+    assert await user_count(api) == 0
+
+
+async def _starter_grants(api: Api, user_id: str) -> int:
+    query = (
+        select(func.count())
+        .select_from(CreditEntry)
+        .where(CreditEntry.account_id == user_id, CreditEntry.kind == "grant")
+    )
+    async with api.app.state.sessionmaker() as session:
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_google_sign_up_gets_the_grant_unless_the_mailbox_had_it(
+    api: Api, google: FakeGoogle, provider: httpx.AsyncClient
+) -> None:
+    first = await api.sign_up("farmer@example.com")
+    google.identity = Identity(sub="900000000000000000009", email="Farmer+google@example.com")
+    alias = api.new_client()
+    assert_signed_in(await google_sign_in(alias, provider), "/onboarding")
+    alias_id = (await alias.get("/api/v1/me")).json()["id"]
+    assert alias_id != first.id
+    assert (await _starter_grants(api, first.id), await _starter_grants(api, alias_id)) == (1, 0)
+
+    google.identity = Identity(sub="900000000000000000010", email="someone.new@gmail.com")
+    fresh = api.new_client()
+    assert_signed_in(await google_sign_in(fresh, provider), "/onboarding")
+    assert await _starter_grants(api, (await fresh.get("/api/v1/me")).json()["id"]) == 1
 
 
 # -- configuration -----------------------------------------------------------------------------

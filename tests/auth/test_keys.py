@@ -252,9 +252,13 @@ async def test_pro_plan_allows_twenty_five_keys(api: Api) -> None:
         ids.append(response.json()["id"])
     over = await _create(person, name="k25")
     assert over.status_code == 403
-    assert over.json()["message"] == (
-        "Your Pro plan allows 25 active API keys; revoke one or upgrade to Pro"
-    )
+    # Pro is the highest plan: nothing to upgrade to.
+    assert over.json() == {
+        "error": "Forbidden",
+        "message": (
+            "Your Pro plan allows 25 active API keys; revoke one, or contact us to raise the limit"
+        ),
+    }
     assert len((await person.client.get("/api/v1/keys")).json()["data"]) == 25
 
     assert (

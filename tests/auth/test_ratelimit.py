@@ -16,8 +16,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import memory as limits_memory
+from limits.aio.storage.redis import redispy as limits_redispy
 
-from lunogen.auth.ratelimit import RateLimiter, create_storage
+from lunogen.auth import ratelimit
+from lunogen.auth.ratelimit import Backoff, RateLimiter, create_storage
 from tests.helpers import Api, Signed
 
 REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
@@ -31,7 +34,10 @@ def storage(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings_overrides(storage: str) -> dict[str, object]:
-    return {"redis_url": REDIS_URL} if storage == "redis" else {}
+    if storage != "redis":
+        return {}
+    # This Redis database is not emptied between tests: keep sign-ups from one IP unthrottled.
+    return {"redis_url": REDIS_URL, "registrations_per_ip_per_hour": 10_000}
 
 
 def _expected_storage(storage: str) -> type:
@@ -128,6 +134,33 @@ async def test_limited_requests_do_not_reach_the_endpoint(api: Api, storage: str
     assert [k["id"] for k in (await person.client.get("/api/v1/keys")).json()["data"]] == [key_id]
 
 
+async def test_browser_sessions_share_the_plan_limit_per_user(api: Api, storage: str) -> None:
+    person = await api.sign_up()
+    for n in range(30):
+        response = await person.client.get("/api/v1/me")
+        assert response.status_code == 200, (n, response.text)
+        _assert_limit_headers(response, limit=30, remaining=29 - n)
+    limited = await person.client.get("/api/v1/me")
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) == limited.json()["retry_after"] >= 1
+    assert (
+        "30 requests per minute exceeded for your browser sessions" in (limited.json()["message"])
+    )
+    # Writes too, before their CSRF check; and a second session of the same user shares it.
+    refused = await person.client.post("/api/v1/keys", json={"name": "k"}, headers=person.headers)
+    assert refused.status_code == 429
+    second = await api.sign_in(api.new_client(), person.email)
+    assert (await second.client.get("/api/v1/tools")).status_code == 429
+
+    # Someone else's session, and the person's own key, have budgets of their own.
+    other = await api.sign_up()
+    assert (await other.client.get("/api/v1/me")).status_code == 200
+    await api.set_plan(person, "pro")  # the Pro budget is larger: a key can be made now
+    key = await api.create_key(person)
+    assert (await api.key_client(key).get("/api/v1/me")).status_code == 200
+    assert (await person.client.get("/api/v1/me")).headers["X-RateLimit-Limit"] == "2000"
+
+
 # --- RateLimiter unit tests on both storages -------------------------------------------------
 
 
@@ -161,16 +194,56 @@ async def test_limiter_counts_down_and_refuses(limiter: RateLimiter) -> None:
     assert (await limiter.hit(key, 5)).allowed
 
 
-async def test_limiter_failure_windows(limiter: RateLimiter) -> None:
-    key = _name()
-    assert await limiter.failures_exceeded(key, 2, 60) is None
-    await limiter.record_failure(key, 2, 60)
-    assert await limiter.failures_exceeded(key, 2, 60) is None
-    await limiter.record_failure(key, 2, 60)
-    wait = await limiter.failures_exceeded(key, 2, 60)
+class MovedClock:
+    """Stands in for the `time` module where `limits` and the limiter read the clock."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> MovedClock:
+    moved = MovedClock()
+    for module in (limits_memory, limits_redispy, ratelimit):
+        monkeypatch.setattr(module, "time", moved)
+    return moved
+
+
+async def test_failure_backoff_counts_clears_and_is_per_key(limiter: RateLimiter) -> None:
+    key, backoff = _name(), Backoff(limit=2, window_seconds=60)
+    assert await limiter.failure_wait(key, backoff) is None
+    await limiter.record_failure(key, backoff)
+    assert await limiter.failure_wait(key, backoff) is None
+    await limiter.record_failure(key, backoff)
+    wait = await limiter.failure_wait(key, backoff)
     assert wait is not None and 1 <= wait <= 60
-    await limiter.clear(key, 2, 60)
-    assert await limiter.failures_exceeded(key, 2, 60) is None
+    assert await limiter.failure_wait(_name(), backoff) is None
+    await limiter.clear_failures(key, backoff)
+    assert await limiter.failure_wait(key, backoff) is None
+
+
+async def test_failure_backoff_waits_longer_for_a_persistent_guesser(
+    limiter: RateLimiter, clock: MovedClock
+) -> None:
+    """2 failures per 10 s, 4 per 40 s, 8 per 160 s: each burst is let through once its own
+    window has moved on, until the widest step is used up and the wait is far longer."""
+    key, backoff = _name(), Backoff(limit=2, window_seconds=10, steps=3)
+    waits = []
+    for _ in range(4):
+        wait = await limiter.failure_wait(key, backoff)
+        if wait is not None:
+            clock.now += wait + 0.5
+            assert await limiter.failure_wait(key, backoff) is None
+        for _ in range(2):
+            await limiter.record_failure(key, backoff)
+        waits.append(await limiter.failure_wait(key, backoff))
+    first, *_, last = waits
+    # Redis keeps timestamps to 0.1 ms, so rounding up can add a second to the 10 s window.
+    assert first is not None and first <= 11
+    assert last is not None and last > 100  # the 160 s step is full: its oldest failure rules
 
 
 async def test_limiter_ready_and_reset(limiter: RateLimiter) -> None:

@@ -31,6 +31,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/models"): ANY,
     ("GET", "/api/v1/tools"): Scope.TOOLS_READ,
     ("GET", "/api/v1/keys"): Scope.FULL,
+    ("POST", "/api/v1/auth/logout-all"): Scope.FULL,
+    ("POST", "/api/v1/auth/logout"): ANY,
     ("POST", "/api/v1/keys"): Scope.FULL,
     ("DELETE", "/api/v1/keys/{key_id}"): Scope.FULL,
     ("GET", "/api/v1/audit"): Scope.FULL,

@@ -3,10 +3,12 @@ against the fake Stripe over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from lunogen.billing.stripe_client import CheckoutSession, StripeGateway
 from tests.billing.stripe_support import billing_settings
 from tests.fakes.stripe import PRO_PRICE_ID, FakeStripe
 from tests.helpers import Api, Signed
@@ -147,3 +149,36 @@ async def test_a_stripe_failure_is_a_502_and_writes_nothing(
     assert response.status_code == 502, response.text
     assert "Stripe answered HTTP 400" in response.json()["message"]
     assert stripe_fake.sessions == {}
+
+
+async def test_a_slow_stripe_holds_no_transaction_open(
+    api: Api, stripe_fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Stripe takes its time over one checkout, another tenant's write completes: the
+    authentication's transaction (on SQLite the one write lock) ended before the call."""
+    buyer, other = await api.sign_up(), await api.sign_up()
+    reached, release = asyncio.Event(), asyncio.Event()
+    real = StripeGateway.create_topup_session
+
+    async def stalled(self: StripeGateway, **params: Any) -> CheckoutSession:
+        reached.set()
+        await release.wait()
+        return await real(self, **params)
+
+    monkeypatch.setattr(StripeGateway, "create_topup_session", stalled)
+    checkout = asyncio.create_task(_checkout(buyer, {"pack": "standard"}))
+    await asyncio.wait_for(reached.wait(), timeout=60)
+
+    write = asyncio.create_task(
+        other.client.post(
+            "/api/v1/keys", json={"name": "meanwhile", "scopes": ["full"]}, headers=other.headers
+        )
+    )
+    done, _ = await asyncio.wait({write, checkout}, return_when=asyncio.FIRST_COMPLETED)
+    assert write in done and not checkout.done()  # finished while Stripe was still stalled
+    assert write.result().status_code == 201, write.result().text
+
+    release.set()
+    response = await checkout
+    assert response.status_code == 200, response.text
+    assert response.json()["session_id"] in stripe_fake.sessions

@@ -4,10 +4,11 @@ and idempotency keys hold across transactions. (SQLite runs one writer at a time
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.billing import ledger
@@ -62,6 +63,20 @@ async def test_a_key_replayed_concurrently_makes_one_hold(sm: Sessions) -> None:
     assert (now.held, now.entries) == (C, 2)
 
 
+async def _until_a_transaction_waits_for_a_lock(sm: Sessions) -> None:
+    deadline = time.monotonic() + 30
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        async with sm() as session:
+            if (await session.execute(waiting)).scalar_one():
+                return
+        assert time.monotonic() < deadline, "no transaction ever waited for a lock"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_key_taken_meanwhile_by_another_account_is_a_conflict(
     sm: Sessions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -91,7 +106,7 @@ async def test_a_key_taken_meanwhile_by_another_account_is_a_conflict(
             await ledger.post(session, account_id="a", kind="topup", amount=C, key="pay:1")
             a_inserted.set()
             await b_started.wait()
-            await asyncio.sleep(0.2)  # B is now blocked on the key's index entry
+            await _until_a_transaction_waits_for_a_lock(sm)  # B, on the key's index entry
 
     async def second() -> None:
         await a_inserted.wait()

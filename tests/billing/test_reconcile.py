@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -27,7 +30,15 @@ async def test_a_cost_reported_later_replaces_the_catalog_estimate(
     dev = await new_dev(api)
     agent = await create_agent(dev)
     assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
-    openrouter.reply("No cost in this answer", cost=None, prompt_tokens=1000, completion_tokens=100)
+    # OpenRouter's /generation knows a call only a while after it: 404 until then.
+    openrouter.generation_delay = 0.3
+    openrouter.reply(
+        "No cost in this answer",
+        cost=None,
+        final_cost=Decimal("0.00121"),  # US$0.001 more than the estimate: 0.1 credits
+        prompt_tokens=1000,
+        completion_tokens=100,
+    )
     said = await dev.http.post(f"/api/v1/agents/{agent['id']}/messages", json={"text": "Hi"})
     assert said.status_code == 200
     async with api.app.state.sessionmaker() as session:
@@ -38,13 +49,14 @@ async def test_a_cost_reported_later_replaces_the_catalog_estimate(
     rt = runtime()
     sm, settings, client = api.app.state.sessionmaker, rt.settings, rt.model_client
     now = timedelta(0)
+    lookups_before = len(openrouter.requests)
     assert await reconcile_costs(sm, settings, client, settle_delay=now) == 0  # not known yet
-    openrouter.generations[str(usage.generation_id)] = {
-        "id": usage.generation_id,
-        "model": "openai/gpt-4o-mini",
-        "total_cost": 0.00121,  # US$0.001 more than the estimate: 0.1 credits
-    }
-    assert await reconcile_costs(sm, settings, client, settle_delay=now) == 1
+    assert len(openrouter.requests) == lookups_before + 1  # it asked, and got a 404
+    deadline = time.monotonic() + 10
+    while (done := await reconcile_costs(sm, settings, client, settle_delay=now)) == 0:
+        assert time.monotonic() < deadline, "the generation never became known"
+        await asyncio.sleep(0.05)  # the next sweep; the fake's delay is a fraction of a second
+    assert done == 1
     assert await reconcile_costs(sm, settings, client, settle_delay=now) == 0  # once only
     async with api.app.state.sessionmaker() as session:
         usage = (await session.execute(select(UsageRecord))).scalar_one()
@@ -52,4 +64,25 @@ async def test_a_cost_reported_later_replaces_the_catalog_estimate(
     assert await balance(api, dev.id) == STARTER - 121_000
     [adjustment] = await entries(api, dev.id, "adjustment")
     assert adjustment.amount == -100_000 and adjustment.reference == usage.id
+    await verified(api)
+
+
+async def test_a_final_cost_equal_to_the_estimate_changes_no_balance(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    dev = await new_dev(api)
+    agent = await create_agent(dev)
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    openrouter.generation_delay = 0
+    openrouter.reply("ok", cost=None, prompt_tokens=1000, completion_tokens=100)
+    said = await dev.http.post(f"/api/v1/agents/{agent['id']}/messages", json={"text": "Hi"})
+    assert said.status_code == 200
+    rt = runtime()
+    sm = api.app.state.sessionmaker
+    assert await reconcile_costs(sm, rt.settings, rt.model_client, settle_delay=timedelta(0)) == 1
+    async with api.app.state.sessionmaker() as session:
+        usage = (await session.execute(select(UsageRecord))).scalar_one()
+    assert (usage.cost_source, usage.cost_nano_usd) == ("provider", 210_000)
+    assert await balance(api, dev.id) == STARTER - 21_000
+    assert await entries(api, dev.id, "adjustment") == []
     await verified(api)

@@ -10,11 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from lunogen.agent.models import Agent
 from lunogen.audit.models import AuditEvent
 from lunogen.billing.models import CreditPause
+from lunogen.config import Settings
 from lunogen.notification.models import Notification
 from tests.billing.stripe_support import (
     STARTER,
@@ -380,6 +383,53 @@ async def test_subscribing_and_cancelling_moves_the_plan_and_its_rate_limit(
             )
         ).scalars()
         assert [(d["from"], d["to"]) for d in changes] == [("free", "pro"), ("pro", "free")]
+
+
+@pytest.mark.parametrize("version", ["2024-06-20", "2025-03-31.basil", stripe.api_version])
+async def test_invoice_paid_moves_the_plan_in_the_endpoints_api_version(
+    api: Api, stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, version: str
+) -> None:
+    """Stripe renders events in the webhook endpoint's version: an endpoint made before basil
+    names the invoice's subscription at the top, a newer one under `parent`. Either moves the
+    plan; one in another version than configured is logged and still applied."""
+    stripe_fake.endpoint_api_version = version
+    person = await api.sign_up()
+    session_id = await _buy(person, {"plan": "pro"})
+    paid = event_of(stripe_fake.complete_session(session_id), "invoice.paid")
+    assert paid["api_version"] == version
+    with capture_logs() as logs:
+        answer = await deliver_ok(stripe_client, stripe_fake, paid)  # before any other event
+    assert answer["outcome"] == "plan: pro"
+    assert (await person.client.get("/api/v1/billing")).json()["plan"] == "pro"
+    warnings = [entry for entry in logs if entry["event"] == "stripe_event_api_version"]
+    if version == api.app.state.settings.stripe_webhook_api_version:
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert (warning["log_level"], warning["api_version"]) == ("warning", version)
+        assert warning["expected"] == stripe.api_version
+        assert warning["event_id"] == paid["id"]
+
+
+async def test_an_invoice_of_no_subscription_leaves_the_plan_in_any_version(
+    api: Api, stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe
+) -> None:
+    person = await api.sign_up()
+    session_id = await _buy(person, {"plan": "pro"})
+    paid = event_of(stripe_fake.complete_session(session_id), "invoice.paid")
+    for version in ("2024-06-20", stripe.api_version):
+        event = copy.deepcopy(paid)  # a one-off invoice: neither shape names a subscription
+        event.update(id=f"evt_1oneoff{version[:4]}", api_version=version)
+        event["data"]["object"].pop("parent")
+        event["data"]["object"]["subscription"] = None
+        answer = await deliver_ok(stripe_client, stripe_fake, event)
+        assert answer["outcome"] == "ignored: unknown account"
+    assert (await person.client.get("/api/v1/billing")).json()["plan"] == "free"
+
+
+def test_the_webhook_api_version_is_the_pinned_sdks() -> None:
+    """Create the endpoint in the version the SDK (and so this code) reads: docs/operations.md."""
+    assert Settings.model_fields["stripe_webhook_api_version"].default == stripe.api_version
 
 
 async def test_concurrent_deliveries_of_one_payment_apply_once(

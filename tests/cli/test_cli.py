@@ -6,11 +6,13 @@ import re
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
 from lunogen import __version__
 from lunogen.account.models import User
 from lunogen.audit.models import AuditEvent
+from lunogen.billing.models import CreditEntry
 from lunogen.kit.crypto import Key
 from lunogen.migrations import alembic_config
 from tests.cli.conftest import Cli
@@ -131,6 +133,40 @@ async def test_user_create_errors(api: Api, cli: Cli) -> None:
     async with api.app.state.sessionmaker() as session:
         emails = set((await session.execute(select(User.email))).scalars())
     assert emails == {"dup@example.com"}
+
+
+@pytest.mark.parametrize("email", ["ops@lunogen.test", "ops@localhost", "not-an-email", ""])
+async def test_user_create_refuses_addresses_sign_in_refuses(
+    api: Api, cli: Cli, email: str
+) -> None:
+    result = await cli("user", "create", email, "--password-stdin", input=PASSWORD)
+    assert result.exit_code == 1, result.output
+    assert "is not an email address sign-in accepts" in result.output
+    login = await api.new_client().post(
+        "/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+    )
+    assert login.status_code == 422  # the same rule the API applies
+    async with api.app.state.sessionmaker() as session:
+        assert list((await session.execute(select(User.email))).scalars()) == []
+
+
+async def test_user_create_grants_starter_credits_once_per_mailbox(api: Api, cli: Cli) -> None:
+    for email in ("grower@example.com", "Grower+2@example.com"):
+        result = await cli("user", "create", email, "--password-stdin", input=PASSWORD)
+        assert result.exit_code == 0, result.output
+    async with api.app.state.sessionmaker() as session:
+        grants = await session.execute(
+            select(User.email, func.count(CreditEntry.id))
+            .outerjoin(
+                CreditEntry, (CreditEntry.account_id == User.id) & (CreditEntry.kind == "grant")
+            )
+            .group_by(User.email)
+            .order_by(User.email)
+        )
+        assert [tuple(row) for row in grants] == [
+            ("grower+2@example.com", 0),
+            ("grower@example.com", 1),
+        ]
 
 
 async def test_apikey_create_prints_a_working_key(api: Api, cli: Cli) -> None:

@@ -5,6 +5,11 @@ endpoint (code flow with PKCE S256, state and nonce) and the token endpoint (cli
 or client_secret_post; single-use codes; RS256 ID tokens with `at_hash`). A test sets `identity`
 to choose who "signs in at Google", and the `Misbehaviour` knobs to make the provider lie.
 
+Like real Google, its discovery document names the issuer `https://accounts.google.com` (only
+the endpoints are on 127.0.0.1), ID tokens carry `iss` = that issuer and `azp` = the client id,
+and its signing keys rotate: `rotate()` publishes a new key and signs with it, `retire(kid)`
+drops an old one from the JWKS.
+
     with FakeGoogle.running(client_id=..., client_secret=..., redirect_uris=[...]) as google:
         google.identity = Identity(sub="1234", email="ada@example.com")
 """
@@ -34,6 +39,8 @@ from tests.fakes.server import loopback_socket, serve_in_thread
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 CODE_TTL_SECONDS = 600
+GOOGLE_ISSUER = "https://accounts.google.com"  # what accounts.google.com's discovery says
+FIRST_KID = "fake-google-1"
 
 
 @dataclass
@@ -52,8 +59,9 @@ class Misbehaviour:
     """Knobs that make the provider issue bad ID tokens or fail; all off by default."""
 
     audience: str | list[str] | None = None  # `aud` instead of the client id
-    azp: str | None = None  # add an `azp` claim
-    issuer: str | None = None  # `iss` instead of the base URL
+    azp: str | None = None  # `azp` instead of the client id
+    omit_azp: bool = False
+    issuer: str | None = None  # `iss` instead of https://accounts.google.com
     nonce: str | None = None  # `nonce` instead of the one the client sent
     lifetime_seconds: int = 3600  # negative: the ID token has already expired
     issued_at_offset: int = 0  # shift `iat` (and `exp` with it)
@@ -97,11 +105,14 @@ class FakeGoogle:
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[TokenRequest] = field(default_factory=list)
     issued_access_tokens: dict[str, Identity] = field(default_factory=dict)
+    issued_id_tokens: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    jwks_requests: int = 0
 
     def __post_init__(self) -> None:
-        self.key = RSAKey.generate_key(
-            2048, parameters={"kid": "fake-google-1", "use": "sig", "alg": "RS256"}
-        )
+        self.first_key = _signing_key(FIRST_KID)
+        self.keys: dict[str, RSAKey] = {FIRST_KID: self.first_key}  # every key ever made
+        self.published: list[str] = [FIRST_KID]  # the kids in the JWKS, in order
+        self.signing_kid = FIRST_KID
         self.rogue_key = RSAKey.generate_key(2048)
         self._lock = threading.Lock()
 
@@ -111,7 +122,26 @@ class FakeGoogle:
 
     @property
     def issuer(self) -> str:
-        return self.base_url
+        return GOOGLE_ISSUER
+
+    @property
+    def key(self) -> RSAKey:
+        """The key that signs ID tokens now (retired or not)."""
+        return self.keys[self.signing_kid]
+
+    def rotate(self) -> str:
+        """Publish a new key and sign with it from now on (the old one stays published)."""
+        with self._lock:
+            kid = f"fake-google-{len(self.keys) + 1}"
+            self.keys[kid] = _signing_key(kid)
+            self.published.append(kid)
+            self.signing_kid = kid
+        return kid
+
+    def retire(self, kid: str) -> None:
+        """Drop a key from the JWKS, as Google does once no valid token can carry it."""
+        with self._lock:
+            self.published.remove(kid)
 
     def reset(self) -> None:
         with self._lock:
@@ -121,6 +151,11 @@ class FakeGoogle:
             self.authorize_requests.clear()
             self.token_requests.clear()
             self.issued_access_tokens.clear()
+            self.issued_id_tokens.clear()
+            self.keys = {FIRST_KID: self.first_key}
+            self.published = [FIRST_KID]
+            self.signing_kid = FIRST_KID
+            self.jwks_requests = 0
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -170,7 +205,10 @@ class FakeGoogle:
         )
 
     async def _jwks(self, request: Request) -> Response:
-        return JSONResponse(KeySet([self.key]).as_dict(private=False))
+        with self._lock:
+            self.jwks_requests += 1
+            keys = [self.keys[kid] for kid in self.published]
+        return JSONResponse(KeySet(keys).as_dict(private=False))
 
     async def _authorize(self, request: Request) -> Response:
         params = dict(request.query_params)
@@ -279,16 +317,19 @@ class FakeGoogle:
             "at_hash": _half_hash(access_token),
             **_profile(pending.identity),
         }
-        if knobs.azp is not None:
-            claims["azp"] = knobs.azp
+        if not knobs.omit_azp:
+            claims["azp"] = knobs.azp if knobs.azp is not None else pending.client_id
         nonce = knobs.nonce or pending.nonce
         if nonce is not None:
             claims["nonce"] = nonce
         if knobs.unknown_key_kid is not None:
             header = {"alg": "RS256", "kid": knobs.unknown_key_kid, "typ": "JWT"}
-            return jwt.encode(header, claims, self.rogue_key)
-        header = {"alg": "RS256", "kid": str(self.key.kid), "typ": "JWT"}
-        return jwt.encode(header, claims, self.key)
+            key = self.rogue_key
+        else:
+            key = self.key
+            header = {"alg": "RS256", "kid": str(key.kid), "typ": "JWT"}
+        self.issued_id_tokens.append((header, claims))
+        return jwt.encode(header, claims, key)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -302,6 +343,10 @@ class FakeGoogle:
         fake.base_url = f"http://127.0.0.1:{port}"
         with serve_in_thread(fake.asgi_app(), sock, name="the fake Google provider"):
             yield fake
+
+
+def _signing_key(kid: str) -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
 
 
 def s256(verifier: str) -> str:

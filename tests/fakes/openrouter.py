@@ -6,6 +6,11 @@ when `stream_options.include_usage` or `usage.include` asks for it, `data: [DONE
 `models` fallback routing around `down_models`, `GET /api/v1/models` and
 `GET /api/v1/generation?id=`. Every request is recorded (headers and JSON body).
 
+Like the real service: an assistant message with tool calls and no text has `content: null`;
+`/generation` answers 404 until `generation_delay` seconds after the call; and the answering
+model can be named by a dated or provider slug (`answer_as = {"openai/gpt-4o-mini":
+"openai/gpt-4o-mini-2024-07-18"}`).
+
 Tests script what the next chat requests get, in order; with nothing queued, the fake echoes the
 last message back:
 
@@ -13,6 +18,7 @@ last message back:
     openrouter.call_tool("current_time", {"zone": "UTC"})
     openrouter.fail(429, retry_after="1")
     openrouter.stall(30)            # answer nothing for 30 s (past the client's timeout)
+    openrouter.release_stalls()     # ... or until now: stalled requests then get their echo
     openrouter.break_stream("Part")  # stream "Part", then an error object mid-stream
     openrouter.malformed()          # a 200 whose JSON body is cut short
 
@@ -46,6 +52,10 @@ from tests.fakes.server import loopback_socket, serve_in_thread
 API_KEY = "sk-or-v1-fake-0123456789abcdef"
 KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
 AUTO: Any = object()  # a usage figure computed from the request and the fake's catalog
+# A usage figure at its worst: the prompt as many tokens as its text has UTF-8 bytes (the most a
+# byte-level tokenizer can make), the reply the request's whole `max_tokens`.
+WORST: Any = object()
+GENERATION_DELAY = 2.0  # real OpenRouter knows a generation a few seconds after the call
 
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {
@@ -106,11 +116,12 @@ class Reply:
     echo: bool = False  # the text is the content of the last message received
     model: str | None = None  # the answering model; default: the first requested model up
     finish_reason: str | None = None  # default "tool_calls" with tool calls, else "stop"
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: Any = None  # int, None (a rough count) or WORST
+    completion_tokens: Any = None  # int, None (a rough count) or WORST
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost: Any = AUTO  # Decimal, None (no `cost` in usage) or AUTO (catalog prices)
+    final_cost: Decimal | None = None  # what `/generation` says; default: `cost`, else catalog
 
 
 @dataclass
@@ -178,6 +189,9 @@ class FakeOpenRouter:
     models: list[dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODELS))
     models_failure: int | None = None  # answer `GET /models` with this status
     generations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generation_delay: float = GENERATION_DELAY  # seconds before `/generation` knows a call
+    answer_as: dict[str, str] = field(default_factory=dict)  # model id → slug in `model`
+    _generation_ready: dict[str, float] = field(default_factory=dict)  # id → monotonic time
     _epoch: int = 0
 
     @property
@@ -195,6 +209,9 @@ class FakeOpenRouter:
         self.models = copy.deepcopy(DEFAULT_MODELS)
         self.models_failure = None
         self.generations.clear()
+        self.generation_delay = GENERATION_DELAY
+        self.answer_as.clear()
+        self._generation_ready.clear()
 
     # -- scripting -------------------------------------------------------------------------------
 
@@ -232,6 +249,10 @@ class FakeOpenRouter:
     def stall(self, seconds: float = 30, *, times: int = 1) -> None:
         for _ in range(times):
             self.queue.append(Stall(seconds))
+
+    def release_stalls(self) -> None:
+        """Let every stalled request go on now (the queue is kept)."""
+        self._epoch += 1
 
     def break_stream(self, text: str = "Partial", **kw: Any) -> None:
         self.queue.append(MidStreamError(text=text, **kw))
@@ -307,25 +328,31 @@ class FakeOpenRouter:
         if answering is None:
             return _error(502, "All requested models are down", {"provider_name": "Fake"})
         generation_id = "gen-" + secrets.token_hex(12)
+        slug = self.answer_as.get(answering, answering)
         if isinstance(step, MidStreamError):
             if streaming:
-                return _sse(self._broken_stream(step, generation_id, answering))
-            return JSONResponse(_broken_completion(step, generation_id, answering))
+                return _sse(self._broken_stream(step, generation_id, slug))
+            return JSONResponse(_broken_completion(step, generation_id, slug))
         reply = _materialize(step, body)
         usage = self._usage(reply, body, answering)
-        if "cost" in usage:
-            self.generations[generation_id] = {
-                "id": generation_id,
-                "model": answering,
-                "total_cost": usage["cost"],
-                "tokens_prompt": usage["prompt_tokens"],
-                "tokens_completion": usage["completion_tokens"],
-                "provider_name": "Fake",
-            }
+        final = reply.final_cost if reply.final_cost is not None else usage.get("cost")
+        if final is None:  # no cost in the answer: the catalog price, as it will be billed
+            final = float(
+                self._price(answering, usage["prompt_tokens"], usage["completion_tokens"])
+            )
+        self.generations[generation_id] = {
+            "id": generation_id,
+            "model": slug,
+            "total_cost": float(final),
+            "tokens_prompt": usage["prompt_tokens"],
+            "tokens_completion": usage["completion_tokens"],
+            "provider_name": "Fake",
+        }
+        self._generation_ready[generation_id] = time.monotonic() + self.generation_delay
         if streaming:
             include = _wants_stream_usage(body)
-            return _sse(self._stream(reply, generation_id, answering, usage if include else None))
-        return JSONResponse(_completion(reply, generation_id, answering, usage))
+            return _sse(self._stream(reply, generation_id, slug, usage if include else None))
+        return JSONResponse(_completion(reply, generation_id, slug, usage))
 
     async def _stall(self, seconds: float) -> None:
         epoch = self._epoch
@@ -343,10 +370,14 @@ class FakeOpenRouter:
 
     def _usage(self, reply: Reply, body: dict[str, Any], model: str) -> dict[str, Any]:
         prompt = reply.prompt_tokens
-        if prompt is None:
+        if prompt is WORST:
+            prompt = request_text_bytes(body)
+        elif prompt is None:
             prompt = sum(3 + len(str(m.get("content") or "").split()) for m in body["messages"])
         completion = reply.completion_tokens
-        if completion is None:
+        if completion is WORST:
+            completion = int(body.get("max_tokens") or 0)
+        elif completion is None:
             completion = max(1, len(reply.text.split())) + sum(
                 1 + len(c.arguments_json) // 4 for c in reply.tool_calls
             )
@@ -382,7 +413,8 @@ class FakeOpenRouter:
 
         for _ in range(self.keepalives):
             yield KEEPALIVE
-        yield chunk({"role": "assistant", "content": ""})
+        silent = bool(reply.tool_calls) and not reply.text  # OpenAI-style: null beside tool calls
+        yield chunk({"role": "assistant", "content": None if silent else ""})
         for position, piece in enumerate(re.findall(r"\S+\s*|\s+", reply.text)):
             yield chunk({"role": "assistant", "content": piece})
             if position == 0:
@@ -427,8 +459,9 @@ class FakeOpenRouter:
         recorded = await self._record(request)
         if not self._authorized(recorded):
             return _error(401, _DEFAULT_MESSAGES[401])
-        found = self.generations.get(recorded.query.get("id", ""))
-        if found is None:
+        generation_id = recorded.query.get("id", "")
+        found = self.generations.get(generation_id)
+        if found is None or time.monotonic() < self._generation_ready.get(generation_id, 0):
             return _error(404, "Generation not found")
         return JSONResponse({"data": found})
 
@@ -465,7 +498,23 @@ def _materialize(step: Reply, body: dict[str, Any]) -> Reply:
         cached_tokens=step.cached_tokens,
         reasoning_tokens=step.reasoning_tokens,
         cost=step.cost,
+        final_cost=step.final_cost,
     )
+
+
+def request_text_bytes(body: dict[str, Any]) -> int:
+    """UTF-8 bytes of every text a chat template renders from a request: message contents, tool
+    calls (names and arguments) and tool schemas."""
+    total = 0
+    for message in body.get("messages") or []:
+        total += len(str(message.get("content") or "").encode())
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            total += len(str(function.get("name", "")).encode())
+            total += len(str(function.get("arguments", "")).encode())
+    if body.get("tools"):
+        total += len(json.dumps(body["tools"], ensure_ascii=False).encode())
+    return total
 
 
 def _wants_stream_usage(body: dict[str, Any]) -> bool:
@@ -502,7 +551,7 @@ def _completion(
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": reply.text,
+        "content": None if reply.tool_calls and not reply.text else reply.text,
         "refusal": None,
         "reasoning": None,
     }

@@ -1,8 +1,15 @@
-"""A fake SMTP server on 127.0.0.1 (random port) that keeps every message it receives."""
+"""A fake SMTP server on 127.0.0.1 (random port) that keeps every message it accepts.
+
+Tests can script the next answers to DATA: `fail(code)` refuses a message with an SMTP error
+(4xx or 5xx), `hang()` holds the answer until the test releases it (then refuses it, as a
+server that timed out would), and with nothing scripted the message is accepted and kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,10 +39,39 @@ class Received:
 
 
 @dataclass
+class Hang:
+    """One held answer: `started` is set once a client waits on it; `release` lets it go on;
+    `ended` is set when the server stops waiting (released, or the client hung up)."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class _Collector:
     messages: list[Received] = field(default_factory=list)
+    script: deque[tuple[int, str] | Hang] = field(default_factory=deque)
+    hangs: list[Hang] = field(default_factory=list)
+    attempts: int = 0  # DATA commands answered or held, accepted or not
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.attempts += 1
+        step = self.script.popleft() if self.script else None
+        if isinstance(step, Hang):
+            step.started.set()
+            try:
+                while not step.released.is_set():
+                    await asyncio.sleep(0.01)
+            finally:
+                step.ended.set()
+            return "451 4.4.2 Timed out waiting for the mail store"
+        if step is not None:
+            code, text = step
+            return f"{code} {text}"
         content = envelope.original_content or envelope.content
         assert isinstance(content, bytes)
         self.messages.append(
@@ -70,6 +106,22 @@ class FakeSmtp:
     def messages(self) -> list[Received]:
         return self.collector.messages
 
+    @property
+    def attempts(self) -> int:
+        return self.collector.attempts
+
+    def fail(self, code: int, text: str = "", *, times: int = 1) -> None:
+        """Refuse the next `times` messages with `code` (e.g. 451: try later; 554: refused)."""
+        for _ in range(times):
+            self.collector.script.append((code, text or f"Scripted failure {code}"))
+
+    def hang(self) -> Hang:
+        """Hold the answer to the next message until `release()`; then refuse it (451)."""
+        held = Hang()
+        self.collector.script.append(held)
+        self.collector.hangs.append(held)
+        return held
+
 
 @contextmanager
 def fake_smtp() -> Iterator[FakeSmtp]:
@@ -79,4 +131,6 @@ def fake_smtp() -> Iterator[FakeSmtp]:
     try:
         yield FakeSmtp(port=controller.port, collector=collector)
     finally:
+        for held in collector.hangs:
+            held.release()
         controller.stop()

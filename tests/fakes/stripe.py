@@ -16,6 +16,12 @@ session's `payment_intent`/`subscription` are null until it completes; a charge 
 its items (`items.data[0].current_period_end`); an invoice names its subscription under
 `parent.subscription_details.subscription`.
 
+Webhook events, like Stripe's, are rendered in the webhook endpoint's API version
+(`endpoint_api_version`, by default the SDK's) and say so in `api_version`. Before
+`2025-03-31.basil` an invoice names its subscription at the top (`subscription`,
+`subscription_details.metadata`), its lines carry `subscription`/`price` instead of
+`parent`/`pricing`, and a subscription's period is also at its top.
+
 Tests play the customer and Stripe's back office with helpers that change the state and return
 the events Stripe would send, in a plausible order (Stripe does not guarantee one):
 
@@ -64,6 +70,7 @@ WEBHOOK_SECRET = "whsec_LunoGenFakeEndpointSecret0123456789abcdef"
 PRO_PRICE_ID = "price_1LunoGenFakeProMonthly"
 PRO_PRICE_CENTS = 1900
 API_VERSION: str = stripe_sdk.api_version
+BASIL = "2025-03-31"  # invoices moved their subscription under `parent` in this version
 SESSION_TTL_SECONDS = 24 * 3600
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -361,6 +368,7 @@ class FakeStripe:
     secret_key: str = SECRET_KEY
     webhook_secret: str = WEBHOOK_SECRET
     api_version: str = API_VERSION
+    endpoint_api_version: str = API_VERSION  # what webhook events are rendered in
     requests: list[RecordedRequest] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # every event made, in order
     failures: deque[ScriptedFailure] = field(default_factory=deque)
@@ -393,6 +401,7 @@ class FakeStripe:
             self.secret_key = SECRET_KEY
             self.webhook_secret = WEBHOOK_SECRET
             self.api_version = API_VERSION
+            self.endpoint_api_version = API_VERSION
             for store in (
                 self.requests,
                 self.events,
@@ -713,13 +722,14 @@ class FakeStripe:
     def _event(
         self, type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        version = self.endpoint_api_version
+        data: dict[str, Any] = {"object": _rendered(copy.deepcopy(obj), version)}
         if previous is not None:
             data["previous_attributes"] = copy.deepcopy(previous)
         event = {
             "id": _new_id("evt_1"),
             "object": "event",
-            "api_version": self.api_version,
+            "api_version": version,
             "created": int(time.time()),
             "data": data,
             "livemode": False,
@@ -1608,6 +1618,36 @@ class FakeStripe:
         fake.root_url = f"http://127.0.0.1:{port}"
         with serve_in_thread(fake.asgi_app(), sock, name="the fake Stripe"):
             yield fake
+
+
+def _rendered(obj: dict[str, Any], version: str) -> dict[str, Any]:
+    """`obj` (built in basil's shapes) as an event in API `version` carries it."""
+    if version[:10] >= BASIL:
+        return obj
+    if obj.get("object") == "invoice":
+        parent = obj.pop("parent", None) or {}
+        details = parent.get("subscription_details") or {}
+        obj["subscription"] = details.get("subscription")
+        obj["subscription_details"] = {"metadata": details.get("metadata") or {}}
+        for line in obj["lines"]["data"]:
+            item = ((line.pop("parent", None) or {}).get("subscription_item_details")) or {}
+            pricing = (line.pop("pricing", None) or {}).get("price_details") or {}
+            line.update(
+                type="subscription",
+                subscription=item.get("subscription"),
+                subscription_item=item.get("subscription_item"),
+                proration=bool(item.get("proration")),
+                price={
+                    "id": pricing.get("price"),
+                    "object": "price",
+                    "product": pricing.get("product"),
+                },
+            )
+    elif obj.get("object") == "subscription":
+        first = obj["items"]["data"][0]
+        obj["current_period_start"] = first["current_period_start"]
+        obj["current_period_end"] = first["current_period_end"]
+    return obj
 
 
 def _period_end(subscription: dict[str, Any]) -> int:

@@ -384,6 +384,46 @@ async def test_subscription_lifecycle(stripe_fake: FakeStripe, gateway: StripeGa
     assert deleted["data"]["object"]["status"] == "canceled"
 
 
+async def test_events_are_rendered_in_the_endpoints_api_version(
+    stripe_fake: FakeStripe, gateway: StripeGateway
+) -> None:
+    """Stripe renders webhook events in the endpoint's version: before basil, an invoice names
+    its subscription at the top, and a subscription carries its period at the top too."""
+    stripe_fake.endpoint_api_version = "2024-06-20"
+    session = await gateway.create_subscription_session(
+        account_id="acc_8",
+        price_id=stripe_fake.pro_price_id,
+        success_url=SUCCESS,
+        cancel_url=CANCEL,
+        idempotency_key="pro-old",
+        customer_email="ada@example.com",
+    )
+    events = stripe_fake.complete_session(session.id)
+    assert {event["api_version"] for event in events} == {"2024-06-20"}
+    paid = event_of(events, "invoice.paid")["data"]["object"]
+    subscription_id = event_of(events, "checkout.session.completed")["data"]["object"][
+        "subscription"
+    ]
+    assert "parent" not in paid
+    assert paid["subscription"] == subscription_id
+    assert paid["subscription_details"]["metadata"]["account_id"] == "acc_8"
+    [line] = paid["lines"]["data"]
+    assert (line["type"], line["subscription"]) == ("subscription", subscription_id)
+    assert line["price"]["id"] == stripe_fake.pro_price_id and "pricing" not in line
+    created = event_of(events, "customer.subscription.created")["data"]["object"]
+    assert created["current_period_end"] == created["items"]["data"][0]["current_period_end"]
+    # The fake's own state stays in the current shape; only what is sent is rendered.
+    assert stripe_fake.invoices[paid["id"]]["parent"]["subscription_details"]["subscription"] == (
+        subscription_id
+    )
+    stripe_fake.endpoint_api_version = stripe.api_version
+    renewal = event_of(stripe_fake.pay_invoice(subscription_id), "invoice.paid")
+    assert renewal["api_version"] == stripe.api_version
+    assert renewal["data"]["object"]["parent"]["subscription_details"]["subscription"] == (
+        subscription_id
+    )
+
+
 # -- webhook signatures ---------------------------------------------------------------------------
 
 

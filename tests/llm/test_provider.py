@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from decimal import Decimal
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -174,6 +177,39 @@ async def test_tool_call_round_trip(openrouter: FakeOpenRouter, model_client: Mo
     assert second.assistant_message() == {"role": "assistant", "content": "It is sunny in Paris."}
 
 
+async def test_tool_calls_beside_null_content_are_read(
+    openrouter: FakeOpenRouter, model_client: ModelClient
+) -> None:
+    """OpenAI-compatible servers send `content: null` beside tool calls, as the fake does."""
+    openrouter.call_tool("get_weather", {"city": "Oslo"})
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{openrouter.base_url}/chat/completions",
+            json={"model": "openai/gpt-4o-mini", "messages": HELLO},
+            headers={"Authorization": f"Bearer {openrouter.api_key}"},
+        )
+    raw = answer.json()
+    assert raw["choices"][0]["message"]["content"] is None
+    openrouter.call_tool("get_weather", {"city": "Oslo"})
+    result = await model_client.complete(
+        model="openai/gpt-4o-mini", messages=HELLO, tools=[WEATHER_TOOL], max_tokens=50
+    )
+    assert (result.text, [c.name for c in result.tool_calls]) == ("", ["get_weather"])
+    assert result.assistant_message()["content"] is None
+
+
+async def test_a_dated_model_slug_is_passed_on_as_the_answering_model(
+    openrouter: FakeOpenRouter, model_client: ModelClient
+) -> None:
+    openrouter.answer_as["openai/gpt-4o-mini"] = "openai/gpt-4o-mini-2024-07-18"
+    openrouter.reply("Hi")
+    result = await model_client.complete(model="openai/gpt-4o-mini", messages=HELLO, max_tokens=9)
+    assert (result.requested_model, result.model) == (
+        "openai/gpt-4o-mini",
+        "openai/gpt-4o-mini-2024-07-18",
+    )
+
+
 async def test_echo_replies_with_the_last_message(
     openrouter: FakeOpenRouter, model_client: ModelClient
 ) -> None:
@@ -308,13 +344,17 @@ async def test_an_error_inside_a_200_completion_is_a_failed_call(
 async def test_generation_cost_lookup(
     openrouter: FakeOpenRouter, model_client: ModelClient
 ) -> None:
+    openrouter.generation_delay = 0.2  # OpenRouter answers 404 for a while after the call
     openrouter.reply("Hi", cost=Decimal("0.0042"))
     result = await model_client.complete(model="openai/gpt-4o-mini", messages=HELLO, max_tokens=9)
     assert result.generation_id is not None
 
-    generation = await model_client.generation_cost(result.generation_id)
+    assert await model_client.generation_cost(result.generation_id) is None  # not known yet
+    deadline = time.monotonic() + 10
+    while (generation := await model_client.generation_cost(result.generation_id)) is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
 
-    assert generation is not None
     assert generation.total_cost == Decimal("0.0042")
     assert generation.model == "openai/gpt-4o-mini"
     assert openrouter.requests[-1].query == {"id": result.generation_id}

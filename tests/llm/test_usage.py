@@ -7,7 +7,14 @@ from decimal import Decimal
 import pytest
 
 from lunogen.llm.catalog import CatalogEntry, bundled_models
-from lunogen.llm.usage import Usage, compute_cost, effective_cost, parse_cost
+from lunogen.llm.usage import (
+    Usage,
+    chain_model,
+    compute_cost,
+    dearest_for,
+    effective_cost,
+    parse_cost,
+)
 
 
 def _priced(prompt: str, completion: str) -> CatalogEntry:
@@ -93,3 +100,34 @@ def test_usage_from_a_sparse_payload() -> None:
 )
 def test_parse_cost(raw: object, expected: Decimal | None) -> None:
     assert parse_cost(raw) == expected
+
+
+CHAIN = ["openai/gpt-4o", "openai/gpt-4o-mini", "anthropic/claude-sonnet-4"]
+
+
+@pytest.mark.parametrize(
+    ("answered", "expected"),
+    [
+        ("openai/gpt-4o-mini", "openai/gpt-4o-mini"),
+        ("openai/gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini"),  # a dated version
+        ("openai/gpt-4o-2024-08-06", "openai/gpt-4o"),
+        ("openai/gpt-4o:extended", "openai/gpt-4o"),  # a variant
+        ("gpt-4o-mini", "openai/gpt-4o-mini"),  # servers other than OpenRouter: no vendor
+        ("gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini"),
+        ("anthropic/claude-4-sonnet-20250522", None),  # a canonical slug: not recognisable
+        ("openai/gpt-4", None),
+        ("openai/gpt-4o-minimal", None),
+    ],
+)
+def test_an_answering_model_name_maps_to_the_chain_model_it_is_a_version_of(
+    answered: str, expected: str | None
+) -> None:
+    assert chain_model(answered, CHAIN) == expected
+
+
+def test_the_dearest_model_for_a_usage_depends_on_its_mix() -> None:
+    prompt_heavy, reply_heavy = _priced("0.00001", "0.000001"), _priced("0.000001", "0.00001")
+    models = [prompt_heavy, reply_heavy]
+    assert dearest_for(Usage(prompt_tokens=1000, completion_tokens=10), models) is prompt_heavy
+    assert dearest_for(Usage(prompt_tokens=10, completion_tokens=1000), models) is reply_heavy
+    assert dearest_for(Usage(prompt_tokens=1), []) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,13 +11,19 @@ import pytest
 from lunogen.sandbox.backends import backend_class
 from tests.agent.support import Dev
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.sandbox.support import mounts_under, release_workspaces, unavailable
 
 
 @pytest.fixture
-def bwrap_available() -> None:
+def bwrap_available(tmp_path: Path) -> Iterator[None]:
+    """Skips (or fails, when CI requires bwrap) where bwrap cannot run; after the test, the
+    workspaces its agents mounted (their quota images) are destroyed."""
     reason = backend_class("bwrap").unavailable_reason()
     if reason is not None:
-        pytest.skip(f"bwrap unavailable: {reason}")
+        unavailable("bwrap", reason)
+    yield
+    release_workspaces(tmp_path)
+    assert mounts_under(tmp_path) == []
 
 
 async def say(dev: Dev, agent_id: str, text: str) -> dict[str, Any]:

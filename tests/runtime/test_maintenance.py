@@ -55,14 +55,14 @@ async def test_the_catalog_refreshes_on_its_timer(api: Api, openrouter: FakeOpen
         maintenance_forever(api.app.state.sessionmaker, settings, tick_seconds=0.05)
     )
     try:
-        for _ in range(200):
-            if any(r.path.endswith("/models") for r in openrouter.requests):
+        for _ in range(400):  # until the refreshed price is stored, not a fixed wait
+            async with api.app.state.sessionmaker() as session:
+                model = await session.get(CatalogModel, model_id)
+            if model is not None and model.prompt_price == "0.00000099":
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    async with api.app.state.sessionmaker() as session:
-        model = await session.get(CatalogModel, model_id)
+    assert any(r.path.endswith("/models") for r in openrouter.requests)
     assert model is not None and model.prompt_price == "0.00000099"

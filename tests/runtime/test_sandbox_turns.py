@@ -11,12 +11,14 @@ import pytest
 
 from lunogen.account.plans import PLAN_LIMITS
 from lunogen.config import Settings
+from lunogen.sandbox import diskimage
 from lunogen.worker import enqueue
 from lunogen.worker.broker import wait_idle
 from tests.agent.support import Dev, create_agent, new_dev, raw_rows
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.helpers import Api
 from tests.runtime.sandbox_support import say, tool_results
+from tests.sandbox.support import KERNEL_QUOTA, mounts_under, unavailable
 
 pytestmark = pytest.mark.usefixtures("bwrap_available")
 
@@ -164,3 +166,28 @@ async def test_deleting_an_agent_destroys_its_workspace(
     await enqueue.drain()
     await wait_idle()
     assert not _workspace(settings, agent_id).exists()
+    assert mounts_under(settings.workspaces_dir) == []  # its quota image went with it
+    assert not list(settings.workspaces_dir.glob(f".images/{agent_id}*"))
+
+
+async def test_code_that_fills_the_workspace_is_stopped_at_the_quota(
+    api: Api, openrouter: FakeOpenRouter, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if (reason := diskimage.unavailable_reason()) is not None:
+        unavailable(KERNEL_QUOTA, reason)  # the watcher cannot bound parallel writers
+    free = PLAN_LIMITS["free"]
+    small = replace(free, sandbox=replace(free.sandbox, workspace_mb=8, max_files=500))
+    monkeypatch.setitem(PLAN_LIMITS, "free", small)
+    dev, agent_id = await _running_agent(api, plan="free")
+    writers = "for i in $(seq 1 12); do head -c 4000000 /dev/zero > f$i & done; wait; echo done"
+    openrouter.call_tool("run_code", {"language": "bash", "code": writers})
+    openrouter.call_tool("write_file", {"path": "more.txt", "content": "x" * 900_000})
+    openrouter.reply("Full.")
+    await say(dev, agent_id, "Fill the disk")
+
+    ran, wrote = tool_results(openrouter)
+    assert "stopped: the workspace went past its quota of 8 MB" in ran, ran
+    assert wrote.startswith("Error: workspace quota exceeded"), wrote
+    held = _workspace(settings, agent_id)
+    on_disk = sum(path.stat().st_blocks * 512 for path in held.iterdir())
+    assert on_disk <= 9 * 1024 * 1024  # the quota, plus at most 1 MB

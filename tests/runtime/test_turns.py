@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -106,8 +107,14 @@ async def test_a_multi_step_tool_conversation(api: Api, openrouter: FakeOpenRout
     response = await _say(dev, agent["id"], "What time is it in Paris?")
     assert response.json()["reply"]["text"] == "It is morning in Paris."
 
-    first, _second, third = openrouter.chat_requests
+    first, second, third = openrouter.chat_requests
     assert [t["function"]["name"] for t in first.body["tools"]] == ["current_time"]
+    # The fake answers tool calls with `content: null`, as OpenAI-compatible servers do; it goes
+    # back to the model as it came.
+    [asked] = [m for m in second.messages if m["role"] == "assistant"]
+    assert asked["content"] is None and asked["tool_calls"][0]["function"]["name"] == (
+        "current_time"
+    )
     tool_results = [m for m in third.messages if m["role"] == "tool"]
     assert len(tool_results) == 2
     assert "Europe/Paris" in tool_results[0]["content"]
@@ -171,20 +178,33 @@ async def test_a_model_failure_charges_nothing_and_answers_502(
     assert usage.outcome == "error" and usage.cost_nano_usd is None
 
 
+async def _first_attempt_over(api: Api, message_id: str) -> Message:
+    """The message once its first attempt failed (it stays pending for a later retry)."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with api.app.state.sessionmaker() as session:
+            message = await session.get(Message, message_id)
+            assert message is not None
+            if message.attempts:
+                return message
+        assert time.monotonic() < deadline, "the first attempt never ended"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_retryable_failure_leaves_the_message_pending(
-    api: Api, openrouter: FakeOpenRouter
+    api: Api, openrouter: FakeOpenRouter, fast_sdk_retries: None
 ) -> None:
     dev, agent = await _running_agent(api)
     openrouter.fail(503, times=10)
-    response = await _say(dev, agent["id"], "Hello", wait_seconds=5)
+    response = await _say(dev, agent["id"], "Hello", wait_seconds=0)
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "pending" and body["reply"] is None
-    async with api.app.state.sessionmaker() as session:
-        message = await session.get(Message, body["message"]["id"])
-        assert message is not None
-        assert message.attempts == 1 and message.next_attempt_at is not None
-        assert "503" in (message.last_error or "")
+    message = await _first_attempt_over(api, body["message"]["id"])
+    assert message.status == "pending"
+    assert message.attempts == 1 and message.next_attempt_at is not None
+    assert "503" in (message.last_error or "")
+    assert len(openrouter.chat_requests) == 3  # the SDK's two retries, then a later attempt
 
 
 async def test_messages_of_a_thread_are_answered_in_arrival_order(
@@ -254,19 +274,62 @@ async def test_message_content_is_encrypted_at_rest(api: Api, openrouter: FakeOp
 
 
 async def test_a_failed_attempt_undoes_what_its_tools_wrote(
-    api: Api, openrouter: FakeOpenRouter
+    api: Api, openrouter: FakeOpenRouter, fast_sdk_retries: None
 ) -> None:
     from lunogen.runtime.models import MemoryNote
 
     dev, agent = await _running_agent(api, tools=["remember"])
     openrouter.call_tool("remember", {"note": "Likes green tea"})
     openrouter.fail(503, times=10)
-    response = await _say(dev, agent["id"], "Remember I like green tea", wait_seconds=3)
+    response = await _say(dev, agent["id"], "Remember I like green tea", wait_seconds=0)
     assert response.status_code == 202
+    message = await _first_attempt_over(api, response.json()["message"]["id"])
     async with api.app.state.sessionmaker() as session:
         notes = (await session.execute(select(func.count()).select_from(MemoryNote))).scalar()
-        message = await session.get(Message, response.json()["message"]["id"])
         usage = list((await session.execute(select(UsageRecord))).scalars())
     assert notes == 0  # the retry will remember it again, once
-    assert message is not None and message.status == "pending" and message.attempts == 1
+    assert message.status == "pending" and message.attempts == 1
     assert sorted(u.outcome for u in usage) == ["error", "ok"]
+
+
+async def test_a_dated_model_slug_is_metered_under_the_agents_model(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """Providers may answer as a dated version of the model asked for: usage is grouped and, when
+    no cost is reported, priced under the agent's model; the log keeps the exact version."""
+    dev, agent = await _running_agent(api)
+    openrouter.answer_as["openai/gpt-4o-mini"] = "openai/gpt-4o-mini-2024-07-18"
+    openrouter.reply("Hi", cost=None, prompt_tokens=1000, completion_tokens=100)
+    assert (await _say(dev, agent["id"], "Hello")).status_code == 200
+    [usage] = await _usage(api)
+    assert (usage.requested_model, usage.answered_model) == (
+        "openai/gpt-4o-mini",
+        "openai/gpt-4o-mini",
+    )
+    assert (usage.cost_source, usage.cost_nano_usd) == ("catalog", 210_000)  # Mini's prices
+    by_model = (await dev.http.get("/api/v1/usage", params={"group_by": "model"})).json()
+    assert [g["key"] for g in by_model["groups"]] == ["openai/gpt-4o-mini"]
+    logs = (await dev.http.get(f"/api/v1/agents/{agent['id']}/logs")).json()["data"]
+    [call] = [e for e in logs if e["event"] == "model.call"]
+    assert call["details"]["model"] == "openai/gpt-4o-mini-2024-07-18"
+
+
+async def test_an_unknown_answering_model_is_kept_and_priced_at_the_dearest_of_the_chain(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    from lunogen.agent.models import Agent
+
+    dev, agent = await _running_agent(api)
+    async with api.app.state.sessionmaker() as session:
+        row = await session.get(Agent, agent["id"])
+        assert row is not None
+        row.fallback_models = ["anthropic/claude-sonnet-4"]
+        await session.commit()
+    slug = "anthropic/claude-4-sonnet-20250522"  # a canonical slug: no chain name is its prefix
+    openrouter.answer_as["openai/gpt-4o-mini"] = slug
+    openrouter.reply("Hi", cost=None, prompt_tokens=1000, completion_tokens=100)
+    assert (await _say(dev, agent["id"], "Hello")).status_code == 200
+    [usage] = await _usage(api)
+    assert usage.answered_model == slug
+    # 1000 x US$3/M + 100 x US$15/M: Sonnet's prices, never less than the hold assumed.
+    assert (usage.cost_source, usage.cost_nano_usd) == ("catalog", 4_500_000)

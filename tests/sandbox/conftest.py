@@ -1,5 +1,7 @@
 """Sandbox fixtures: a LunoEdge per backend, laid out as in production (data dir, database
-file, workspaces dir inside it). A backend that cannot run here is skipped with its reason."""
+file, workspaces dir inside it). A backend that cannot run here is skipped with its reason, or
+fails when LUNOGEN_TEST_REQUIRE_SANDBOXES names it (`tests/sandbox/support.py`). Every test's
+workspaces are destroyed after it, and no mount may outlive the session."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from lunogen.sandbox import LunoEdge, RunResult, SandboxLimits
+from lunogen.sandbox import LunoEdge, RunResult, SandboxLimits, diskimage
 from lunogen.sandbox.backends import backend_class
-from lunogen.sandbox.edge import backend_unavailable_reason
+from lunogen.sandbox.edge import QuotaChoice, backend_unavailable_reason
+from tests.sandbox.support import KERNEL_QUOTA, mounts_under, release_workspaces, unavailable
 
 # The backends the escape suite runs against (the `process` backend isolates nothing).
 ISOLATING_BACKENDS = ("bwrap", "gvisor")
@@ -28,6 +31,7 @@ LIMITS = SandboxLimits(
     workspace_mb=16,
     wall_seconds=15,
     output_bytes=16_000,
+    max_files=2_000,
 )
 DB_SENTINEL = b"SQLite format 3\x00 lunogen-db-sentinel-7f3a"
 KEY_SENTINEL = "lunogen-secret-key-sentinel-91c2"
@@ -50,10 +54,13 @@ class Sandbox:
         }
 
 
-def make_sandbox(name: str, tmp_path: Path) -> Sandbox:
+def make_sandbox(name: str, tmp_path: Path, *, quota: QuotaChoice = "auto") -> Sandbox:
+    """`quota`: "kernel" needs (or, when required, fails without) the loop-mounted image."""
     reason = backend_unavailable_reason(name)
     if reason is not None:
-        pytest.skip(f"{name} unavailable: {reason}")
+        unavailable(name, reason)
+    if quota == "kernel" and (why := diskimage.unavailable_reason()) is not None:
+        unavailable(KERNEL_QUOTA, why)
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
     database = data_dir / "lunogen.db"
@@ -61,10 +68,20 @@ def make_sandbox(name: str, tmp_path: Path) -> Sandbox:
     secret_key = data_dir / "secret.key"
     secret_key.write_text(KEY_SENTINEL)
     secret_key.chmod(0o600)
-    edge = LunoEdge(workspaces_dir=data_dir / "workspaces", backend=backend_class(name)())
+    edge = LunoEdge(
+        workspaces_dir=data_dir / "workspaces", backend=backend_class(name)(), quota=quota
+    )
     return Sandbox(
         name=name, edge=edge, data_dir=data_dir, database=database, secret_key=secret_key
     )
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left_behind(tmp_path: Path) -> Iterator[None]:
+    """Workspaces a test mounted are destroyed after it (images unmounted and deleted)."""
+    yield
+    release_workspaces(tmp_path)
+    assert mounts_under(tmp_path) == []
 
 
 @pytest.fixture(params=ISOLATING_BACKENDS)

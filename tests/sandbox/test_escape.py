@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lunogen.sandbox import WorkspaceError, WorkspacePathError
+from lunogen.sandbox import RunResult, WorkspaceError, WorkspacePathError
 from tests.sandbox.conftest import DB_SENTINEL, KEY_SENTINEL, LIMITS, Sandbox, running_with_marker
+from tests.sandbox.support import mounts_under
 
 A = "agent-a"
 B = "agent-b"
@@ -63,14 +64,33 @@ async def test_cannot_read_etc_shadow(sandbox: Sandbox) -> None:
     assert b"gshadow" not in listing.stdout
 
 
+END = "END-OF-SCAN"
+
+
+def _assert_scanned(result: RunResult) -> None:
+    """The scan ran to its end: not cut short by a limit, so what it did not print, it did not
+    find."""
+    assert result.limit_hit is None, result
+    assert result.exit_code == 0, result
+    assert result.stdout.endswith(f"{END}\n".encode()), result
+
+
 async def test_cannot_read_data_dir_or_database(sandbox: Sandbox) -> None:
     before = sandbox.host_snapshot()
+    db, key, data = sandbox.database, sandbox.secret_key, sandbox.data_dir
+    workspaces = sandbox.edge.workspaces_dir
     script = (
-        f"cat {sandbox.database}; cat {sandbox.secret_key}; ls -la {sandbox.data_dir}; "
+        f"cat {db}; cat {key}; ls -la {data}; "
         "cat /workspace/../lunogen.db; cat /workspace/../../lunogen.db; "
-        "cat /workspace/../secret.key; find / -name lunogen.db 2>/dev/null; true"
+        "cat /workspace/../secret.key; "
+        # Every process's root: one that were the host's would show the host paths.
+        f'for r in /proc/[0-9]*/root; do cat "$r{db}" "$r{key}"; ls "$r{data}"; done; '
+        "find /workspace/.. -maxdepth 3 -name lunogen.db; "
+        f"find /run /tmp {workspaces} {data} -name lunogen.db; "
+        f"echo {END}"
     )
-    result = await sandbox.edge.run(A, ["/bin/sh", "-c", script], limits=LIMITS)
+    result = await sandbox.edge.run(A, ["/bin/sh", "-c", f"({script}) 2>/dev/null"], limits=LIMITS)
+    _assert_scanned(result)
     assert b"lunogen-db-sentinel" not in result.stdout
     assert KEY_SENTINEL.encode() not in result.stdout
     assert b"lunogen.db" not in result.stdout
@@ -81,11 +101,19 @@ async def test_cannot_read_another_agents_workspace(sandbox: Sandbox) -> None:
     secret = f"b-private-{uuid.uuid4().hex}"
     await sandbox.edge.write_file(B, "notes/secret.txt", secret.encode(), limits=LIMITS)
     b_root = sandbox.edge.workspaces_dir / B
+    # The pattern is given in two halves, so the script's own text never matches it.
+    half = len(secret) // 2
+    pattern = f'"{secret[:half]}""{secret[half:]}"'
     script = (
         f"cat {b_root}/notes/secret.txt; cat /workspace/../{B}/notes/secret.txt; "
-        f"ls /workspace/..; grep -r {secret} / 2>/dev/null | head -1; true"
+        f'for r in /proc/[0-9]*/root; do cat "$r{b_root}/notes/secret.txt"; done; '
+        f"ls /workspace/..; grep -rs {pattern} /workspace/.. --exclude-dir=proc "
+        "--exclude-dir=usr --exclude-dir=sys --exclude-dir=dev | head -1; "
+        f"grep -rs {pattern} /run /tmp {sandbox.edge.workspaces_dir} {sandbox.data_dir} | head -1; "
+        f"echo {END}"
     )
-    result = await sandbox.edge.run(A, ["/bin/sh", "-c", script], limits=LIMITS)
+    result = await sandbox.edge.run(A, ["/bin/sh", "-c", f"({script}) 2>/dev/null"], limits=LIMITS)
+    _assert_scanned(result)
     assert secret.encode() not in result.stdout
     assert B.encode() not in result.stdout
     assert await sandbox.edge.read_file(B, "notes/secret.txt", max_bytes=1000) == secret.encode()
@@ -179,17 +207,19 @@ async def test_disk_quota_is_enforced(sandbox: Sandbox) -> None:
     assert b"wrote everything" not in result.stdout
     used = sandbox.edge.workspace_usage(A)
     assert used < 200 * 1024 * 1024
-    # Over quota: the platform refuses further writes, and one big file cannot pass it either.
-    if used >= quota:
-        with pytest.raises(WorkspaceError, match="quota"):
-            await sandbox.edge.write_file(A, "more.txt", b"x", limits=LIMITS)
+    # At the quota: the platform refuses a write past it, and one big file cannot pass it either
+    # (its size limit is what is left of the quota). A kernel-enforced workspace may keep a
+    # little room that small writes can still use.
+    assert used >= quota - 2 * 1024 * 1024, used
+    with pytest.raises(WorkspaceError, match="quota"):
+        await sandbox.edge.write_file(A, "more.txt", b"x" * (quota - used + 1), limits=LIMITS)
     big = await sandbox.edge.run(
         A,
         py("open('big.bin', 'wb').write(b'x' * (64 * 1024 * 1024)); print('big written')"),
         limits=LIMITS,
     )
     assert b"big written" not in big.stdout
-    assert big.limit_hit in {"disk_quota", "file_size", "memory"}
+    assert big.limit_hit == "disk_quota", big
 
 
 async def test_single_file_size_limit(sandbox: Sandbox) -> None:
@@ -197,7 +227,8 @@ async def test_single_file_size_limit(sandbox: Sandbox) -> None:
     result = await sandbox.edge.run(A, py(code), limits=LIMITS)
     assert b"done" not in result.stdout
     assert result.limit_hit == "file_size", result
-    assert sandbox.edge.workspace_usage(A) <= LIMITS.file_size_mb * 1024 * 1024
+    big = sandbox.edge.workspaces_dir / A / "big.bin"
+    assert big.stat().st_size <= LIMITS.file_size_mb * 1024 * 1024
 
 
 async def test_wall_time_kills_the_run_on_time(sandbox: Sandbox) -> None:
@@ -345,11 +376,15 @@ async def test_ptrace_is_denied(sandbox: Sandbox) -> None:
     status = result.stdout.split()
     if sandbox.name in PTRACE_REFUSED:
         assert status[1] == b"-1" and status[2] == b"1", result.stdout  # EPERM
-    # The platform (pid of this test) is never visible to trace.
+    # The platform (this test's process) is never visible to trace: whatever its pid names in
+    # the sandbox's /proc, it is not this process.
+    with open("/proc/self/cmdline", "rb") as handle:
+        own_cmdline = handle.read()
     peek = await sandbox.edge.run(
-        A, ["/bin/sh", "-c", f"ls /proc/{os.getpid()}/ 2>&1"], limits=LIMITS
+        A, ["/bin/sh", "-c", f"cat /proc/{os.getpid()}/cmdline; echo; echo {END}"], limits=LIMITS
     )
-    assert b"cmdline" not in peek.stdout or os.getpid() < 10
+    assert peek.stdout.endswith(f"{END}\n".encode()), peek
+    assert own_cmdline not in peek.stdout
 
 
 async def test_output_is_capped(sandbox: Sandbox) -> None:
@@ -390,5 +425,7 @@ async def test_destroy_removes_the_workspace(sandbox: Sandbox) -> None:
     assert (sandbox.edge.workspaces_dir / A).exists()
     await sandbox.edge.destroy(A)
     assert not (sandbox.edge.workspaces_dir / A).exists()
+    assert mounts_under(sandbox.edge.workspaces_dir) == []
+    assert list((sandbox.edge.workspaces_dir / ".images").glob(f"{A}*")) == []
     await sandbox.edge.destroy(A)  # idempotent
     assert sandbox.database.read_bytes() == DB_SENTINEL

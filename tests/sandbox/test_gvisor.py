@@ -1,5 +1,6 @@
 """The gVisor backend on its own: the run contract, its limits, and its cleanup (no container
-state, cgroup or bundle left). Skipped, with the reason, where runsc cannot run."""
+state, cgroup or bundle left). Skipped, with the reason, where runsc cannot run (failed instead
+when LUNOGEN_TEST_REQUIRE_SANDBOXES names gvisor)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ import pytest
 from lunogen.sandbox.base import RunResult, SandboxLimits
 from lunogen.sandbox.gvisor import GVisorBackend
 from lunogen.sandbox.limits import CGROUP_PARENT, CGROUP_ROOT
+from tests.sandbox.support import unavailable
 
 REASON = GVisorBackend.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"gvisor unavailable: {REASON}")
+
+
+@pytest.fixture(autouse=True)
+def gvisor_runs_here() -> None:
+    if REASON is not None:
+        unavailable("gvisor", REASON)
+
 
 LIMITS = SandboxLimits(
     cpu_seconds=10,
@@ -35,6 +43,8 @@ LIMITS = SandboxLimits(
 
 @pytest.fixture(scope="module")
 def backend() -> GVisorBackend:
+    if REASON is not None:
+        unavailable("gvisor", REASON)
     return GVisorBackend()
 
 
@@ -273,10 +283,11 @@ async def test_cancelled_run_is_cleaned_up(backend: GVisorBackend, workspace: Pa
     task = asyncio.ensure_future(
         backend.run(workspace, ["sleep", "30"], limits=LIMITS, run_id=run_id)
     )
-    for _ in range(100):  # until the container exists
-        await asyncio.sleep(0.05)
-        if backend.state_files(f"lunogen-{run_id}"):
-            break
+    deadline = time.monotonic() + 20
+    while not backend.state_files(f"lunogen-{run_id}"):  # until the container exists
+        assert time.monotonic() < deadline, "the container never started"
+        assert not task.done(), task
+        await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

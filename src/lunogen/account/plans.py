@@ -36,6 +36,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
             file_size_mb=50,
             workspace_mb=100,
             wall_seconds=30,
+            max_files=10_000,
         ),
     ),
     "pro": PlanLimits(
@@ -52,6 +53,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
             file_size_mb=500,
             workspace_mb=2048,
             wall_seconds=120,
+            max_files=100_000,
         ),
     ),
 }
@@ -59,3 +61,13 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
 
 def limits_for(plan: str) -> PlanLimits:
     return PLAN_LIMITS.get(plan, PLAN_LIMITS["free"])
+
+
+def at_limit_advice(limits: PlanLimits, remedy: str) -> str:
+    """What to tell someone at a limit of `limits`: `remedy` (e.g. "revoke one"), then how to get
+    more: the next plan up, or, on the highest plan, us."""
+    names = [name for name in PLANS if PLAN_LIMITS[name] == limits]
+    higher = PLANS[PLANS.index(names[0]) + 1 :] if names else ()
+    if higher:
+        return f"{remedy} or upgrade to {PLAN_LIMITS[higher[0]].label}"
+    return f"{remedy}, or contact us to raise the limit"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from sqlalchemy import select
+from pydantic import EmailStr, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import Consent, EmailToken, User
@@ -30,6 +33,9 @@ from lunogen.privacy.policy import AGE_ATTESTATION_VERSION, PRIVACY_VERSION, TER
 
 VERIFY_EMAIL = "verify_email"
 RESET_PASSWORD = "reset_password"
+
+
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 
 
 class InvalidCredentialsError(LunogenError):
@@ -132,6 +138,16 @@ def record_consent(session: AsyncSession, *, user: User, client: ClientInfo) -> 
     user.privacy_version = PRIVACY_VERSION
 
 
+def check_registration(data: RegisterIn) -> str:
+    """Refuse a registration that can never succeed (consent, password); return its address."""
+    _check_consent(data)
+    email = normalize_email(data.email)
+    problem = password_problem(data.password, email=email, name=data.name)
+    if problem:
+        raise ValidationFailedError(f"Password {problem}", field="password")
+    return email
+
+
 async def register(
     session: AsyncSession,
     *,
@@ -139,15 +155,31 @@ async def register(
     client: ClientInfo,
     settings: Settings,
     keyring: KeyRing,
-) -> User:
-    _check_consent(data)
-    email = normalize_email(data.email)
-    problem = password_problem(data.password, email=email, name=data.name)
-    if problem:
-        raise ValidationFailedError(f"Password {problem}", field="password")
-    if await find_by_email(session, email) is not None:
-        raise ConflictError("An account with this email already exists; sign in instead")
-    user = User(email=email, name=data.name, password_hash=hash_password(data.password))
+    may_email_owner: Callable[[], Awaitable[bool]],
+) -> User | None:
+    """Create the account and email its verification link; None if the address is taken.
+
+    For a taken address nothing is created and the owner is emailed instead (if
+    `may_email_owner()` allows it), so the caller can answer exactly as for a new address.
+    """
+    email = check_registration(data)
+    # Hash before looking the address up, so both paths spend the same argon2 time.
+    password_hash = hash_password(data.password)
+    existing = await _any_user_with_email(session, email)
+    if existing is not None:
+        audit.record(
+            session,
+            action="account.registration_for_existing_address",
+            actor_user_id=None,
+            subject_user_id=existing.id,
+            client=client,
+            target_type="user",
+            target_id=existing.id,
+        )
+        if existing.deleted_at is None and await may_email_owner():
+            _send_already_registered(session, user=existing, settings=settings, keyring=keyring)
+        return None
+    user = User(email=email, name=data.name, password_hash=password_hash)
     session.add(user)
     await session.flush()
     record_consent(session, user=user, client=client)
@@ -163,12 +195,48 @@ async def register(
     return user
 
 
+async def _any_user_with_email(session: AsyncSession, email: str) -> User | None:
+    """The account holding `email`, closed ones included (an address is never reused)."""
+    query = select(User).where(User.email == normalize_email(email))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _send_already_registered(
+    session: AsyncSession, *, user: User, settings: Settings, keyring: KeyRing
+) -> None:
+    queue_email(
+        session,
+        keyring,
+        to=user.email,
+        subject="Someone tried to register with your LunoGen address",
+        body=(
+            f"Hello {user.name},\n\nSomeone (perhaps you) tried to create a new LunoGen account "
+            f"with this email address, which already has one. No new account was made.\n\n"
+            f"To use your account, sign in at {settings.public_url}/login, or if you forgot "
+            f"your password, reset it at {settings.public_url}/forgot.\n\n"
+            "If it was not you, you can ignore this email: nothing about your account changed.\n"
+        ),
+    )
+
+
+def valid_email(email: str) -> str:
+    """`email` as registration and sign-in accept it (the API's own check), normalised."""
+    try:
+        checked = _EMAIL.validate_python(email)
+    except PydanticValidationError as exc:
+        reason = exc.errors()[0].get("ctx", {}).get("reason") or "not a valid email address"
+        raise ValidationFailedError(
+            f"{email!r} is not an email address sign-in accepts: {reason}", field="email"
+        ) from None
+    return normalize_email(checked)
+
+
 async def create_user_admin(
     session: AsyncSession, *, email: str, name: str, password: str | None, role: str
 ) -> User:
     """The CLI's `user create`: active at once; attestation and consent at first sign-in."""
-    email = normalize_email(email)
-    if await find_by_email(session, email) is not None:
+    email = valid_email(email)
+    if await _any_user_with_email(session, email) is not None:
         raise ConflictError(f"An account with email {email} already exists")
     if password is not None:
         problem = password_problem(password, email=email, name=name)
@@ -193,6 +261,19 @@ async def create_user_admin(
         details={"role": role},
     )
     return user
+
+
+async def _retire_tokens(session: AsyncSession, *, user_id: str, purpose: str) -> None:
+    """Use up every outstanding `purpose` link of the user, so none of them works any more."""
+    await session.execute(
+        update(EmailToken)
+        .where(
+            EmailToken.user_id == user_id,
+            EmailToken.purpose == purpose,
+            EmailToken.used_at.is_(None),
+        )
+        .values(used_at=utcnow())
+    )
 
 
 async def _issue_token(
@@ -327,6 +408,7 @@ async def request_password_reset(
     user = await find_by_email(session, email)
     if user is None:
         return
+    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)  # only the newest works
     token = await _issue_token(
         session,
         user=user,
@@ -359,6 +441,7 @@ async def reset_password(
     user.password_hash = hash_password(password)
     # The reset proves control of the mailbox.
     user.email_verified_at = user.email_verified_at or utcnow()
+    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
     await revoke_all_sessions(session, user_id=user.id)
     audit.record(session, action="account.password_reset", actor_user_id=user.id, client=client)
     return user
@@ -381,6 +464,7 @@ async def change_password(
     if problem:
         raise ValidationFailedError(f"Password {problem}", field="new_password")
     user.password_hash = hash_password(new_password)
+    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
     await revoke_all_sessions(session, user_id=user.id, except_id=keep_session_id)
     audit.record(session, action="account.password_changed", actor_user_id=user.id, client=client)
 

@@ -20,6 +20,8 @@ from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
 from lunogen.agent.provision import provision
 from lunogen.agent.service import get_agent
+from lunogen.billing import ledger, metering
+from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.crypto import KeyRing
@@ -32,9 +34,9 @@ from lunogen.tool.registry import registry
 
 ALLOWED_FROM: dict[str, frozenset[str]] = {
     "deploy": frozenset({"draft", "stopped", "error"}),
-    "start": frozenset({"stopped"}),
+    "start": frozenset({"stopped", "paused"}),
     "stop": frozenset({"deploying", "running", "paused", "error"}),
-    "restart": frozenset({"running", "error"}),
+    "restart": frozenset({"running", "error", "paused"}),
 }
 ATTENTION = {
     "error": "stopped working",
@@ -48,6 +50,24 @@ class DeployFailedError(LunogenError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(None, error=f"Deploy failed: {reason}")
+
+
+class OutOfCreditsError(LunogenError):
+    """An agent paused for lack of credits cannot run again until they pay for one call."""
+
+    status_code = 402
+    error = "Insufficient credits"
+
+    def __init__(self, *, required: int, available: int) -> None:
+        super().__init__(
+            f"The agent is paused for lack of credits: one call of its model needs "
+            f"{micro_to_credits_str(required)} credits and "
+            f"{micro_to_credits_str(max(available, 0))} are available. Top up to run it again.",
+            extra={
+                "required_credits": micro_to_credits_str(required),
+                "available_credits": micro_to_credits_str(available),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,9 @@ async def deploy(
     caller commits that before answering 502.
     """
     agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action=action)
+    paused_for_credits = await ledger.is_paused_for_credits(session, agent.id)
+    if agent.status == "paused" or paused_for_credits:
+        await _require_credits(session, agent=agent, settings=effects.settings)
     if action == "restart":
         log_event(session, agent_id=agent.id, event="restart", message="Restart requested")
     await set_status(session, agent=agent, status="deploying", effects=effects)
@@ -153,14 +176,29 @@ async def deploy(
     if problem is not None:
         await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
         return agent, problem
+    if paused_for_credits:
+        await ledger.forget_pause(session, agent.id)
     await set_status(session, agent=agent, status="running", effects=effects)
     return agent, None
+
+
+async def _require_credits(session: AsyncSession, *, agent: Agent, settings: Settings) -> None:
+    """An agent paused for credits (or stopped while paused) runs again by hand only when the
+    settled balance pays for its cheapest call, as a top-up would resume it; else 402. The
+    account is read, not locked: the agent's row is locked already, and ledger writers lock the
+    account before agents."""
+    account = await ledger.get_account(session, agent.owner_id)
+    required = await metering.agent_cheapest_call(session, settings, agent)
+    balance = account.balance if account is not None else 0
+    if balance < required:
+        available = ledger.available(account) if account is not None else 0
+        raise OutOfCreditsError(required=required, available=available)
 
 
 async def start(
     session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects
 ) -> tuple[Agent, str | None]:
-    """Start a stopped agent; its configuration is checked again, as at deploy."""
+    """Start a stopped or paused agent; its configuration is checked again, as at deploy."""
     return await deploy(
         session, owner_id=owner_id, agent_id=agent_id, effects=effects, action="start"
     )

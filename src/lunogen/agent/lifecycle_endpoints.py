@@ -19,10 +19,15 @@ from lunogen.agent.schemas import Agent as AgentOut
 from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsExecute, AgentsRead, LogsRead
 from lunogen.db import DbSession
+from lunogen.kit.time import UtcDateTimeIn
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
 _LIFECYCLE_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: {
+        "description": "The agent is paused for lack of credits and the balance cannot pay "
+        "for one call of its model; `required_credits` and `available_credits` say by how much"
+    },
     404: {"description": "No agent with this id is visible to you"},
     409: {"description": "The agent's current state forbids this action"},
     502: {"description": "Deploy failed; the reason is in `error` and in the agent's log"},
@@ -57,7 +62,7 @@ async def deploy_agent(
 async def start_agent(
     agent_id: str, request: Request, principal: AgentsExecute, db: DbSession
 ) -> AgentOut:
-    """Run a `stopped` agent again (its configuration is checked as at deploy)."""
+    """Run a `stopped` or `paused` agent again (its configuration is checked as at deploy)."""
     return await _run_deploy(request, principal, db, agent_id, "start")
 
 
@@ -65,7 +70,7 @@ async def start_agent(
 async def restart_agent(
     agent_id: str, request: Request, principal: AgentsExecute, db: DbSession
 ) -> AgentOut:
-    """Stop and deploy again a `running` agent, or retry one in `error`."""
+    """Stop and deploy again a `running` agent, retry one in `error`, or resume a `paused` one."""
     return await _run_deploy(request, principal, db, agent_id, "restart")
 
 
@@ -128,7 +133,7 @@ async def list_agent_logs(
     db: DbSession,
     level: Annotated[logs.Level | None, Query(description="Minimum level")] = None,
     since: Annotated[
-        datetime | None, Query(description="Only events at or after this time")
+        UtcDateTimeIn | None, Query(description="Only events at or after this time")
     ] = None,
     cursor: Annotated[int, Query(ge=0, le=2**62, description="`next_cursor` of the last page")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

@@ -15,17 +15,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from lunogen.agent.models import AgentLogEvent
+from lunogen.worker import after_commit
 
 log = structlog.get_logger(__name__)
 
 Level = Literal["debug", "info", "warning", "error"]
 LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error")
-_PENDING = "lunogen_log_wakeups"
+_WAKEUPS = "log_wakeups"
 
 
 def log_event(
@@ -42,7 +42,7 @@ def log_event(
         agent_id=agent_id, event=event, message=message[:4000], level=level, details=details or {}
     )
     session.add(row)
-    session.sync_session.info.setdefault(_PENDING, set()).add(agent_id)
+    after_commit.defer(session, _WAKEUPS, agent_id)
     log.info("agent_log", agent_id=agent_id, event_name=event, level=level, message=message[:500])
     return row
 
@@ -130,13 +130,13 @@ class LogBus:
 class RedisLogBus(LogBus):
     CHANNEL = "lunogen:agent-log"
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *, poll_seconds: float = 0.5) -> None:
         super().__init__()
         from redis.asyncio import Redis
 
         self._redis = Redis.from_url(redis_url)
+        self._poll_seconds = poll_seconds
         self._listener: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def publish(self, agent_id: str) -> None:
         try:
@@ -149,12 +149,12 @@ class RedisLogBus(LogBus):
         self._listener = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
-        while not self._stopping:
+        while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.CHANNEL)
-                    while not self._stopping:
-                        message = await pubsub.get_message(timeout=0.5)
+                    while True:
+                        message = await pubsub.get_message(timeout=self._poll_seconds)
                         if message and message.get("type") == "message":
                             self.wake_local(message["data"].decode())
             except Exception as exc:
@@ -162,12 +162,11 @@ class RedisLogBus(LogBus):
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._listener is not None:
-            try:
-                await asyncio.wait_for(self._listener, timeout=2)
-            except TimeoutError:
-                log.warning("log_bus_listener_did_not_stop")
+        """Cancel the listener where it waits (no poll is waited out), then disconnect."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener])  # its CancelledError stays in the task
         await self._redis.aclose()
 
 
@@ -184,18 +183,18 @@ def bus() -> LogBus:
     return _bus
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    agent_ids = session.info.pop(_PENDING, None)
-    if not agent_ids:
-        return
+def _publish_all(agent_ids: list[str]) -> None:
     loop = asyncio.get_running_loop()
-    for agent_id in agent_ids:
+    for agent_id in dict.fromkeys(agent_ids):
         task = loop.create_task(_bus.publish(agent_id))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+after_commit.register(_WAKEUPS, _publish_all)
+
+
+async def drain() -> None:
+    """Wait for the wake-ups started by recent commits (tests and shutdown)."""
+    while _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)

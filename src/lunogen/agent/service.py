@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
 from lunogen.account.models import User
-from lunogen.account.plans import PlanLimits, limits_for
+from lunogen.account.plans import PlanLimits, at_limit_advice, limits_for
 from lunogen.agent import schemas, workspace
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
@@ -157,7 +157,7 @@ def _check_channel_quota(limits: PlanLimits, count: int) -> None:
     if count > limits.channels_per_agent:
         raise ForbiddenError(
             f"Your {limits.label} plan allows {limits.channels_per_agent} channels per agent; "
-            "remove one or upgrade to Pro"
+            + at_limit_advice(limits, "remove one")
         )
 
 
@@ -179,7 +179,8 @@ async def create_agent(
     if int((await session.execute(count_query)).scalar_one()) >= limits.agents:
         noun = "agent" if limits.agents == 1 else "agents"
         raise ForbiddenError(
-            f"Your {limits.label} plan allows {limits.agents} {noun}; delete one or upgrade to Pro"
+            f"Your {limits.label} plan allows {limits.agents} {noun}; "
+            + at_limit_advice(limits, "delete one")
         )
     _check_channel_quota(limits, len(data.channels))
     problems = await _reference_problems(

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
-from lunogen.account.plans import limits_for
+from lunogen.account.plans import at_limit_advice, limits_for
 from lunogen.audit import service as audit
 from lunogen.auth.models import ApiKey
 from lunogen.auth.scopes import Scope
@@ -56,7 +56,7 @@ async def create_key(
         noun = "key" if limits.api_keys == 1 else "keys"
         raise ForbiddenError(
             f"Your {limits.label} plan allows {limits.api_keys} active API {noun}; "
-            "revoke one or upgrade to Pro"
+            + at_limit_advice(limits, "revoke one")
         )
     plaintext = generate_key()
     unique_scopes = sorted({s.value for s in scopes}) or [Scope.FULL.value]

@@ -2,7 +2,8 @@
 
 A request is authenticated either by `Authorization: Bearer lg_live_…` (a developer key, rate
 limited per key by its owner's plan) or by the `lg_session` cookie (acting with `full`, with a
-CSRF token required on every state change).
+CSRF token required on every state change; all of a user's sessions share one budget of the
+plan's requests per minute).
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ def _unauthorized() -> UnauthorizedError:
     return UnauthorizedError(UNAUTHORIZED_MESSAGE)
 
 
+async def _count_request(request: Request, bucket: str, user: User, whose: str) -> None:
+    """Spend one of the plan's requests per minute from `bucket`, or raise 429."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    status = await limiter.hit(bucket, limits_for(user.plan).requests_per_minute)
+    request.state.rate_limit = status
+    if not status.allowed:
+        raise TooManyRequestsError(
+            f"Rate limit of {status.limit} requests per minute exceeded {whose}; "
+            f"retry in {status.retry_after} s",
+            headers=status.headers(),
+            extra={"retry_after": status.retry_after},
+        )
+
+
 async def _from_key(request: Request, db: DbSession, token: str, client: ClientInfo) -> Principal:
     found = await apikeys.find_active_key_and_user(db, token)
     if found is None:
@@ -67,16 +82,7 @@ async def _from_key(request: Request, db: DbSession, token: str, client: ClientI
     key, user = found
     if user.deleted_at is not None:
         raise _unauthorized()
-    limiter: RateLimiter = request.app.state.rate_limiter
-    status = await limiter.hit(f"key:{key.id}", limits_for(user.plan).requests_per_minute)
-    request.state.rate_limit = status
-    if not status.allowed:
-        raise TooManyRequestsError(
-            f"Rate limit of {status.limit} requests per minute exceeded for this API key; "
-            f"retry in {status.retry_after} s",
-            headers=status.headers(),
-            extra={"retry_after": status.retry_after},
-        )
+    await _count_request(request, f"key:{key.id}", user, "for this API key")
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_EVERY:
         key.last_used_at = now
@@ -92,6 +98,8 @@ async def _from_cookie(
     user = await db.get(User, row.user_id)
     if user is None or user.deleted_at is not None:
         raise _unauthorized()
+    # One budget for all of a user's browser sessions, apart from their keys' budgets.
+    await _count_request(request, f"sessions:{user.id}", user, "for your browser sessions")
     if request.method not in SAFE_METHODS:
         presented = request.headers.get(CSRF_HEADER)
         if presented is None and request.headers.get("content-type", "").startswith(
@@ -152,6 +160,9 @@ def _require_admin(
 AnyUser = Annotated[Principal, Depends(Authenticator(None))]
 SetupUser = Annotated[Principal, Depends(Authenticator(None, allow_incomplete_setup=True))]
 FullAccess = Annotated[Principal, Depends(Authenticator(Scope.FULL))]
+SetupFullAccess = Annotated[
+    Principal, Depends(Authenticator(Scope.FULL, allow_incomplete_setup=True))
+]
 AgentsRead = Annotated[Principal, Depends(Authenticator(Scope.AGENTS_READ))]
 AgentsWrite = Annotated[Principal, Depends(Authenticator(Scope.AGENTS_WRITE))]
 AgentsExecute = Annotated[Principal, Depends(Authenticator(Scope.AGENTS_EXECUTE))]

@@ -25,8 +25,8 @@ from lunogen.account.schemas import (
     UserOut,
 )
 from lunogen.audit import service as audit
-from lunogen.auth.dependencies import SetupUser
-from lunogen.auth.ratelimit import RateLimiter
+from lunogen.auth.dependencies import SetupFullAccess, SetupUser
+from lunogen.auth.ratelimit import Backoff, RateLimiter
 from lunogen.auth.sessions import (
     CSRF_COOKIE,
     clear_session_cookies,
@@ -48,7 +48,7 @@ from lunogen.errors import (
     validation_details,
 )
 from lunogen.kit.forms import body_doc, is_form, parse_body
-from lunogen.kit.web import ClientInfo
+from lunogen.kit.web import ClientInfo, is_json_media_type
 from lunogen.privacy.policy import PRIVACY_VERSION, TERMS_VERSION
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -83,8 +83,7 @@ async def _form_or_json(
 
 
 def _is_json(request: Request) -> bool:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
+    return is_json_media_type(request.headers.get("content-type", ""))
 
 
 async def _check_anonymous_csrf(request: Request) -> None:
@@ -122,35 +121,67 @@ def _policy_context(request: Request) -> dict[str, Any]:
     }
 
 
+def _registration_sent(email: str) -> str:
+    """The answer to every accepted registration, whether or not the address had an account."""
+    return (
+        f"We sent an email to {email}. Open the link in it to continue; if it does not arrive, "
+        "check your spam folder."
+    )
+
+
+async def _registration_throttle(request: Request) -> None:
+    """Registrations per client IP (every accepted attempt counts, new address or not)."""
+    settings = _settings(request)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    ip = ClientInfo.from_request(request).ip or "unknown"
+    status = await limiter.hit_window(
+        f"register-ip:{ip}", settings.registrations_per_ip_per_hour, 3600
+    )
+    if not status.allowed:
+        raise TooManyRequestsError(
+            f"Too many sign-ups from your network; try again in {status.retry_after} s",
+            headers={"Retry-After": str(status.retry_after)},
+            extra={"retry_after": status.retry_after},
+        )
+
+
 @router.post(
     "/register",
     status_code=201,
-    response_model=UserOut,
-    responses=error_responses(409),
+    response_model=MessageOut,
+    responses=error_responses(429),
     openapi_extra=body_doc(RegisterIn),
 )
 async def register(request: Request, db: DbSession) -> Response:
-    """Create an account. A verification link is emailed; sign-in works once it is opened."""
+    """Create an account; a verification link is emailed, and sign-in works once it is opened.
+
+    The answer is the same whether or not the address already has an account (its owner is
+    emailed instead), so it reveals nothing about which addresses are registered.
+    """
 
     async def action() -> Response:
         await _check_anonymous_csrf(request)
         data = await parse_body(request, RegisterIn)
-        user = await accounts.register(
+        email = accounts.check_registration(data)
+        await _registration_throttle(request)
+        await accounts.register(
             db,
             data=data,
             client=ClientInfo.from_request(request),
             settings=_settings(request),
             keyring=request.app.state.keyring,
+            may_email_owner=lambda: _within_email_budget(request, email),
         )
+        message = _registration_sent(email)
         if is_form(request):
             return render(
                 request,
                 "message.html",
                 status_code=201,
                 title="Check your inbox",
-                message=f"We sent a verification link to {user.email}.",
+                message=message,
             )
-        return JSONResponse(accounts.user_out(user).model_dump(mode="json"), status_code=201)
+        return JSONResponse({"message": message}, status_code=201)
 
     return await _form_or_json(request, db, "register.html", action, **_policy_context(request))
 
@@ -212,24 +243,32 @@ async def _within_email_budget(request: Request, email: str) -> bool:
     return await limiter.allow(key, EMAILS_PER_ADDRESS_PER_HOUR, 3600)
 
 
-async def _sign_in_throttle(request: Request, email: str) -> tuple[list[str], Settings]:
+LOGIN_IP_FACTOR = 10  # one IP gets ten times an address's failures, across addresses
+
+
+def _sign_in_budgets(request: Request, email: str) -> list[tuple[str, Backoff]]:
+    """The failure budgets a password sign-in spends: per (address, client IP), and per IP.
+
+    Nothing is counted per address alone, so failures from elsewhere never lock the owner out.
+    """
     settings = _settings(request)
-    limiter: RateLimiter = request.app.state.rate_limiter
-    client = ClientInfo.from_request(request)
-    keys = [f"login-email:{accounts.normalize_email(email)}"]
-    if client.ip:
-        keys.append(f"login-ip:{client.ip}")
-    for key in keys:
-        # An address gets `login_failures_per_window` tries; one IP gets ten times as many.
-        limit = settings.login_failures_per_window * (10 if key.startswith("login-ip") else 1)
-        wait = await limiter.failures_exceeded(key, limit, settings.login_failure_window_seconds)
-        if wait is not None:
-            raise TooManyRequestsError(
-                f"Too many failed sign-ins; try again in {wait} s",
-                headers={"Retry-After": str(wait)},
-                extra={"retry_after": wait},
-            )
-    return keys, settings
+    backoff = Backoff(settings.login_failures_per_window, settings.login_failure_window_seconds)
+    ip = ClientInfo.from_request(request).ip or "unknown"
+    return [
+        (f"login:{ip}:{accounts.normalize_email(email)}", backoff),
+        (f"login-ip:{ip}", backoff.scaled(LOGIN_IP_FACTOR)),
+    ]
+
+
+async def _sign_in_throttle(limiter: RateLimiter, budgets: list[tuple[str, Backoff]]) -> None:
+    waits = [await limiter.failure_wait(key, backoff) for key, backoff in budgets]
+    wait = max((w for w in waits if w is not None), default=None)
+    if wait is not None:
+        raise TooManyRequestsError(
+            f"Too many failed sign-ins; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+            extra={"retry_after": wait},
+        )
 
 
 @router.post(
@@ -244,21 +283,24 @@ async def sign_in(request: Request, db: DbSession) -> Response:
     async def action() -> Response:
         await _check_anonymous_csrf(request)
         data = await parse_body(request, LoginIn)
-        keys, settings = await _sign_in_throttle(request, data.email)
         limiter: RateLimiter = request.app.state.rate_limiter
+        budgets = _sign_in_budgets(request, data.email)
+        await _sign_in_throttle(limiter, budgets)
+        settings = _settings(request)
         client = ClientInfo.from_request(request)
         try:
             user = await accounts.authenticate_password(
                 db, email=data.email, password=data.password, client=client
             )
         except accounts.InvalidCredentialsError:
-            for key in keys:
-                limit = settings.login_failures_per_window * (
-                    10 if key.startswith("login-ip") else 1
-                )
-                await limiter.record_failure(key, limit, settings.login_failure_window_seconds)
+            for key, backoff in budgets:
+                await limiter.record_failure(key, backoff)
             await db.commit()  # keep the audit row of the failure
             raise
+        # The right password clears this address's count from this IP (never the IP's own:
+        # signing in to one's own account must not reset a sprayer's budget).
+        pair_key, pair_backoff = budgets[0]
+        await limiter.clear_failures(pair_key, pair_backoff)
         row, token = await create_session(db, user=user, client=client, settings=settings)
         if is_form(request):
             target = "/account" if accounts.setup_problem(user) is None else "/onboarding"
@@ -290,8 +332,13 @@ async def sign_out(request: Request, principal: SetupUser, db: DbSession) -> Res
 
 
 @router.post("/logout-all", response_model=MessageOut)
-async def sign_out_everywhere(request: Request, principal: SetupUser, db: DbSession) -> Response:
-    """Revoke every browser session of this account, this one included."""
+async def sign_out_everywhere(
+    request: Request, principal: SetupFullAccess, db: DbSession
+) -> Response:
+    """Revoke every browser session of this account, this one included.
+
+    Needs a browser session or a `full` key: a narrow key must not sign its owner out.
+    """
     count = await revoke_all_sessions(db, user_id=principal.user.id)
     audit.record(
         db,

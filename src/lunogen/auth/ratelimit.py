@@ -44,6 +44,30 @@ class RateLimitStatus:
         return headers
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Failure budgets that widen step by step: `limit` per `window_seconds`, then twice as many
+    per four times as long, and so on for `steps` steps.
+
+    Every failure counts in every step, so a first burst waits at most one window, and an attacker
+    who keeps going waits longer and longer (5 per 15 min, 10 per hour, 20 per 4 h, 40 per 16 h
+    with the defaults), while the long-run rate stays bounded by the widest step.
+    """
+
+    limit: int
+    window_seconds: int
+    steps: int = 4
+
+    def items(self) -> list[RateLimitItem]:
+        return [
+            RateLimitItemPerSecond(self.limit * 2**step, self.window_seconds * 4**step)
+            for step in range(self.steps)
+        ]
+
+    def scaled(self, factor: int) -> Backoff:
+        return Backoff(self.limit * factor, self.window_seconds, self.steps)
+
+
 def create_storage(redis_url: str | None) -> Storage:
     if redis_url:
         scheme, sep, rest = redis_url.partition("://")
@@ -72,23 +96,30 @@ class RateLimiter:
             reset_time=stats.reset_time,
         )
 
-    async def failures_exceeded(self, key: str, limit: int, window_seconds: int) -> int | None:
-        """Seconds to wait if `key` has used up its failures in the window, else None."""
-        item = RateLimitItemPerSecond(limit, window_seconds)
-        if await self.strategy.test(item, key):
-            return None
-        stats = await self.strategy.get_window_stats(item, key)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+    async def hit_window(self, key: str, limit: int, window_seconds: int) -> RateLimitStatus:
+        """Count one use of `limit` per moving window of `window_seconds`, unless it is full."""
+        return await self._hit(RateLimitItemPerSecond(limit, window_seconds), key)
 
-    async def record_failure(self, key: str, limit: int, window_seconds: int) -> None:
-        await self.strategy.hit(RateLimitItemPerSecond(limit, window_seconds), key)
+    async def failure_wait(self, key: str, backoff: Backoff) -> int | None:
+        """Seconds to wait if `key` has used up a step of `backoff`, else None."""
+        waits = []
+        for item in backoff.items():
+            if not await self.strategy.test(item, key):
+                stats = await self.strategy.get_window_stats(item, key)
+                waits.append(max(1, math.ceil(stats.reset_time - time.time())))
+        return max(waits, default=None)
+
+    async def record_failure(self, key: str, backoff: Backoff) -> None:
+        for item in backoff.items():
+            await self.strategy.hit(item, key)
+
+    async def clear_failures(self, key: str, backoff: Backoff) -> None:
+        for item in backoff.items():
+            await self.strategy.clear(item, key)
 
     async def allow(self, key: str, limit: int, window_seconds: int) -> bool:
         """Spend one of `limit` uses per moving window of `window_seconds`; False when none left."""
         return await self.strategy.hit(RateLimitItemPerSecond(limit, window_seconds), key)
-
-    async def clear(self, key: str, limit: int, window_seconds: int) -> None:
-        await self.strategy.clear(RateLimitItemPerSecond(limit, window_seconds), key)
 
     async def check_ready(self) -> bool:
         return await self.storage.check()

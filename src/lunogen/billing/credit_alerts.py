@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from lunogen.account.models import User
 from lunogen.agent.lifecycle import Effects, set_status
 from lunogen.agent.models import Agent
-from lunogen.billing import ledger
+from lunogen.billing import ledger, metering
 from lunogen.billing.models import CreditAccount
 from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
@@ -17,6 +17,7 @@ from lunogen.kit.time import utcnow
 from lunogen.notification.service import notify
 
 OUT_OF_CREDITS = "out of credits: top up to resume"
+PAUSE_STATES = frozenset({"paused", "stopped"})  # stopped: by hand, while paused for credits
 
 
 async def low_credits(
@@ -39,27 +40,31 @@ async def low_credits(
     )
 
 
-async def pause_for_credits(
-    session: AsyncSession, effects: Effects, *, owner_id: str, required: int
-) -> list[str]:
-    """Pause the owner's running agents (each logged and notified once); returns their ids.
+async def pause_for_credits(session: AsyncSession, effects: Effects, *, owner_id: str) -> list[str]:
+    """Pause the owner's running agents whose cheapest call the settled balance cannot pay for
+    (each logged and notified once); returns their ids.
 
-    Nothing is paused when the account can cover `required` by now (a top-up won the race).
+    The settled balance, not the available credits: credits held by calls in flight come back
+    when those calls end, so a burst of messages on a small balance refuses some of them (402)
+    without pausing anything. The account is locked first, as every ledger writer does.
     """
+    await ledger.lock_account(session, owner_id)
     running = (
         await session.execute(
             select(Agent)
             .where(Agent.owner_id == owner_id, Agent.status == "running")
             .where(Agent.deleted_at.is_(None))
+            .order_by(Agent.id)
             .with_for_update()
         )
     ).scalars()
     paused: list[str] = []
-    for agent in running:
+    for agent in list(running):
+        required = await metering.agent_cheapest_call(session, effects.settings, agent)
         if not await ledger.pause_agent(
             session, account_id=owner_id, agent_id=agent.id, required=required
         ):
-            break
+            continue
         await set_status(
             session, agent=agent, status="paused", effects=effects, reason=OUT_OF_CREDITS
         )
@@ -70,15 +75,25 @@ async def pause_for_credits(
 async def resume_after_top_up(
     session: AsyncSession, effects: Effects, *, owner_id: str
 ) -> list[str]:
-    """Run again exactly the agents that were paused for credits, if the balance is above zero."""
-    account = await ledger.get_account(session, owner_id)
-    if account is None or ledger.available(account) <= 0:
+    """Run again the agents paused for credits whose cheapest call the balance now pays for.
+
+    An agent stopped by hand while paused stays stopped (its pause is forgotten once the
+    credits cover it, so `start` no longer asks for them); one that left the pause any other
+    way (deleted, suspended) is forgotten.
+    """
+    account = await ledger.lock_account(session, owner_id)
+    if account is None:
         return []
     resumed: list[str] = []
-    for agent_id in await ledger.take_paused_agents(session, owner_id):
+    for agent_id in await ledger.paused_agents(session, owner_id):
         agent = await session.get(Agent, agent_id, with_for_update=True)
-        if agent is None or agent.deleted_at is not None or agent.status != "paused":
+        if agent is None or agent.deleted_at is not None or agent.status not in PAUSE_STATES:
+            await ledger.forget_pause(session, agent_id)
             continue
-        await set_status(session, agent=agent, status="running", effects=effects)
-        resumed.append(agent.id)
+        if account.balance < await metering.agent_cheapest_call(session, effects.settings, agent):
+            continue
+        await ledger.forget_pause(session, agent_id)
+        if agent.status == "paused":
+            await set_status(session, agent=agent, status="running", effects=effects)
+            resumed.append(agent.id)
     return resumed

@@ -7,7 +7,6 @@ changing settings and adjusting credits need `full` (or a browser session).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -31,12 +30,14 @@ from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, error_responses
+from lunogen.kit.time import UtcDateTimeIn
 
 billing_router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
 admin_credits_router = APIRouter(prefix="/api/v1/admin/accounts", tags=["admin"])
 stripe_webhook_router = APIRouter(tags=["webhooks"])
 
-MAX_WEBHOOK_BYTES = 512 * 1024
+MAX_WEBHOOK_BYTES = 512 * 1024  # the Stripe route's cap in BodyLimitMiddleware (app.py)
+MAX_ENTRY_ID = 2**63 - 1  # ledger ids are 64-bit integers
 CSV_TYPE = "text/csv"
 Kind = Literal["grant", "topup", "usage", "hold", "release", "refund", "adjustment", "plan"]
 assert set(Kind.__args__) == {k.value for k in EntryKind}  # type: ignore[attr-defined]
@@ -79,12 +80,16 @@ async def list_transactions(
     db: DbSession,
     kind: Annotated[Kind | None, Query(description="Only entries of this kind")] = None,
     since: Annotated[
-        datetime | None, Query(description="From, inclusive (UTC if no offset)")
+        UtcDateTimeIn | None, Query(description="From, inclusive (UTC if no offset)")
     ] = None,
-    until: Annotated[datetime | None, Query(description="To, exclusive")] = None,
+    until: Annotated[UtcDateTimeIn | None, Query(description="To, exclusive")] = None,
     before_id: Annotated[
         int | None,
-        Query(ge=1, description="Older than this id: the previous page's next_before_id"),
+        Query(
+            ge=1,
+            le=MAX_ENTRY_ID,
+            description="Older than this id: the previous page's next_before_id",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Entries per page")] = 50,
     format: Annotated[
@@ -126,6 +131,7 @@ async def create_checkout(
     data: CheckoutIn,
     request: Request,
     principal: FullAccess,
+    db: DbSession,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -139,6 +145,9 @@ async def create_checkout(
     the configured minimum and maximum) buys credits; `{"plan": "pro"}` subscribes to Pro.
     Send the customer to `url`. Credits (or the plan) arrive when Stripe confirms the payment.
     Scope: `full`. 503 when this server has no Stripe keys."""
+    # Stripe can take seconds: end the authentication's transaction (on SQLite the write
+    # lock) first. Nothing is written here afterwards.
+    await db.commit()
     return await service.start_checkout(
         _settings(request), principal.user, data, client_key=idempotency_key
     )
@@ -155,9 +164,7 @@ async def stripe_webhook(request: Request, db: DbSession) -> dict[str, Any]:
         raise service.StripeNotConfigured(
             "Stripe webhooks are not configured: set LUNOGEN_STRIPE_WEBHOOK_SECRET"
         )
-    payload = await request.body()
-    if len(payload) > MAX_WEBHOOK_BYTES:
-        raise BadRequestError(f"the body is larger than {MAX_WEBHOOK_BYTES} bytes")
+    payload = await request.body()  # at most MAX_WEBHOOK_BYTES: BodyLimitMiddleware (413)
     try:
         event = verify_event(
             payload, request.headers.get("stripe-signature"), secret.get_secret_value()

@@ -1,8 +1,9 @@
 """The starter grant: credits for a new verified account, once per person.
 
 "Once per person" outlives the account: a claim row keyed by a hash of each identity (the
-normalised email, the Google subject) is kept when the account is deleted, so closing an
-account and signing up again with the same address or Google account grants nothing.
+mailbox the address delivers to, see `account/addresses.py`, and the Google subject) is kept
+when the account is deleted, so closing an account and signing up again with the same address,
+an alias of it (`+tag`, Gmail dots) or the same Google account grants nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from lunogen.account.addresses import mailbox_identity
 from lunogen.account.models import User
 from lunogen.billing import ledger
 from lunogen.billing.units import credits_to_micro
@@ -31,7 +33,7 @@ class StarterGrantClaim(Base):
 
 
 def _identities(user: User) -> list[str]:
-    names = [f"email:{user.email.strip().casefold()}"]
+    names = [f"email:{mailbox_identity(user.email)}"]
     if user.google_sub:
         names.append(f"google:{user.google_sub}")
     return [hashlib.sha256(name.encode()).hexdigest() for name in names]

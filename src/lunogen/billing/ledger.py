@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +37,8 @@ from lunogen.billing.units import micro_to_credits_str
 from lunogen.errors import LunogenError
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import as_utc, utcnow
+
+log = structlog.get_logger(__name__)
 
 MAX_AMOUNT = 10**15  # micro-credits in one entry: a billion credits
 MAX_KEY_LENGTH = 200
@@ -284,7 +287,8 @@ async def settle_hold(
     (amount = -actual, held_delta = -hold amount).
 
     `actual` may exceed the hold (the provider reported more than the worst case): it is charged
-    in full, and the balance may then go below zero. A hold that was released or expired before
+    in full, the balance may then go below zero, and a warning names both figures. A hold that
+    was released or expired before
     its call finished is still charged (its held credits were already returned, so held_delta is
     0). Settling an already settled hold under another key is a `HoldClosed` error.
     """
@@ -318,6 +322,16 @@ async def settle_hold(
     hold.status = HoldStatus.SETTLED.value
     hold.closed_at = utcnow()
     await session.flush()
+    if actual > hold.amount:
+        log.warning(
+            "usage_above_hold",
+            account_id=account.user_id,
+            hold_id=hold.id,
+            held=hold.amount,
+            charged=actual,
+            over=actual - hold.amount,
+            balance_after=entry.balance_after,
+        )
     return entry
 
 
@@ -413,11 +427,12 @@ async def pause_agent(
     session: AsyncSession, *, account_id: str, agent_id: str, required: int
 ) -> bool:
     """Record `agent_id` as paused for lack of credits; False (nothing recorded) when the
-    account can now cover `required`, so a top-up that raced the failed hold never leaves the
-    agent paused. Run it in the transaction that changes the agent's status.
+    settled balance can pay for `required` (the agent's cheapest call) by now, so a top-up that
+    raced the refusal never leaves the agent paused. Active holds do not count: their calls end
+    and give them back. Run it in the transaction that changes the agent's status.
     """
     account = await lock_account(session, account_id)
-    if account is not None and available(account) >= required:
+    if account is not None and account.balance >= required:
         return False
     if account is None:
         account = await ensure_account(session, account_id)
@@ -431,18 +446,18 @@ async def pause_agent(
     return True
 
 
-async def take_paused_agents(session: AsyncSession, account_id: str) -> list[str]:
-    """The agents paused for lack of credits on this account, forgotten here: resume them."""
-    await lock_account(session, account_id)
+async def paused_agents(session: AsyncSession, account_id: str) -> list[str]:
+    """The agents recorded as paused for lack of credits on this account, oldest pause first."""
     query = (
         select(CreditPause.agent_id)
         .where(CreditPause.account_id == account_id)
         .order_by(CreditPause.paused_at, CreditPause.agent_id)
     )
-    agent_ids = list((await session.execute(query)).scalars())
-    if agent_ids:
-        await session.execute(delete(CreditPause).where(CreditPause.agent_id.in_(agent_ids)))
-    return agent_ids
+    return list((await session.execute(query)).scalars())
+
+
+async def is_paused_for_credits(session: AsyncSession, agent_id: str) -> bool:
+    return await session.get(CreditPause, agent_id) is not None
 
 
 async def forget_pause(session: AsyncSession, agent_id: str) -> None:

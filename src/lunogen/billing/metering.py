@@ -1,12 +1,16 @@
 """Pay before the call: where a turn meets the credit ledger.
 
-Before each model call the turn reserves the worst case (prompt tokens at the dearest prompt
-price of the agent's model chain, plus the agent's `max_output_tokens` at the dearest completion
-price, with the markup) as a hold, in a short transaction of its own; a balance that cannot cover
-it refuses the call before it is made. After the call, one transaction writes the usage row and
+Before each model call of a turn (every tool step, streamed or not) the turn reserves the worst
+case as a hold, in a short transaction of its own: a bound of the prompt's tokens that cannot
+be too small (`runtime.context`: UTF-8 bytes of the messages and tool schemas sent) and the
+agent's whole `max_output_tokens`, at the prices of whichever model of its chain (the model and
+its fallbacks) would make the call dearest, with the markup. A balance that cannot cover it
+refuses the call before it is made. After the call, one transaction writes the usage row and
 settles the hold at the actual cost (the provider's reported cost, else catalog prices),
-idempotently on the generation id. A failed call releases its hold. A worker that dies mid-call
-leaves an active hold, which expires (`credit_hold_seconds`) and charges nothing.
+idempotently on the generation id; a cost above the hold (the provider's price rose above the
+catalog's, or it bills extras the catalog does not list) is still charged in full, and logged.
+A failed call releases its hold. A worker that dies mid-call leaves an active hold, which
+expires (`credit_hold_seconds`) and charges nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lunogen.agent.models import Agent
 from lunogen.billing import ledger
 from lunogen.billing.units import micro_to_credits_str, nano_usd_to_micro_credits
 from lunogen.config import Settings
+from lunogen.llm import catalog
 from lunogen.llm.models import CatalogModel, UsageRecord
 
 NANO_PER_USD = Decimal(1_000_000_000)
@@ -47,6 +53,26 @@ def worst_case_micro_credits(
         nano_usd_to_micro_credits(
             nano, usd_per_credit=settings.usd_per_credit, markup_percent=settings.markup_percent
         ),
+    )
+
+
+def cheapest_call_micro_credits(
+    models: Iterable[CatalogModel | None], *, max_output_tokens: int, settings: Settings
+) -> int:
+    """The least a call of an agent with this model chain is ever held for: its reply budget
+    alone (no prompt). A balance below it cannot pay for any message of that agent."""
+    return worst_case_micro_credits(
+        models, prompt_tokens=0, max_output_tokens=max_output_tokens, settings=settings
+    )
+
+
+async def agent_cheapest_call(session: AsyncSession, settings: Settings, agent: Agent) -> int:
+    """`cheapest_call_micro_credits` of `agent` at today's catalog prices."""
+    chain = dict.fromkeys([agent.model, *agent.fallback_models])
+    return cheapest_call_micro_credits(
+        [await catalog.get_model(session, model_id) for model_id in chain],
+        max_output_tokens=agent.max_output_tokens,
+        settings=settings,
     )
 
 

@@ -282,16 +282,14 @@ async def start_checkout(
 
 
 async def after_balance_change(session: AsyncSession, effects: Effects, *, account_id: str) -> None:
-    """What a change of the available credits does to the owner's agents and inbox: at zero or
-    below, running agents pause; above zero, those paused for credits resume; at or below the
-    threshold, one low-credit alert."""
+    """What a change of the balance does to the owner's agents and inbox: running agents whose
+    cheapest call it no longer pays for pause; paused ones whose cheapest call it pays for
+    resume; at or below the threshold, one low-credit alert."""
     account = await ledger.get_account(session, account_id)
     if account is None:
         return
-    if ledger.available(account) <= 0:
-        await credit_alerts.pause_for_credits(session, effects, owner_id=account_id, required=1)
-    else:
-        await credit_alerts.resume_after_top_up(session, effects, owner_id=account_id)
+    await credit_alerts.pause_for_credits(session, effects, owner_id=account_id)
+    await credit_alerts.resume_after_top_up(session, effects, owner_id=account_id)
     if await ledger.claim_low_credit_alert(session, account_id):
         await credit_alerts.low_credits(session, effects.settings, effects.keyring, account=account)
 

@@ -8,6 +8,7 @@ tests. SDK errors become our `StripeError`, bad webhook signatures our `StripeSi
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -221,7 +222,14 @@ def verify_event(
     return event
 
 
+_UNIX_SECONDS = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() takes "²"
+
+
 def _signed_timestamp(header: str) -> int:
+    if not header.isascii():  # Stripe's own check would then fail inside hmac.compare_digest
+        raise StripeSignatureError(
+            "the Stripe-Signature header must be ASCII", problem="bad_format"
+        )
     timestamps: list[str] = []
     has_v1 = False
     for part in header.split(","):
@@ -233,9 +241,10 @@ def _signed_timestamp(header: str) -> int:
         if key == "t":
             timestamps.append(value)
         has_v1 = has_v1 or key == "v1"
-    if len(timestamps) != 1 or not timestamps[0].isdigit():
+    if len(timestamps) != 1 or not _UNIX_SECONDS.fullmatch(timestamps[0]):
         raise StripeSignatureError(
-            "the Stripe-Signature header needs exactly one numeric t= entry", problem="bad_format"
+            "the Stripe-Signature header needs exactly one t= entry of unix seconds",
+            problem="bad_format",
         )
     if not has_v1:
         raise StripeSignatureError(

@@ -8,6 +8,13 @@ events (`checkout.session.completed` and `..._async_payment_succeeded`), in any 
 Events only touch the database (no call out), so they are applied within the webhook request
 and Stripe gets its 2xx when they are committed; a failure rolls everything back and answers 5xx,
 and Stripe delivers again.
+
+Stripe renders an event in its webhook endpoint's API version (else the account's default), and
+says which in `api_version`. The endpoint should be created with `stripe_webhook_api_version`;
+an event in another version is logged (`stripe_event_api_version`) and applied all the same
+when the fields we read are there. The one shape we read that moved is `invoice.paid`'s
+subscription: top-level `subscription` (+ `subscription_details`) before `2025-03-31.basil`,
+`parent.subscription_details` since; both are read, the event's version deciding which first.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ PLAN_EVENTS = frozenset(
     }
 )
 MAX_ID_LENGTH = 255
+BASIL = "2025-03-31"  # the first API version with `invoice.parent.subscription_details`
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,18 @@ async def receive(session: AsyncSession, effects: Effects, event: dict[str, Any]
             session.add(row)
     except IntegrityError:  # the same event, delivered concurrently, was stored first
         return Received(event_id, "duplicate", duplicate=True)
-    outcome = await _apply(session, effects, row, event_type, obj)
+    version = event.get("api_version")
+    if version != effects.settings.stripe_webhook_api_version:
+        log.warning(
+            "stripe_event_api_version",
+            event_id=event_id,
+            type=event_type,
+            api_version=version,
+            expected=effects.settings.stripe_webhook_api_version,
+        )
+    outcome = await _apply(
+        session, effects, row, event_type, obj, version if isinstance(version, str) else None
+    )
     row.outcome = outcome[:100]
     row.processed_at = utcnow()
     await session.flush()
@@ -91,7 +110,12 @@ async def receive(session: AsyncSession, effects: Effects, event: dict[str, Any]
 
 
 async def _apply(
-    session: AsyncSession, effects: Effects, row: StripeEvent, event_type: str, obj: Any
+    session: AsyncSession,
+    effects: Effects,
+    row: StripeEvent,
+    event_type: str,
+    obj: Any,
+    version: str | None,
 ) -> str:
     if not isinstance(obj, dict):
         return "ignored: no object"
@@ -110,7 +134,7 @@ async def _apply(
     if event_type == "charge.refunded":
         return await _refund(session, effects, row, obj)
     if event_type in PLAN_EVENTS:
-        return await _plan(session, row, event_type, obj)
+        return await _plan(session, row, event_type, obj, version)
     return "ignored: not handled"
 
 
@@ -261,13 +285,19 @@ async def _payment_failed(
 # --- the Pro plan --------------------------------------------------------------------------------
 
 
-def _plan_subject(event_type: str, obj: dict[str, Any]) -> tuple[Any, str | None]:
+def _plan_subject(
+    event_type: str, obj: dict[str, Any], version: str | None
+) -> tuple[Any, str | None]:
     """(the account id candidate, the plan the event asks for, or None to leave it)."""
     if event_type == "invoice.paid":
-        details = ((obj.get("parent") or {}).get("subscription_details")) or {}
-        if not details.get("subscription"):
-            return None, None
-        return (details.get("metadata") or {}).get("account_id"), "pro"
+        shapes = (_basil_subscription, _legacy_subscription)
+        if version is not None and version[:10] < BASIL:
+            shapes = shapes[::-1]
+        for shape in shapes:
+            subscription, metadata = shape(obj)
+            if subscription:
+                return _account_of(metadata, obj), "pro"
+        return None, None
     metadata = obj.get("metadata") or {}
     status = obj.get("status")
     if event_type == "customer.subscription.deleted" or status in FREE_STATUSES:
@@ -277,10 +307,46 @@ def _plan_subject(event_type: str, obj: dict[str, Any]) -> tuple[Any, str | None
     return metadata.get("account_id"), None  # past_due, incomplete, paused: no change yet
 
 
+def _basil_subscription(invoice: dict[str, Any]) -> tuple[Any, Any]:
+    """(subscription, its metadata) as `2025-03-31.basil` and later name them."""
+    details = _dict(_dict(invoice.get("parent")).get("subscription_details"))
+    return details.get("subscription"), details.get("metadata")
+
+
+def _legacy_subscription(invoice: dict[str, Any]) -> tuple[Any, Any]:
+    """(subscription, its metadata) as versions before basil name them: the subscription at
+    the top (an id, or the object when expanded), its metadata in `subscription_details`."""
+    subscription = invoice.get("subscription")
+    metadata = _dict(invoice.get("subscription_details")).get("metadata")
+    if metadata is None and isinstance(subscription, dict):
+        metadata = subscription.get("metadata")
+    return subscription, metadata
+
+
+def _account_of(metadata: Any, invoice: dict[str, Any]) -> Any:
+    """Our account id from the subscription's metadata, else from a line item's copy of it."""
+    account_id = _dict(metadata).get("account_id")
+    if account_id is not None:
+        return account_id
+    for line in _dict(invoice.get("lines")).get("data") or []:
+        account_id = _dict(_dict(line).get("metadata")).get("account_id")
+        if account_id is not None:
+            return account_id
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 async def _plan(
-    session: AsyncSession, row: StripeEvent, event_type: str, obj: dict[str, Any]
+    session: AsyncSession,
+    row: StripeEvent,
+    event_type: str,
+    obj: dict[str, Any],
+    version: str | None,
 ) -> str:
-    candidate, plan = _plan_subject(event_type, obj)
+    candidate, plan = _plan_subject(event_type, obj, version)
     user = await _owner(session, row, candidate)
     if user is None:
         return "ignored: unknown account"

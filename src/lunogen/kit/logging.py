@@ -5,10 +5,18 @@ import sys
 
 import structlog
 
+# Libraries whose DEBUG and INFO lines can carry what must never be logged: the database drivers
+# print statements with their parameters (password hashes, emails), the openai client request
+# bodies (message text), httpx every URL (some providers put tokens in the path). They log at
+# WARNING or above whatever the level. (SQLAlchemy already keeps its own loggers at WARNING.)
+_LIBRARIES_AT_WARNING = ("aiosqlite", "asyncpg", "openai", "httpx", "httpcore", "stripe")
+
 
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """structlog to stderr: JSON lines in production, readable lines in a terminal."""
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    for name in _LIBRARIES_AT_WARNING:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )

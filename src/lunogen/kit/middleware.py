@@ -1,17 +1,23 @@
-"""Pure ASGI middleware: security headers, rate-limit headers, request metrics, NUL guard."""
+"""Pure ASGI middleware: security headers, rate-limit headers, request metrics, body size
+limit, NUL guard."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lunogen.errors import validation_response
+from lunogen.errors import body_too_large, validation_response
+from lunogen.kit.web import media_type
 
 CSP = (
     "default-src 'self'; img-src 'self' data: https:; style-src 'self'; script-src 'self'; "
@@ -103,8 +109,108 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class RouteBodyLimit:
+    """A route whose bodies may be larger (or must be smaller) than the default limit."""
+
+    method: str
+    path: str  # the route's template, as declared: "/api/v1/skills/{skill_id}"
+    limit: int
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            if not value.isdigit():
+                return None  # the server refuses malformed lengths itself
+            return int(value) if len(value) <= 18 else 10**18
+    return None
+
+
+def _too_large_response(limit: int) -> JSONResponse:
+    error = body_too_large(limit)
+    # The rest of the body is never read: the connection cannot carry another request.
+    return JSONResponse(
+        error.body(), status_code=error.status_code, headers={"Connection": "close"}
+    )
+
+
+class _CountedBody:
+    """The request's `receive` and `send`, counting the body against `limit`."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
+        self._receive = receive
+        self._send = send
+        self.limit = limit
+        self.received = 0
+        self.exceeded = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        if self.exceeded:
+            raise body_too_large(self.limit)
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.exceeded = True
+                raise body_too_large(self.limit)
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.exceeded:
+            return  # the app's answer to a body it could not read is replaced by the 413
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over their limit with 413, before anything reads or parses them.
+
+    The limit is `default`, or that of the first of `routes` matching the method and path. A
+    Content-Length over it is answered at once, without running the app. A body without one
+    (chunked) is counted as it streams: the read that passes the limit fails, whatever the app
+    would have answered is dropped, and the 413 goes out instead. So no more than the limit
+    (plus one chunk) is ever read, whatever comes later (NUL guard, authentication, routing).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, default: int, routes: Sequence[RouteBodyLimit] = ()
+    ) -> None:
+        self.app = app
+        self.default = default
+        self.routes = [
+            (route.method.upper(), compile_path(route.path)[0], route.limit) for route in routes
+        ]
+
+    def limit_for(self, method: str, path: str) -> int:
+        for route_method, pattern, limit in self.routes:
+            if route_method == method and pattern.match(path):
+                return limit
+        return self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            await _too_large_response(limit)(scope, receive, send)
+            return
+        body = _CountedBody(receive, send, limit)
+        try:
+            await self.app(scope, body.receive, body.send)
+        except Exception:
+            if not body.exceeded or body.started:
+                raise  # a failure of its own, or one the 413 can no longer replace
+        if body.exceeded and not body.started:
+            await _too_large_response(limit)(scope, receive, send)
+
+
 NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
-_CHECKED_BODIES = ("application/json", "application/x-www-form-urlencoded")
+_FORM = "application/x-www-form-urlencoded"
 
 
 def _nul_in_json(value: Any, loc: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -133,23 +239,32 @@ def _nul_in_pairs(text: str, loc: str) -> tuple[str, ...] | None:
 
 
 def _nul_in_body(body: bytes, content_type: str) -> tuple[str, ...] | None:
-    if content_type.startswith("application/json"):
-        if b"\\u0000" not in body:
-            return None
-        try:
-            return _nul_in_json(json.loads(body), ("body",))
-        except (ValueError, RecursionError):
-            return None  # not JSON: the endpoint answers that itself
-    if b"%00" not in body and b"\x00" not in body:
+    """The place of a NUL in a form or JSON body; a byte scan first, parsing only on a hit.
+
+    Every body is checked as JSON too, whatever its type: FastAPI parses application/json and
+    every application/*+json, the form-or-JSON endpoints (kit.forms) any body they do not take
+    for a form. A NUL in JSON is the escape \\u0000 (JSON has no other way to write it in
+    UTF-8), or a raw zero byte of a UTF-16/32 encoded body.
+    """
+    if media_type(content_type) == _FORM and (b"%00" in body or b"\x00" in body):
+        found = _nul_in_pairs(body.decode("latin-1"), "body")
+        if found is not None:
+            return found
+    if b"\\u0000" not in body and b"\x00" not in body:
         return None
-    return _nul_in_pairs(body.decode("latin-1"), "body")
+    try:
+        return _nul_in_json(json.loads(body), ("body",))
+    except (ValueError, RecursionError):
+        return None  # not JSON: the endpoint answers that itself
 
 
 class RejectNulMiddleware:
-    """Refuse text with NUL characters anywhere in the URL or a JSON/form body with a 422.
+    """Refuse text with NUL characters anywhere in the URL, a form or a JSON body with a 422.
 
     PostgreSQL cannot store NUL in text columns (and a NUL in an email or a name is never
-    meant), so it is refused at the edge for every endpoint, naming the field at fault.
+    meant), so it is refused at the edge for every endpoint, naming the field at fault. Bodies
+    are read whole, so this runs inside BodyLimitMiddleware: it never holds more than the
+    limit. Multipart bodies (file uploads) are left to their endpoint.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -169,8 +284,8 @@ class RejectNulMiddleware:
         content_type = ""
         for name, value in scope.get("headers", []):
             if name == b"content-type":
-                content_type = value.decode("latin-1").lower()
-        if found is None and content_type.startswith(_CHECKED_BODIES):
+                content_type = value.decode("latin-1")
+        if found is None and not media_type(content_type).startswith("multipart/"):
             receive, found = await self._check_body(receive, content_type)
         if found is not None:
             errors = [{"loc": found, "msg": NUL_MESSAGE, "type": "nul_character"}]

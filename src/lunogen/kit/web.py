@@ -23,3 +23,14 @@ def wants_html(request: Request) -> bool:
     """A browser form post (answer with a page or redirect) rather than an API call."""
     content_type = request.headers.get("content-type", "")
     return content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data"))
+
+
+def media_type(content_type: str) -> str:
+    """`Application/JSON; charset=utf-8` → `application/json`."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """What FastAPI parses as JSON: `application/json` and every `application/<x>+json`."""
+    main, _, sub = media_type(content_type).partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -95,3 +95,41 @@ def effective_cost(usage: Usage, model: Priced | None) -> Decimal | None:
     if model is None:
         return None
     return compute_cost(usage, model)
+
+
+def dearest_for(usage: Usage, models: Sequence[Priced]) -> Priced | None:
+    """The model whose catalog prices make `usage` cost the most (None without models)."""
+    return max(models, key=lambda model: compute_cost(usage, model), default=None)
+
+
+def chain_model(answered: str, chain: Sequence[str]) -> str | None:
+    """The model of `chain` that a provider's answering model name is, or is a version of.
+
+    The same name first; then a version: the chain's name followed by `-` and a digit (a date
+    or a snapshot number: `gpt-4o-mini-2024-07-18`, `claude-3-opus-20240229`) or by `:` (an
+    OpenRouter variant: `:free`, `:extended`). Then the same again without the `vendor/`
+    prefixes, as servers other than OpenRouter name models. None when nothing matches.
+    """
+    for name, key in ((answered, _whole), (_bare(answered), _bare)):
+        same = [model for model in chain if key(model) == name]
+        if same:
+            return same[0]
+        versions = [model for model in chain if _is_version(name, key(model))]
+        if versions:
+            return max(versions, key=lambda model: len(key(model)))
+    return None
+
+
+def _is_version(name: str, model: str) -> bool:
+    rest = name.removeprefix(model)
+    if rest == name:
+        return False
+    return rest.startswith(":") or (rest.startswith("-") and rest[1:2].isdigit())
+
+
+def _whole(model: str) -> str:
+    return model
+
+
+def _bare(model: str) -> str:
+    return model.rpartition("/")[2]

@@ -6,21 +6,28 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lunogen.db import Base, CreatedMixin, IdMixin
+from lunogen.kit.time import utcnow
 
 
 class OutboundEmail(IdMixin, CreatedMixin, Base):
     """Every email the platform sends. Without SMTP this table is the development outbox.
 
     The body carries single-use links, so it is encrypted at rest like any other secret.
+    `status`: queued (waiting for an attempt at `next_attempt_at`), sent, failed (gave up),
+    outbox (no SMTP configured).
     """
 
     __tablename__ = "outbound_emails"
+    __table_args__ = (
+        Index("ix_outbound_emails_status_next_attempt_at", "status", "next_attempt_at"),
+    )
 
     to_address: Mapped[str] = mapped_column(String(320), index=True)
     subject: Mapped[str] = mapped_column(String(300))
     body_encrypted: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 

@@ -1,16 +1,23 @@
 """What the model sees in a turn: instructions, the date, memory notes and recent history.
 
-Token estimate: ``ceil(len(text) / 3) + 4`` per message. Three characters per token is below
-the ~4 of English BPE tokenizers, so the estimate errs on the generous side for most text
-(code and non-Latin scripts run closer to 2-3), and the 4 covers each message's role framing.
-The history budget is the model's context length minus the reply's `max_output_tokens`, the
-system prompt and a 10 % safety margin; the oldest messages go first.
+Two token figures, for two purposes:
+
+- The history budget uses an estimate, ``ceil(len(text) / 3) + 4`` per message. Three characters
+  per token is below the ~4 of English BPE tokenizers, so it errs on the generous side for most
+  text (code and non-Latin scripts run closer to 1-3), and the 4 covers each message's role
+  framing. The budget is the model's context length minus the reply's `max_output_tokens`, the
+  system prompt and a 10 % safety margin; the oldest messages go first.
+- A credit hold uses a bound that cannot be too small (`message_token_bound`, `tools_token_bound`):
+  the UTF-8 bytes of what is sent. Byte-level BPE tokenizers (GPT, Claude, Llama 3, Qwen, ...)
+  never make more tokens than the text has bytes, and SentencePiece with byte fallback at most
+  one more (its leading space); the constants below cover the chat template's own tokens.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,10 +25,49 @@ from typing import Any
 SAFETY_MARGIN = 0.10
 PER_MESSAGE_OVERHEAD = 4
 CHARS_PER_TOKEN = 3
+# For the bound: a template's start/end-of-turn tokens and role line per message (4-6 in ChatML,
+# Llama 3, Gemma, Mistral), the request's own (begin-of-text, the assistant's opening), and the
+# instructions a provider adds when tools are offered (Anthropic documents 313-346 tokens).
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+TEMPLATE_TOKENS_PER_REQUEST = 16
+TOOL_INSTRUCTION_TOKENS = 512
 
 
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN) + PER_MESSAGE_OVERHEAD
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of `text` in UTF-8 (`isascii` is O(1): most text is not encoded at all)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def message_token_bound(message: Mapping[str, Any]) -> int:
+    """At most how many prompt tokens `message` becomes.
+
+    A plain `{role, content}` message counts its strings; any other shape (tool calls, tool
+    results) counts its whole JSON text, which holds every string the template can render and
+    more.
+    """
+    role, content = message.get("role"), message.get("content")
+    if len(message) == 2 and isinstance(role, str) and isinstance(content, str):
+        size = utf8_length(role) + utf8_length(content)
+    else:
+        size = utf8_length(json.dumps(message, ensure_ascii=False))
+    return size + TEMPLATE_TOKENS_PER_MESSAGE
+
+
+def prompt_token_bound(messages: Iterable[Mapping[str, Any]]) -> int:
+    """At most how many prompt tokens a request with `messages` (and no tools) has."""
+    return TEMPLATE_TOKENS_PER_REQUEST + sum(message_token_bound(m) for m in messages)
+
+
+def tools_token_bound(tools: Sequence[Mapping[str, Any]] | None) -> int:
+    """What offering `tools` adds to the prompt at most: their JSON schemas and the provider's
+    instructions for using them."""
+    if not tools:
+        return 0
+    return utf8_length(json.dumps(list(tools), ensure_ascii=False)) + TOOL_INSTRUCTION_TOKENS
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsExecute, AgentsRead
 from lunogen.channel.fields import Storable
 from lunogen.db import DbSession
-from lunogen.errors import LunogenError, NotFoundError
+from lunogen.errors import ConflictError, LunogenError, NotFoundError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.pagination import Page, PageParams, page_params
 from lunogen.runtime import service, waiting
@@ -97,7 +97,10 @@ def _message_out(message: Message, keyring: KeyRing) -> MessageOut:
             "description": "The owner's credits cannot cover the model call; "
             "`required_credits` and `available_credits` say by how much"
         },
-        409: {"description": "The agent is not running; `status` names its state"},
+        409: {
+            "description": "The agent is not running (or stopped running before it could "
+            "answer); `status` names its state"
+        },
     },
 )
 async def send_message(
@@ -149,7 +152,7 @@ async def send_message(
             data.wait_seconds,
             check_first=False,  # just accepted: its turn ends after we followed it
         )
-    if inbound.status == "failed":
+    if inbound.status in ("failed", "skipped"):
         raise _failed(inbound)
     status = "answered" if reply is not None else inbound.status
     exchange = ExchangeOut(
@@ -163,6 +166,13 @@ async def send_message(
 def _failed(inbound: Message) -> LunogenError:
     ids = {"message_id": inbound.id, "thread_id": inbound.thread_id}
     failure = inbound.failure or {}
+    if inbound.status == "skipped":  # the agent stopped running before the turn began
+        state = str(failure.get("status") or "not running")
+        return ConflictError(
+            f"The message was not answered: {inbound.last_error or 'the agent stopped'}",
+            error=f"Agent is {state}",
+            extra={"status": state, **ids},
+        )
     if failure.get("code") == "insufficient_credits":
         return LunogenError(
             inbound.last_error or "Not enough credits",

@@ -31,7 +31,7 @@ from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
-from lunogen.llm.models import UsageRecord
+from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.llm.provider import (
     ModelCallError,
     ModelCallResult,
@@ -39,7 +39,7 @@ from lunogen.llm.provider import (
     StreamDone,
     TextDelta,
 )
-from lunogen.llm.usage import effective_cost
+from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
 from lunogen.runtime import context
 from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import MemoryNote, Message, Thread
@@ -74,7 +74,23 @@ class TurnDeps:
 
 
 def _usage_row(plan: _Plan, result: ModelCallResult) -> UsageRecord:
-    cost = effective_cost(result.usage, plan.price)
+    """The call's usage, under the model of the agent's chain that answered.
+
+    Providers may name a dated or provider-specific version (`openai/gpt-4o-mini-2024-07-18`):
+    it is recorded as the chain's model it is a version of, and priced at that model's catalog
+    prices when the provider reports no cost. A name that maps to no model of the chain is kept
+    as the provider wrote it and priced at the chain's dearest (never below the hold's prices).
+    """
+    chain = plan.chain
+    mapped = chain_model(result.model, chain)
+    price: Priced | None
+    if mapped is not None:
+        answered = mapped
+        price = plan.chain_prices[chain.index(mapped)]
+    else:
+        answered = result.model
+        price = dearest_for(result.usage, plan.chain_prices)
+    cost = effective_cost(result.usage, price)
     return UsageRecord(
         id=new_id(),
         owner_id=plan.owner_id,
@@ -82,7 +98,7 @@ def _usage_row(plan: _Plan, result: ModelCallResult) -> UsageRecord:
         thread_id=plan.thread_id,
         message_id=plan.inbound_id,
         requested_model=result.requested_model,
-        answered_model=result.model,
+        answered_model=answered,
         prompt_tokens=result.usage.prompt_tokens,
         completion_tokens=result.usage.completion_tokens,
         cached_tokens=result.usage.cached_tokens,
@@ -202,9 +218,14 @@ class _Plan:
     tools: dict[str, ToolSpec | None]
     skills: dict[str, str]  # usable skills, name → id
     sandbox_limits: SandboxLimits | None
-    price: Any
-    chain_prices: list[Any] = field(default_factory=list)  # every model that may answer
+    chain_prices: list[CatalogModel]  # of `chain`, in its order
+    cheapest_call: int  # micro-credits: the least any call of this agent is held for
     run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
+
+    @property
+    def chain(self) -> list[str]:
+        """Every model that may answer: the agent's model, then its fallbacks."""
+        return [self.model, *self.fallback_models]
 
 
 @dataclass
@@ -260,6 +281,7 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         state = "deleted" if agent is None or agent.deleted_at else agent.status
         inbound.status = "skipped"
         inbound.last_error = f"the agent was {state} before it could answer"
+        inbound.failure = {"code": "agent_not_running", "status": state}
         inbound.completed_at = utcnow()
         await webhook.reply_failed(session, inbound_id=inbound.id, reason=inbound.last_error)
         if agent is not None:
@@ -287,6 +309,19 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
     if skills:
         tools[LOAD_SKILL.name] = LOAD_SKILL
     needs_sandbox = skills or uses_sandbox(agent.tools)
+    chain = [agent.model, *agent.fallback_models]
+    chain_prices = [await catalog.get_model(session, model_id) for model_id in chain]
+    unpriced = [model_id for model_id, price in zip(chain, chain_prices, strict=True) if not price]
+    if unpriced:  # deploy checks this; the catalog never drops a model, but a hold needs prices
+        return await _fail_unprepared(
+            session,
+            deps,
+            inbound=inbound,
+            agent=agent,
+            reason=f"model {unpriced[0]!r} is not in the model catalog, so a call to it "
+            "cannot be paid for",
+        )
+    prices = [price for price in chain_prices if price is not None]
     return _Plan(
         inbound_id=inbound.id,
         thread_id=thread.id,
@@ -305,12 +340,35 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         sandbox_limits=(
             await sandbox_limits(session, owner_id=agent.owner_id) if needs_sandbox else None
         ),
-        price=await catalog.get_model(session, agent.model),
-        chain_prices=[
-            await catalog.get_model(session, model_id)
-            for model_id in (agent.model, *agent.fallback_models)
-        ],
+        chain_prices=prices,
+        cheapest_call=metering.cheapest_call_micro_credits(
+            prices, max_output_tokens=agent.max_output_tokens, settings=deps.settings
+        ),
     )
+
+
+async def _fail_unprepared(
+    session: AsyncSession, deps: TurnDeps, *, inbound: Message, agent: Agent, reason: str
+) -> str:
+    """End a turn that cannot start (before any lease-checked store: nothing was called)."""
+    inbound.status = "failed"
+    inbound.last_error = reason
+    inbound.completed_at = utcnow()
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    log_event(
+        session,
+        agent_id=agent.id,
+        event="turn.failed",
+        level="error",
+        message=f"Message {inbound.id} could not be answered: {reason}",
+        details={"message_id": inbound.id},
+    )
+    await session.commit()
+    if deps.events is not None:
+        await deps.events.publish(
+            inbound.id, "error", {"message_id": inbound.id, "error": reason, "retrying": False}
+        )
+    return TurnOutcome.FAILED
 
 
 async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
@@ -320,6 +378,10 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         return work
     messages = list(plan.messages)
     tool_schemas = [spec.openai_schema() for spec in plan.tools.values() if spec is not None]
+    # Bounds of the prompt's tokens for the holds, kept up to date as the turn's messages grow
+    # (each message is measured once).
+    prompt_bound = context.prompt_token_bound(messages)
+    tools_bound = context.tools_token_bound(tool_schemas)
     edge, sandbox_problem = edge_for(deps.settings) if plan.sandbox_limits else (None, None)
     tool_ctx = ToolContext(
         agent_id=plan.agent_id,
@@ -339,7 +401,9 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         last_step = step == MAX_TOOL_STEPS or tokens_used >= TURN_TOKEN_CAP
         tools = None if last_step or not tool_schemas else tool_schemas
         try:
-            hold_id = await _reserve(deps, plan, messages, tools, step)
+            hold_id = await _reserve(
+                deps, plan, prompt_tokens=prompt_bound + (tools_bound if tools else 0), step=step
+            )
         except InsufficientCredits as refused:
             work.refused = refused
             return work
@@ -383,7 +447,9 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         if not result.tool_calls or last_step:
             work.reply_text = result.text
             return work
-        messages.append(result.assistant_message())
+        asked = result.assistant_message()
+        messages.append(asked)
+        prompt_bound += context.message_token_bound(asked)
         for call in result.tool_calls:
             await _publish(deps, plan, "tool", {"name": call.name, "status": "started"})
             output = await _run_tool(plan.tools.get(call.name), call.name, call.arguments, tool_ctx)
@@ -398,7 +464,9 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
                     {"tool": call.name, "chars": len(output), "error": failed},
                 )
             )
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
+            answer = {"role": "tool", "tool_call_id": call.id, "content": output}
+            messages.append(answer)
+            prompt_bound += context.message_token_bound(answer)
     raise AssertionError("unreachable: the last step never offers tools")
 
 
@@ -588,23 +656,12 @@ async def _crash_reason(
     return None
 
 
-def _prompt_estimate(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    total = sum(context.estimate_tokens(json.dumps(m, ensure_ascii=False)) for m in messages)
-    if tools:
-        total += context.estimate_tokens(json.dumps(tools, ensure_ascii=False))
-    return total
-
-
-async def _reserve(
-    deps: TurnDeps,
-    plan: _Plan,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None,
-    step: int,
-) -> str:
+async def _reserve(deps: TurnDeps, plan: _Plan, *, prompt_tokens: int, step: int) -> str:
+    """Hold the most the next call can cost: `prompt_tokens` (a bound, see `context`) and the
+    whole `max_output_tokens`, at the prices of the chain's dearest model."""
     amount = metering.worst_case_micro_credits(
         plan.chain_prices,
-        prompt_tokens=_prompt_estimate(messages, tools),
+        prompt_tokens=prompt_tokens,
         max_output_tokens=plan.max_output_tokens,
         settings=deps.settings,
     )
@@ -622,19 +679,24 @@ async def _reserve(
 
 
 async def _after_charge(session: AsyncSession, deps: TurnDeps, plan: _Plan) -> None:
-    """Tell the owner when their credits run low; pause their agents when none are left."""
+    """Tell the owner when their credits run low; pause agents the balance can no longer run."""
     account = await ledger.get_account(session, plan.owner_id)
     if account is None:
         return
     if await ledger.claim_low_credit_alert(session, plan.owner_id):
         await credit_alerts.low_credits(session, deps.settings, deps.keyring, account=account)
-    if ledger.available(account) <= 0:
-        await credit_alerts.pause_for_credits(
-            session,
-            Effects(settings=deps.settings, keyring=deps.keyring),
-            owner_id=plan.owner_id,
-            required=1,
-        )
+    await _pause_if_out_of_credits(session, deps, plan, account.balance)
+
+
+async def _pause_if_out_of_credits(
+    session: AsyncSession, deps: TurnDeps, plan: _Plan, balance: int
+) -> None:
+    """Pause the owner's agents when the settled balance cannot pay for one more call of this
+    agent. Credits held by calls in flight do not count: they come back when those end, so a
+    burst of messages never pauses anyone (see `credit_alerts.pause_for_credits`)."""
+    if balance < plan.cheapest_call:
+        effects = Effects(settings=deps.settings, keyring=deps.keyring)
+        await credit_alerts.pause_for_credits(session, effects, owner_id=plan.owner_id)
 
 
 async def _refuse(
@@ -645,7 +707,8 @@ async def _refuse(
     inbound: Message,
     refused: InsufficientCredits,
 ) -> tuple[str, tuple[str, dict[str, Any]] | None]:
-    """No credits for the next call: end the turn unanswered and pause the owner's agents."""
+    """No credits for the next call: end the turn unanswered (402). The agents pause only when
+    the settled balance is too low, not when other calls in flight hold what is missing."""
     failure = {"code": "insufficient_credits", **refused.extra}
     inbound.status = "failed"
     inbound.last_error = str(refused)
@@ -660,12 +723,8 @@ async def _refuse(
         details={"message_id": inbound.id, **refused.extra},
     )
     await webhook.reply_failed(session, inbound_id=inbound.id, reason=str(refused))
-    await credit_alerts.pause_for_credits(
-        session,
-        Effects(settings=deps.settings, keyring=deps.keyring),
-        owner_id=plan.owner_id,
-        required=refused.required,
-    )
+    account = await ledger.get_account(session, plan.owner_id)
+    await _pause_if_out_of_credits(session, deps, plan, account.balance if account else 0)
     await session.commit()
     event = {"message_id": inbound.id, "error": str(refused), "retrying": False, **failure}
     return TurnOutcome.FAILED, ("error", event)

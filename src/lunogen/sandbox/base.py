@@ -34,6 +34,8 @@ class SandboxLimits:
     workspace_mb: int
     wall_seconds: float
     output_bytes: int = 64_000
+    # Entries (files, directories, links: inodes) the workspace may hold, whatever their size.
+    max_files: int = 10_000
 
 
 @dataclass(frozen=True)

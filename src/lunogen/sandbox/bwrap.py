@@ -55,11 +55,10 @@ from lunogen.sandbox.limits import (
     MIB,
     Cgroups,
     RunCgroup,
-    fsize_for,
     prlimit_args,
     rlimits,
 )
-from lunogen.sandbox.runner import Launch, supervise
+from lunogen.sandbox.runner import Launch, starting_fsize, supervise
 from lunogen.sandbox.workspace import Workspace
 
 BWRAP = "bwrap"
@@ -282,8 +281,7 @@ class BwrapBackend(Backend):
             raise ValueError("argv is empty")
         owner = self.workspace_owner(workspace)
         space = Workspace(workspace, owner=owner)
-        used = await asyncio.to_thread(space.usage)
-        fsize = fsize_for(limits, used_bytes=used)
+        fsize = await starting_fsize(space, limits)
         cgroup: RunCgroup | None = None
         if self.cgroups.available:
             try:

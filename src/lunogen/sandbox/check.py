@@ -9,9 +9,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lunogen.sandbox import diskimage
 from lunogen.sandbox.backends import BACKENDS, backend_class
 from lunogen.sandbox.base import SandboxLimits, SandboxUnavailableError
-from lunogen.sandbox.edge import LunoEdge, backend_unavailable_reason, choose_backend
+from lunogen.sandbox.edge import (
+    LunoEdge,
+    QuotaChoice,
+    backend_unavailable_reason,
+    choose_backend,
+)
 
 SELF_TEST_LIMITS = SandboxLimits(
     cpu_seconds=10,
@@ -62,7 +68,7 @@ class CheckReport:
         return next(b for b in self.backends if b.name == self.chosen).passed
 
 
-async def _self_test(name: str) -> BackendReport:
+async def _self_test(name: str, quota: QuotaChoice) -> BackendReport:
     report = BackendReport(name=name, reason=backend_unavailable_reason(name))
     if report.reason is not None:
         return report
@@ -71,7 +77,9 @@ async def _self_test(name: str) -> BackendReport:
         sentinel = root / "host-sentinel.txt"
         sentinel.write_text("host file\n")
         try:
-            edge = LunoEdge(workspaces_dir=root / "workspaces", backend=backend_class(name)())
+            edge = LunoEdge(
+                workspaces_dir=root / "workspaces", backend=backend_class(name)(), quota=quota
+            )
         except (OSError, SandboxUnavailableError) as exc:
             report.reason = f"backend failed to start: {exc}"
             return report
@@ -91,6 +99,7 @@ async def _self_test(name: str) -> BackendReport:
                     f"exit {result.exit_code}, {result.duration_ms:.0f} ms",
                 )
             )
+            report.checks.append(await _quota_check(edge))
             if not edge.isolated:
                 report.checks.append(Check("isolation", True, "not isolated (skipped)"))
                 return report
@@ -101,6 +110,21 @@ async def _self_test(name: str) -> BackendReport:
             with contextlib.suppress(Exception):
                 await edge.destroy(AGENT)
     return report
+
+
+async def _quota_check(edge: LunoEdge) -> Check:
+    """Six parallel writers of 5 MB against the 20 MB quota: stopped, and (kernel) held."""
+    quota = SELF_TEST_LIMITS.workspace_mb * 1024 * 1024
+    writers = "for i in 1 2 3 4 5 6; do head -c 5000000 /dev/zero > f$i & done; wait"
+    result = await edge.run(AGENT, ["/bin/sh", "-c", writers], limits=SELF_TEST_LIMITS)
+    used = await asyncio.to_thread(edge.workspace_usage, AGENT)
+    stopped = result.limit_hit == "disk_quota"
+    if edge.quota_mode == "kernel":
+        held = f"{used / 1024 / 1024:.1f} of {SELF_TEST_LIMITS.workspace_mb} MB held"
+        detail = f"kernel (an ext4 image per workspace); {held}"
+        return Check("disk quota", stopped and used <= quota, detail)
+    why = diskimage.unavailable_reason_for(edge.workspaces_dir) or "LUNOGEN_SANDBOX_QUOTA=watcher"
+    return Check("disk quota", stopped, f"watcher (polled during runs; not kernel: {why})")
 
 
 async def _isolation_checks(edge: LunoEdge, sentinel: Path) -> list[Check]:
@@ -171,8 +195,8 @@ def _host_untouched(sentinel: Path) -> tuple[bool, list[str]]:
     return sentinel.read_text() == "host file\n", leaked
 
 
-async def run_check(configured: str) -> CheckReport:
-    backends = [await _self_test(name) for name in BACKENDS]
+async def run_check(configured: str, quota: QuotaChoice = "auto") -> CheckReport:
+    backends = [await _self_test(name, quota) for name in BACKENDS]
     chosen: str | None
     try:
         chosen = choose_backend(configured)
@@ -182,5 +206,5 @@ async def run_check(configured: str) -> CheckReport:
     return CheckReport(backends=backends, configured=configured, chosen=chosen, choice_error=error)
 
 
-def check(configured: str) -> CheckReport:
-    return asyncio.run(run_check(configured))
+def check(configured: str, quota: QuotaChoice = "auto") -> CheckReport:
+    return asyncio.run(run_check(configured, quota))

@@ -8,16 +8,20 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
 from lunogen.config import Settings
+from lunogen.sandbox import diskimage
 from lunogen.sandbox.backends import AUTO_ORDER, BACKENDS, backend_class
 from lunogen.sandbox.base import Backend, RunResult, SandboxLimits, SandboxUnavailableError
 from lunogen.sandbox.workspace import (
     FileEntry,
+    QuotaMode,
     Workspace,
     WorkspaceQuotaError,
+    WorkspaceUnavailableError,
     validate_agent_id,
 )
 
@@ -101,10 +105,30 @@ def choose_backend(choice: str) -> str:
     return choice
 
 
+QuotaChoice = Literal["auto", "kernel", "watcher"]
+
+
+def choose_quota_mode(choice: QuotaChoice, workspaces_dir: Path) -> QuotaMode:
+    """How workspace quotas hold for LUNOGEN_SANDBOX_QUOTA=`choice`: "auto" is the kernel's
+    (a loop-mounted image per workspace) where it works, else the watcher's; "kernel" raises
+    SandboxUnavailableError where it does not."""
+    if choice == "watcher":
+        return "watcher"
+    reason = diskimage.unavailable_reason_for(workspaces_dir)
+    if reason is None:
+        return "kernel"
+    if choice == "kernel":
+        raise SandboxUnavailableError(f"LUNOGEN_SANDBOX_QUOTA=kernel cannot work here: {reason}")
+    return "watcher"
+
+
 class LunoEdge:
-    def __init__(self, *, workspaces_dir: Path, backend: Backend) -> None:
+    def __init__(
+        self, *, workspaces_dir: Path, backend: Backend, quota: QuotaChoice = "auto"
+    ) -> None:
         self.workspaces_dir = Path(workspaces_dir)
         self.backend = backend
+        self.quota_mode: QuotaMode = choose_quota_mode(quota, self.workspaces_dir)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LunoEdge:
@@ -119,7 +143,22 @@ class LunoEdge:
                     "Development only."
                 ),
             )
-        return cls(workspaces_dir=settings.workspaces_dir, backend=backend_class(name)())
+        edge = cls(
+            workspaces_dir=settings.workspaces_dir,
+            backend=backend_class(name)(),
+            quota=settings.sandbox_quota,
+        )
+        log.info(
+            "sandbox.quota_mode",
+            backend=name,
+            quota=edge.quota_mode,
+            reason=(
+                diskimage.unavailable_reason_for(edge.workspaces_dir)
+                if edge.quota_mode == "watcher"
+                else None
+            ),
+        )
+        return edge
 
     @property
     def backend_name(self) -> str:
@@ -131,7 +170,11 @@ class LunoEdge:
 
     def _workspace(self, agent_id: str) -> Workspace:
         root = self.workspaces_dir / validate_agent_id(agent_id)
-        return Workspace(root, owner=self.backend.workspace_owner(root))
+        return Workspace(
+            root,
+            owner=self.backend.workspace_owner(root),
+            kernel_quota=self.quota_mode == "kernel",
+        )
 
     async def provision(self, agent_id: str, *, limits: SandboxLimits) -> None:
         await asyncio.to_thread(self._workspace(agent_id).ensure)
@@ -149,17 +192,30 @@ class LunoEdge:
         env: Mapping[str, str] | None = None,
     ) -> RunResult:
         workspace = self._workspace(agent_id)
-        if not workspace.root.is_dir():
-            await asyncio.to_thread(workspace.ensure)
         kept, dropped = filter_env(env)
         if dropped:
             log.info("sandbox.env_dropped", agent_id=agent_id, names=sorted(dropped))
         run_id = uuid.uuid4().hex
         started = time.perf_counter()
+        quota: QuotaMode | None = None
         try:
-            result = await self.backend.run(
-                workspace.root, list(argv), limits=limits, stdin=stdin, env=kept, run_id=run_id
+            quota = await asyncio.to_thread(workspace.prepare, limits)
+            held = await asyncio.to_thread(workspace.hold)
+            try:
+                result = await self.backend.run(
+                    workspace.root, list(argv), limits=limits, stdin=stdin, env=kept, run_id=run_id
+                )
+            finally:
+                held.close()
+        except WorkspaceUnavailableError as exc:
+            log.error(
+                "sandbox.run_failed",
+                agent_id=agent_id,
+                backend=self.backend_name,
+                run_id=run_id,
+                error=str(exc),
             )
+            raise SandboxUnavailableError(str(exc)) from exc
         except SandboxUnavailableError as exc:
             log.error(
                 "sandbox.run_failed",
@@ -180,6 +236,7 @@ class LunoEdge:
             signal=result.signal,
             limit_hit=result.limit_hit,
             truncated=result.truncated,
+            quota=quota,
         )
         return result
 

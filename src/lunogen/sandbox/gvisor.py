@@ -46,8 +46,8 @@ from lunogen.sandbox.base import (
     SandboxUnavailableError,
 )
 from lunogen.sandbox.bwrap import SAFE_PATH, agent_uid
-from lunogen.sandbox.limits import Cgroups, RunCgroup, fsize_for
-from lunogen.sandbox.runner import Launch, supervise
+from lunogen.sandbox.limits import Cgroups, RunCgroup
+from lunogen.sandbox.runner import Launch, starting_fsize, supervise
 from lunogen.sandbox.workspace import Workspace
 
 RUNSC = "runsc"
@@ -216,8 +216,7 @@ class GVisorBackend(Backend):
         container_id = f"lunogen-{run_id}"
         space = Workspace(workspace, owner=self.workspace_owner(workspace))
         await asyncio.to_thread(space.ensure)
-        used = await asyncio.to_thread(space.usage)
-        fsize = fsize_for(limits, used_bytes=used)
+        fsize = await starting_fsize(space, limits)
         bundle = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=self.bundles_dir))
         cgroup: RunCgroup | None = None
         try:

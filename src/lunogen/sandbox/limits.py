@@ -70,11 +70,6 @@ def prlimit_args(limit_list: list[tuple[int, tuple[int, int]]]) -> list[str]:
     return [f"{_PRLIMIT_OPTIONS[which]}={soft}:{hard}" for which, (soft, hard) in limit_list]
 
 
-def fsize_for(limits: SandboxLimits, *, used_bytes: int) -> int:
-    """The largest file a run may write: the file size limit or what is left of the quota."""
-    return max(0, min(limits.file_size_mb * MIB, limits.workspace_mb * MIB - used_bytes))
-
-
 @dataclass
 class RunCgroup:
     """One run's groups. `procs_fds` are open for writing `JOIN_FILE` in the child."""

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from lunogen.sandbox.base import Backend, RunResult, SandboxLimits
-from lunogen.sandbox.limits import Cgroups, RunCgroup, fsize_for, rlimits
-from lunogen.sandbox.runner import Launch, supervise
+from lunogen.sandbox.limits import Cgroups, RunCgroup, rlimits
+from lunogen.sandbox.runner import Launch, starting_fsize, supervise
 from lunogen.sandbox.workspace import Workspace
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -47,7 +47,7 @@ class ProcessBackend(Backend):
             raise ValueError("argv is empty")
         space = Workspace(workspace)
         space.ensure()
-        fsize = fsize_for(limits, used_bytes=await asyncio.to_thread(space.usage))
+        fsize = await starting_fsize(space, limits)
         cgroup: RunCgroup | None = None
         if self.cgroups.available:
             try:

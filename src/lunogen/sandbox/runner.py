@@ -15,12 +15,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from lunogen.sandbox.base import LimitHit, RunResult, SandboxLimits, SandboxUnavailableError
 from lunogen.sandbox.limits import MIB, RunCgroup
-from lunogen.sandbox.workspace import Workspace
+from lunogen.sandbox.workspace import QuotaCheck, Workspace
+
+log = structlog.get_logger(__name__)
 
 CHUNK = 65536
 WATCH_INTERVAL = 0.2  # seconds between quota / CPU checks during a run
+# A slow quota check (a walk of many files) waits this many times its own duration before the
+# next one, so that the watcher takes at most a third of a CPU.
+WATCH_BACKOFF = 2.0
 DRAIN_SECONDS = 2.0  # how long to wait for output pipes to close once the run has ended
 
 
@@ -97,6 +104,23 @@ async def _exited(pid: int) -> None:
         os.close(fd)
 
 
+async def check_quota(workspace: Workspace, limits: SandboxLimits) -> QuotaCheck:
+    """The workspace against its quota; a check that fails for any reason counts as over
+    quota (and is logged), so that no tree shape can switch the quota off."""
+    try:
+        return await asyncio.to_thread(workspace.check, limits)
+    except Exception as exc:
+        log.exception("sandbox.quota_check_failed", workspace=workspace.root.name, error=repr(exc))
+        return QuotaCheck(
+            mode="watcher", bytes=0, entries=0, over=True, full=False, detail=repr(exc)
+        )
+
+
+async def starting_fsize(workspace: Workspace, limits: SandboxLimits) -> int:
+    """RLIMIT_FSIZE for a run: the file size limit, or what is left of the quota."""
+    return (await check_quota(workspace, limits)).fsize(limits)
+
+
 async def supervise(
     launch: Launch, *, workspace: Workspace, limits: SandboxLimits, stdin: bytes | None
 ) -> RunResult:
@@ -140,18 +164,38 @@ async def supervise(
         if launch.cgroup is not None:
             launch.cgroup.kill_all()
 
-    quota = limits.workspace_mb * MIB
     cpu_limit = float(limits.cpu_seconds)
 
+    def over_quota(check: QuotaCheck) -> bool:
+        if check.over and not killed_for:
+            log.info(
+                "sandbox.over_quota",
+                workspace=workspace.root.name,
+                quota=check.mode,
+                bytes=check.bytes,
+                entries=check.entries,
+                detail=check.detail,
+            )
+        return check.over
+
     async def watch() -> None:
+        interval = WATCH_INTERVAL
         while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            if launch.cgroup is not None:
-                used_cpu = launch.cgroup.cpu_seconds()
-                if used_cpu is not None and used_cpu >= cpu_limit:
-                    kill("cpu_time")
+            await asyncio.sleep(interval)
+            try:
+                if launch.cgroup is not None:
+                    used_cpu = launch.cgroup.cpu_seconds()
+                    if used_cpu is not None and used_cpu >= cpu_limit:
+                        kill("cpu_time")
+                        return
+                started_check = time.perf_counter()
+                if over_quota(await check_quota(workspace, limits)):
+                    kill("disk_quota")
                     return
-            if await asyncio.to_thread(workspace.usage) > quota:
+                spent = time.perf_counter() - started_check
+                interval = max(WATCH_INTERVAL, WATCH_BACKOFF * spent)
+            except Exception:  # the watcher never stops quietly: no watcher, no run
+                log.exception("sandbox.watcher_failed", workspace=workspace.root.name)
                 kill("disk_quota")
                 return
 
@@ -191,6 +235,7 @@ async def supervise(
         exit_code, sig = None, signal.SIGKILL
 
     stdout, stderr = out.value(), err.value()
+    final = await check_quota(workspace, limits)
     limit = _verdict(
         killed_for=killed_for,
         signal_=sig,
@@ -199,7 +244,8 @@ async def supervise(
         cgroup=launch.cgroup,
         limits=limits,
         fsize_bytes=launch.fsize_bytes,
-        over_quota=(await asyncio.to_thread(workspace.usage)) > quota,
+        over_quota=over_quota(final),
+        disk_full=final.full,
     )
     truncated = out.truncated or err.truncated
     if limit is None and truncated:
@@ -225,10 +271,14 @@ def _verdict(
     limits: SandboxLimits,
     fsize_bytes: int,
     over_quota: bool,
+    disk_full: bool = False,
 ) -> LimitHit | None:
     if killed_for:
         return killed_for[0]
-    if over_quota:
+    # A full kernel-enforced workspace answers ENOSPC: a run that then failed, or said so, hit
+    # the quota.
+    enospc = b"No space left on device" in stderr[-4096:]
+    if over_quota or (disk_full and (exit_code != 0 or enospc)):
         return "disk_quota"
     if cgroup is not None and cgroup.memory_hit():
         return "memory"

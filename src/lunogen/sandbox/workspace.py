@@ -6,11 +6,16 @@ platform treats every name in it as hostile: paths are resolved one component at
 never leave the root, and a symbolic link is followed only when its target (read, not trusted)
 stays inside the workspace. A swap of a checked directory for a link between two calls cannot
 redirect us: every step opens relative to the fd of the previous one.
+
+The quota (bytes and entries, from the plan) holds in one of two ways: the kernel's, when the
+workspace has its own loop-mounted ext4 image (`diskimage`), or the watcher's, polling a walk of
+the tree during runs (`tree`, which survives any tree). `check()` says where a workspace stands.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -18,15 +23,31 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+import structlog
 
 from lunogen.errors import LunogenError
+from lunogen.sandbox import tree
 from lunogen.sandbox.base import WORKSPACE_MOUNT, SandboxLimits
+from lunogen.sandbox.diskimage import ImageError, WorkspaceImage
+from lunogen.sandbox.tree import FileEntry
+
+log = structlog.get_logger(__name__)
 
 MIB = 1024 * 1024
 # Agent ids are uuids today; any single, plain path component is accepted.
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_PATH_PARTS = tree.MAX_DEPTH  # components a file operation's path may have
+_DIR_FLAGS = tree.DIR_FLAGS
+# How the quota of a workspace is enforced: by the kernel (its own loop-mounted ext4 image), or
+# by polling its size and entry count while code runs.
+QuotaMode = Literal["kernel", "watcher"]
+# A kernel-enforced workspace with less than this free counts as full: a run that then failed
+# with ENOSPC hit the quota. Not 0, because a large write is refused whole when its page-cache
+# folio (up to 2 MiB) cannot be reserved, even with a little space left for small ones.
+_FULL_MARGIN = 2 * MIB
 
 
 class WorkspaceError(LunogenError, ValueError):
@@ -50,11 +71,27 @@ class WorkspaceQuotaError(WorkspaceError):
     status_code = 413
 
 
+class WorkspaceUnavailableError(WorkspaceError):
+    """The workspace's image could not be mounted (or its lock was held too long)."""
+
+    status_code = 503
+    error = "Workspace unavailable"
+
+
 @dataclass(frozen=True)
-class FileEntry:
-    path: str  # relative to the workspace root, with "/" separators
-    size: int
-    is_dir: bool
+class QuotaCheck:
+    mode: QuotaMode
+    bytes: int
+    entries: int
+    over: bool  # past the quota or the file cap, or not measurable: a run must stop
+    full: bool  # the kernel refuses more: no space or no inode left
+    detail: str = ""
+
+    def fsize(self, limits: SandboxLimits) -> int:
+        """The largest file a run may write: the file size limit or what is left of the quota."""
+        if self.over:
+            return 0
+        return max(0, min(limits.file_size_mb * MIB, limits.workspace_mb * MIB - self.bytes))
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -94,16 +131,24 @@ def _display(parts: list[str]) -> str:
 
 
 class Workspace:
-    """One agent's workspace directory. `owner` (uid, gid), when set, owns everything we write."""
+    """One agent's workspace directory. `owner` (uid, gid), when set, owns everything we write.
 
-    def __init__(self, root: Path, *, owner: tuple[int, int] | None = None) -> None:
+    With `kernel_quota`, the first run gives the workspace its own ext4 image (`diskimage`);
+    a workspace that has an image is mounted before any use, whoever asks."""
+
+    def __init__(
+        self, root: Path, *, owner: tuple[int, int] | None = None, kernel_quota: bool = False
+    ) -> None:
         self.root = root
         self.owner = owner
+        self.kernel_quota = kernel_quota
+        self.image = WorkspaceImage(root)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def ensure(self) -> None:
         self.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._attach()
         try:
             self.root.mkdir(mode=0o700)
         except FileExistsError:
@@ -118,15 +163,106 @@ class Workspace:
     def exists(self) -> bool:
         return self.root.is_dir() and not self.root.is_symlink()
 
+    @property
+    def quota_mode(self) -> QuotaMode:
+        return "kernel" if self.image.mounted() else "watcher"
+
+    def prepare(self, limits: SandboxLimits) -> QuotaMode:
+        """Make the workspace ready for a run: mounted if it has an image; given one first
+        when `kernel_quota` is on; grown after a plan upgrade. Returns how the quota holds.
+
+        Raises WorkspaceUnavailableError when an existing image cannot be mounted (running on
+        the directory beneath it would hide what the run writes)."""
+        self.ensure()
+        if self.image.exists():
+            if self.image.needs_growing(limits):
+                self._grow(limits)
+            return "kernel"
+        if not self.kernel_quota:
+            return "watcher"
+        with self.image.lock(exclusive=True, make_dir=True) as locked:
+            if not locked:
+                raise WorkspaceUnavailableError("the workspace is busy; try again")
+            if self.image.exists():  # made by another process meanwhile
+                self.image.mount(owner=self.owner)
+                return "kernel"
+            try:
+                self.image.create(limits, owner=self.owner)
+            except (ImageError, OSError) as exc:
+                if self.image.exists():
+                    raise WorkspaceUnavailableError(
+                        f"the workspace image could not be mounted: {exc}"
+                    ) from exc
+                log.warning("sandbox.quota_fallback", workspace=self.root.name, error=str(exc))
+                return "watcher"
+        log.info("sandbox.workspace_image", workspace=self.root.name, quota_mb=limits.workspace_mb)
+        return "kernel"
+
+    def _grow(self, limits: SandboxLimits) -> None:
+        """Grow the image after a plan upgrade, if no run holds it now (else at a later run)."""
+        with self.image.lock(exclusive=True, timeout=0) as locked:
+            grown = locked and self.image.grow(limits, owner=self.owner)
+        if not self.image.mounted():
+            raise WorkspaceUnavailableError("the workspace image could not be mounted again")
+        log.info(
+            "sandbox.workspace_grown" if grown else "sandbox.workspace_grow_deferred",
+            workspace=self.root.name,
+            quota_mb=limits.workspace_mb,
+        )
+
+    def _attach(self) -> None:
+        """Mount the workspace's image if it has one that is not mounted (after a reboot)."""
+        if self.image.mounted() or not self.image.exists():
+            return
+        with self.image.lock(exclusive=True) as locked:
+            if not locked:
+                raise WorkspaceUnavailableError("the workspace is busy; try again")
+            try:
+                self.image.mount(owner=self.owner)
+            except (ImageError, OSError) as exc:
+                raise WorkspaceUnavailableError(
+                    f"the workspace image could not be mounted: {exc}"
+                ) from exc
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held by a run or a file operation: nothing unmounts, converts or grows the workspace
+        meanwhile."""
+        self._attach()
+        with self.image.lock(exclusive=False) as locked:
+            if not locked:
+                raise WorkspaceUnavailableError("the workspace is busy; try again")
+            yield
+
+    def hold(self) -> contextlib.ExitStack:
+        """`in_use()` until the returned stack is closed (for a run, held across awaits)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.in_use())
+        return stack
+
     def destroy(self) -> None:
+        """Remove the workspace, its image and everything in it, whatever its shape."""
         if self.root.is_symlink():
             self.root.unlink()
-        elif self.root.exists():
-            parent = os.open(self.root.parent, _DIR_FLAGS)
-            try:
-                _rmtree(self.root.name, dir_fd=parent)
-            finally:
-                os.close(parent)
+            return
+        if self.image.dir.is_dir():
+            # A run still going keeps its own view of a lazily unmounted image until it ends.
+            with self.image.lock(exclusive=True) as locked:
+                if not locked:
+                    log.warning("sandbox.destroy_unlocked", workspace=self.root.name)
+                self.image.delete()
+                self._remove_root()
+        else:
+            self._remove_root()
+
+    def _remove_root(self) -> None:
+        if not os.path.lexists(self.root):
+            return
+        parent = os.open(self.root.parent, _DIR_FLAGS)
+        try:
+            tree.remove(self.root.name, dir_fd=parent)
+        finally:
+            os.close(parent)
 
     # -- safe resolution -----------------------------------------------------------------------
 
@@ -154,6 +290,8 @@ class Workspace:
         """Walk `parts` from the root. Returns (fd of the final directory, its components,
         the last name or "" when follow_last resolved everything into the fd)."""
         original = _display(parts)
+        if len(parts) > _MAX_PATH_PARTS:
+            raise WorkspacePathError(f"path has more than {_MAX_PATH_PARTS} components")
         stack: list[int] = [self._root_fd()]
         resolved: list[str] = []
         todo = list(parts)
@@ -186,6 +324,8 @@ class Workspace:
                         raise WorkspacePathError(f"too many symbolic links: {original}")
                     target = os.readlink(part, dir_fd=stack[-1])
                     todo = self._link_parts(target, original) + todo
+                    if len(todo) + len(resolved) > _MAX_PATH_PARTS:
+                        raise WorkspacePathError(f"path goes too deep: {original}")
                     if target.startswith("/"):
                         while len(stack) > 1:
                             os.close(stack.pop())
@@ -246,6 +386,10 @@ class Workspace:
     # -- operations ----------------------------------------------------------------------------
 
     def read(self, path: str, *, max_bytes: int) -> bytes:
+        with self.in_use():
+            return self._read(path, max_bytes=max_bytes)
+
+    def _read(self, path: str, *, max_bytes: int) -> bytes:
         parts = split_path(path)
         if not parts:
             raise WorkspacePathError("the path names the workspace itself, not a file")
@@ -279,7 +423,11 @@ class Workspace:
         if not parts:
             raise WorkspacePathError("the path names the workspace itself, not a file")
         self.ensure()
-        if len(parts) > 1:
+        with self.in_use(), _refused_as_quota(limits):
+            self._write(parts, data, limits=limits)
+
+    def _write(self, parts: list[str], data: bytes, *, limits: SandboxLimits) -> None:
+        if len(parts) > 1:  # the directories count in the check below, once made
             fd, _, _ = self._walk(parts[:-1], create=True, follow_last=True)
             os.close(fd)
         dir_fd, name, st = self._resolve_leaf(parts)
@@ -287,7 +435,7 @@ class Workspace:
             if st is not None and not stat.S_ISREG(st.st_mode):
                 raise WorkspacePathError(f"not a regular file: {_display(parts)}")
             existing = st.st_size if st is not None else 0
-            self._check_quota(len(data) - existing, limits)
+            self._check_quota(len(data) - existing, limits, new_entries=int(st is None))
             try:
                 fd = os.open(
                     name,
@@ -296,13 +444,21 @@ class Workspace:
                     dir_fd=dir_fd,
                 )
             except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
                 raise WorkspacePathError(f"cannot write {_display(parts)}: {exc.strerror}") from exc
-            with os.fdopen(fd, "wb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    raise WorkspacePathError(f"not a regular file: {_display(parts)}")
-                handle.write(data)
-                if self.owner is not None:
-                    os.fchown(handle.fileno(), *self.owner)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                        raise WorkspacePathError(f"not a regular file: {_display(parts)}")
+                    handle.write(data)
+                    if self.owner is not None:
+                        os.fchown(handle.fileno(), *self.owner)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and st is None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)  # no half-written new file
+                raise
         finally:
             os.close(dir_fd)
 
@@ -312,55 +468,35 @@ class Workspace:
         parts = split_path(path)
         if not parts and not self.exists():
             return []
-        if parts:
-            fd, resolved, _ = self._walk(parts, create=False, follow_last=True)
-        else:
-            fd, resolved = self._root_fd(), []
-        entries: list[FileEntry] = []
-        try:
-            self._list_into(fd, resolved, entries, recursive=recursive, limit=max(0, limit))
-        finally:
-            os.close(fd)
-        return entries
-
-    def _list_into(
-        self, fd: int, prefix: list[str], out: list[FileEntry], *, recursive: bool, limit: int
-    ) -> None:
-        with os.scandir(fd) as it:
-            children = sorted(it, key=lambda e: e.name)
-        for entry in children:
-            if len(out) >= limit:
-                return
-            st = entry.stat(follow_symlinks=False)
-            is_dir = stat.S_ISDIR(st.st_mode)
-            rel = [*prefix, entry.name]
-            out.append(
-                FileEntry(path="/".join(rel), size=0 if is_dir else st.st_size, is_dir=is_dir)
-            )
-            if recursive and is_dir:
-                try:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue
-                try:
-                    self._list_into(child, rel, out, recursive=True, limit=limit)
-                finally:
-                    os.close(child)
+        with self.in_use():
+            if parts:
+                fd, resolved, _ = self._walk(parts, create=False, follow_last=True)
+            else:
+                fd, resolved = self._root_fd(), []
+            try:
+                return tree.list_entries(fd, resolved, recursive=recursive, limit=max(0, limit))
+            except tree.TreeChangedError as exc:
+                changing = f"{_display(parts)} kept changing while it was listed"
+                raise WorkspaceError(changing) from exc
+            finally:
+                os.close(fd)
 
     def delete(self, path: str) -> None:
         parts = split_path(path)
-        with self._open_parent(parts) as (dir_fd, name):
+        with self.in_use(), self._open_parent(parts) as (dir_fd, name):
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 return
-            if stat.S_ISDIR(st.st_mode):
-                _rmtree(name, dir_fd=dir_fd)
-            else:
-                os.unlink(name, dir_fd=dir_fd)
+            tree.remove(name, dir_fd=dir_fd)
 
     def replace_dir(self, dest: str, files: Mapping[str, bytes], *, limits: SandboxLimits) -> None:
         """Make directory `dest` hold exactly `files` (relative paths under it)."""
+        self.ensure()
+        with self.in_use(), _refused_as_quota(limits):
+            self._replace_dir(dest, files, limits=limits)
+
+    def _replace_dir(self, dest: str, files: Mapping[str, bytes], *, limits: SandboxLimits) -> None:
         dest_parts = split_path(dest)
         if not dest_parts:
             raise WorkspacePathError("copy_in needs a directory inside the workspace, not its root")
@@ -375,10 +511,14 @@ class Workspace:
                     f"{limits.file_size_mb} MB"
                 )
             cleaned[tuple(rel_parts)] = data
-        self.ensure()
+        new_entries = 1 + len({part for key in cleaned for part in _prefixes(key)})  # + dest
         with self._open_parent(dest_parts, create=True) as (dir_fd, name):
-            old = _tree_size(name, dir_fd)
-            self._check_quota(sum(map(len, cleaned.values())) - old, limits)
+            old = _subtree_usage(name, dir_fd, limits)
+            self._check_quota(
+                sum(map(len, cleaned.values())) - old.bytes,
+                limits,
+                new_entries=new_entries - old.entries,
+            )
             staging = f".{name}.lunogen-{uuid.uuid4().hex[:8]}"
             os.mkdir(staging, 0o755, dir_fd=dir_fd)
             self._chown_at(dir_fd, staging)
@@ -392,13 +532,13 @@ class Workspace:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     if stat.S_ISDIR(st.st_mode):
-                        _rmtree(name, dir_fd=dir_fd)
+                        tree.remove(name, dir_fd=dir_fd)
                     else:
                         os.unlink(name, dir_fd=dir_fd)
                 os.rename(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    _rmtree(staging, dir_fd=dir_fd)
+                    tree.remove(staging, dir_fd=dir_fd)
                 raise
 
     def _write_new(self, root_fd: int, parts: list[str], data: bytes) -> None:
@@ -432,102 +572,107 @@ class Workspace:
 
     # -- quota ---------------------------------------------------------------------------------
 
-    def usage(self) -> int:
-        """Bytes held by regular files in the workspace (hard links counted once)."""
+    def check(self, limits: SandboxLimits) -> QuotaCheck:
+        """Where the workspace stands against `limits`. In the kernel mode this is one statfs;
+        otherwise a walk that stops, counting as over quota, past the file cap or MAX_DEPTH."""
+        if self.image.mounted():
+            used = self.image.usage()
+            over_bytes = used.bytes > limits.workspace_mb * MIB
+            over_entries = used.entries > limits.max_files
+            return QuotaCheck(
+                mode="kernel",
+                bytes=used.bytes,
+                entries=used.entries,
+                over=over_bytes or over_entries,
+                full=used.free_bytes < _FULL_MARGIN or used.free_entries == 0,
+                detail="over the file cap" if over_entries else "",
+            )
+        measured = self._measure(limits.max_files)
+        over_bytes = measured.bytes > limits.workspace_mb * MIB
+        over_entries = measured.entries > limits.max_files
+        detail = ""
+        if over_entries:
+            detail = "over the file cap"
+        elif not measured.complete:
+            detail = f"not measurable within {limits.max_files} entries and {tree.MAX_DEPTH} levels"
+        return QuotaCheck(
+            mode="watcher",
+            bytes=measured.bytes,
+            entries=measured.entries,
+            over=over_bytes or over_entries or not measured.complete,
+            full=False,
+            detail=detail,
+        )
+
+    def _measure(self, max_entries: int) -> tree.TreeUsage:
         try:
             fd = os.open(self.root, _DIR_FLAGS)
         except FileNotFoundError:
-            return 0
+            return tree.TreeUsage(bytes=0, entries=0, complete=True)
         try:
-            return _fd_tree_size(fd, set())
+            return tree.measure(fd, max_entries=max_entries)
         finally:
             os.close(fd)
 
-    def _check_quota(self, growth: int, limits: SandboxLimits) -> None:
-        if growth <= 0:
+    def usage(self) -> int:
+        """Bytes the workspace holds: allocated in its image (kernel mode), or of its regular
+        files (hard links counted once), as far as a walk of at most a million entries gets."""
+        if self.image.mounted():
+            return self.image.usage().bytes
+        return self._measure(1_000_000).bytes
+
+    def _check_quota(self, growth: int, limits: SandboxLimits, *, new_entries: int = 0) -> None:
+        if growth <= 0 and new_entries <= 0:
             return
-        quota = limits.workspace_mb * MIB
-        used = self.usage()
-        if used + growth > quota:
+        now = self.check(limits)
+        if now.entries + max(new_entries, 0) > limits.max_files:
             raise WorkspaceQuotaError(
-                f"workspace quota exceeded: {used} bytes used, {growth} more would pass the "
-                f"{limits.workspace_mb} MB quota"
+                f"workspace file limit reached: it holds {now.entries} files and directories, "
+                f"the limit is {limits.max_files}"
+            )
+        if now.over or now.bytes + max(growth, 0) > limits.workspace_mb * MIB:
+            raise WorkspaceQuotaError(
+                f"workspace quota exceeded: {now.bytes} bytes used, {max(growth, 0)} more would "
+                f"pass the {limits.workspace_mb} MB quota"
+                + (f" ({now.detail})" if now.detail else "")
             )
 
 
-def _fd_tree_size(fd: int, seen: set[tuple[int, int]]) -> int:
-    total = 0
+@contextlib.contextmanager
+def _refused_as_quota(limits: SandboxLimits) -> Iterator[None]:
+    """The kernel's ENOSPC (an image out of space or inodes) as a WorkspaceQuotaError."""
     try:
-        it = os.scandir(fd)
-    except OSError:
-        return 0
-    with it:
-        for entry in it:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1:
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                total += st.st_size
-            elif stat.S_ISDIR(st.st_mode):
-                try:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue
-                try:
-                    total += _fd_tree_size(child, seen)
-                finally:
-                    os.close(child)
-    return total
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise WorkspaceQuotaError(
+            f"workspace quota exceeded: the workspace is full ({limits.workspace_mb} MB, "
+            f"{limits.max_files} files)"
+        ) from exc
 
 
-def _tree_size(name: str, dir_fd: int) -> int:
+def _prefixes(key: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Every path a file at `key` needs: its directories and itself."""
+    for end in range(1, len(key) + 1):
+        yield key[:end]
+
+
+def _subtree_usage(name: str, dir_fd: int, limits: SandboxLimits) -> tree.TreeUsage:
+    """What `name` in `dir_fd` holds now, which replacing it frees. Nothing when it is missing,
+    or too big or deep to measure: nothing is freed on credit."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return 0
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
+        return tree.TreeUsage(bytes=0, entries=0, complete=True)
     if not stat.S_ISDIR(st.st_mode):
-        return 0
+        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return tree.TreeUsage(bytes=size, entries=1, complete=True)
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        return _fd_tree_size(fd, set())
+        measured = tree.measure(fd, max_entries=limits.max_files)
     finally:
         os.close(fd)
-
-
-def _rmtree(name: str, *, dir_fd: int | None = None) -> None:
-    """Remove a tree without following links; makes directories the sandbox locked writable."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except PermissionError:
-        os.chmod(name, 0o700, dir_fd=dir_fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o700 != 0o700:
-            os.fchmod(fd, 0o700)
-        with os.scandir(fd) as it:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
-        for child, is_dir in children:
-            if is_dir:
-                _rmtree(child, dir_fd=fd)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(name, dir_fd=dir_fd)
+    if not measured.complete:
+        return tree.TreeUsage(bytes=0, entries=0, complete=False)
+    return tree.TreeUsage(bytes=measured.bytes, entries=measured.entries + 1, complete=True)

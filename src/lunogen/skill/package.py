@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.nodes import Node
 
-from lunogen.errors import LunogenError
+from lunogen.errors import LunogenError, PayloadTooLargeError
 
 MAX_SKILL_MD_BYTES = 256 * 1024
 MAX_FRONT_MATTER_BYTES = 16 * 1024
+# Valid front matter nests 3 deep (the mapping, `metadata`, its values). PyYAML composes nodes
+# recursively, so thousands of levels end in RecursionError; deep flow collections (`[[[…`)
+# also make its scanner quadratic, so they are refused before it runs.
+MAX_FRONT_MATTER_DEPTH = 8
+_MAX_BRACKET_DEPTH = 32
 MAX_FILES = 100
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_PACKAGE_BYTES = 5 * 1024 * 1024  # SKILL.md and every file, uncompressed
@@ -62,9 +68,8 @@ class PackageError(LunogenError):
         )
 
 
-class UploadTooLargeError(LunogenError):
-    status_code = 413
-    error = "Upload too large"
+class UploadTooLargeError(PayloadTooLargeError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -168,13 +173,50 @@ def _allowed_tools(value: Any) -> list[str]:
     return list(items)
 
 
+def _too_deep() -> PackageError:
+    return PackageError(
+        "skill_md", f"the front matter nests deeper than {MAX_FRONT_MATTER_DEPTH} levels"
+    )
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep `[` and `{` nest in `text`, counted wherever they stand (an upper bound)."""
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+class _FrontMatterLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nodes nested deeper than MAX_FRONT_MATTER_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self._depth >= MAX_FRONT_MATTER_DEPTH:
+            raise _too_deep()
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse_front_matter(yaml_text: str) -> dict[str, Any]:
     if len(yaml_text.encode()) > MAX_FRONT_MATTER_BYTES:
         raise PackageError(
             "skill_md", f"the front matter must be at most {MAX_FRONT_MATTER_BYTES} bytes"
         )
+    if _bracket_depth(yaml_text) > _MAX_BRACKET_DEPTH:
+        raise _too_deep()
     try:
-        front = yaml.safe_load(yaml_text)
+        front = yaml.load(yaml_text, Loader=_FrontMatterLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 2})" if mark is not None else ""
@@ -237,6 +279,8 @@ def normalise_path(raw: str, *, field_prefix: str = "files") -> str:
         raise PackageError(field_prefix, "file paths must not be empty")
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in raw):
         raise PackageError(field, "control or invisible characters in a file path")
+    if any(unicodedata.category(ch) == "Cs" for ch in raw):
+        raise PackageError(field, "file paths must be valid Unicode text (no lone surrogates)")
     if "\\" in raw:
         raise PackageError(field, "backslashes are not allowed in file paths; use '/'")
     if raw.startswith("/") or _DRIVE.match(raw):
@@ -288,13 +332,21 @@ def _check_files(files: Mapping[str, bytes], skill_md_bytes: int) -> dict[str, b
     return clean
 
 
+def _utf8(text: str, field: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate, which JSON's \udXXX escapes can carry
+        message = f"{what} must be valid Unicode text (no lone surrogates)"
+        raise PackageError(field, message) from exc
+
+
 def build(skill_md: str, files: Mapping[str, bytes]) -> ParsedSkill:
     """Validate a package given as SKILL.md text and file contents by path."""
     if skill_md.startswith("\ufeff"):
         skill_md = skill_md[1:]
     if "\x00" in skill_md:
         raise PackageError("skill_md", "SKILL.md must not contain NUL characters")
-    skill_md_bytes = len(skill_md.encode())
+    skill_md_bytes = len(_utf8(skill_md, "skill_md", "SKILL.md"))
     if skill_md_bytes > MAX_SKILL_MD_BYTES:
         raise PackageError("skill_md", f"SKILL.md must be at most {MAX_SKILL_MD_BYTES} bytes")
     yaml_text, body = split_front_matter(skill_md)
@@ -313,7 +365,11 @@ def from_json(skill_md: str, files: Mapping[str, str]) -> ParsedSkill:
     """A package sent as JSON: the file values are UTF-8 text."""
     if len(files) > MAX_FILES:
         raise PackageError("files", f"a skill may have at most {MAX_FILES} files")
-    return build(skill_md, {path: text.encode() for path, text in files.items()})
+    contents = {
+        path: _utf8(text, f"files.{normalise_path(path)}", "the file")
+        for path, text in files.items()
+    }
+    return build(skill_md, contents)
 
 
 # -- zip -----------------------------------------------------------------------------------

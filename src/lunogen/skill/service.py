@@ -33,6 +33,22 @@ USABLE = frozenset({SkillStatus.CLEAN.value, SkillStatus.APPROVED.value})
 
 
 @dataclass(frozen=True)
+class ScannedPackage:
+    """A parsed package and its scanner findings. Scanning happens before any transaction
+    that writes (`scan`): it can take seconds of CPU, and on SQLite a write transaction holds
+    the database's only write lock."""
+
+    package: ParsedSkill
+    findings: list[dict[str, object]]
+
+
+async def scan(package: ParsedSkill) -> ScannedPackage:
+    """Scan `package` off the event loop. Call it with no transaction open."""
+    found = await asyncio.to_thread(scan_package, skill_md=package.skill_md, files=package.files)
+    return ScannedPackage(package=package, findings=[f.as_dict() for f in found])
+
+
+@dataclass(frozen=True)
 class SkillPackage:
     """A usable skill's current version, as the runtime sees it."""
 
@@ -159,12 +175,10 @@ async def _check_name_free(
         )
 
 
-async def _add_version(
-    session: AsyncSession, *, skill: Skill, number: int, package: ParsedSkill, actor_id: str
+def _add_version(
+    session: AsyncSession, *, skill: Skill, number: int, scanned: ScannedPackage, actor_id: str
 ) -> list[dict[str, object]]:
-    # Up to a few seconds of CPU for a package at the size limit: off the event loop.
-    found = await asyncio.to_thread(scan_package, skill_md=package.skill_md, files=package.files)
-    findings = [f.as_dict() for f in found]
+    package, findings = scanned.package, scanned.findings
     version = SkillVersion(
         skill_id=skill.id,
         version=number,
@@ -209,9 +223,10 @@ def _rules(findings: Sequence[dict[str, object]]) -> list[str]:
 
 
 async def create_skill(
-    session: AsyncSession, *, principal: Principal, package: ParsedSkill
+    session: AsyncSession, *, principal: Principal, scanned: ScannedPackage
 ) -> Skill:
-    """Store version 1 and scan it: `clean` without findings, else `flagged`."""
+    """Store version 1 of a scanned package: `clean` without findings, else `flagged`."""
+    package = scanned.package
     owner = principal.user
     await _lock_owner(session, owner.id)
     count_query = select(func.count()).select_from(visible_skills(owner_id=owner.id).subquery())
@@ -233,9 +248,7 @@ async def create_skill(
     )
     session.add(skill)
     await session.flush()
-    findings = await _add_version(
-        session, skill=skill, number=1, package=package, actor_id=owner.id
-    )
+    findings = _add_version(session, skill=skill, number=1, scanned=scanned, actor_id=owner.id)
     skill.findings = findings
     skill.status = (SkillStatus.FLAGGED if findings else SkillStatus.CLEAN).value
     await session.flush()
@@ -250,14 +263,15 @@ async def create_skill(
 
 
 async def update_skill(
-    session: AsyncSession, *, principal: Principal, skill_id: str, package: ParsedSkill
+    session: AsyncSession, *, principal: Principal, skill_id: str, scanned: ScannedPackage
 ) -> Skill:
-    """Store the package as the next version and scan it again.
+    """Store the scanned package as the next version.
 
     The same package as the current version (same sha256) changes nothing. Otherwise the
     status becomes `clean` or `flagged` from the new findings (an approval covers only the
     version it approved), except that a `blocked` skill stays blocked.
     """
+    package = scanned.package
     owner = principal.user
     skill = await get_skill(session, owner_id=owner.id, skill_id=skill_id, for_update=True)
     current = await current_version(session, skill)
@@ -267,9 +281,7 @@ async def update_skill(
         await _lock_owner(session, owner.id)
         await _check_name_free(session, owner_id=owner.id, name=package.name, skill_id=skill.id)
     number = skill.version + 1
-    findings = await _add_version(
-        session, skill=skill, number=number, package=package, actor_id=owner.id
-    )
+    findings = _add_version(session, skill=skill, number=number, scanned=scanned, actor_id=owner.id)
     previous = {"name": skill.name, "status": skill.status}
     skill.name = package.name
     skill.description = package.description

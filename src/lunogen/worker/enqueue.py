@@ -1,4 +1,9 @@
-"""Enqueue-after-commit: jobs added during a transaction are sent only once it commits."""
+"""Enqueue-after-commit: jobs added during a transaction are sent only once it commits.
+
+"Commits" means the outermost transaction: a released SAVEPOINT only hands its jobs to the
+transaction around it, and a rolled-back one drops just the jobs added inside it
+(`worker.after_commit`).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,22 @@ import asyncio
 from typing import Any
 
 import structlog
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 from taskiq import AsyncTaskiqDecoratedTask
+
+from lunogen.worker import after_commit
 
 log = structlog.get_logger(__name__)
 
-_KEY = "lunogen_pending_jobs"
+_KIND = "jobs"
 _background: set[asyncio.Task[Any]] = set()
+
+Job = tuple[AsyncTaskiqDecoratedTask[Any, Any], tuple[Any, ...]]
 
 
 def enqueue(session: AsyncSession, task: AsyncTaskiqDecoratedTask[Any, Any], *args: Any) -> None:
     """Send `task(*args)` after `session` commits; drop it if the transaction rolls back."""
-    pending = session.sync_session.info.setdefault(_KEY, [])
-    pending.append((task, args))
+    after_commit.defer(session, _KIND, (task, args))
 
 
 async def _send(task: AsyncTaskiqDecoratedTask[Any, Any], args: tuple[Any, ...]) -> None:
@@ -30,21 +36,15 @@ async def _send(task: AsyncTaskiqDecoratedTask[Any, Any], args: tuple[Any, ...])
         log.exception("enqueue_failed", task=task.task_name)
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    pending = session.info.pop(_KEY, [])
-    if not pending:
-        return
+def _send_all(jobs: list[Job]) -> None:
     loop = asyncio.get_running_loop()
-    for task, args in pending:
-        job = loop.create_task(_send(task, args))
-        _background.add(job)
-        job.add_done_callback(_background.discard)
+    for task, args in jobs:
+        sending = loop.create_task(_send(task, args))
+        _background.add(sending)
+        sending.add_done_callback(_background.discard)
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_KEY, None)
+after_commit.register(_KIND, _send_all)
 
 
 async def drain() -> None:

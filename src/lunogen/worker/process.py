@@ -40,6 +40,7 @@ from lunogen.worker.broker import (
     use_broker,
 )
 from lunogen.worker.maintenance import maintenance_forever
+from lunogen.worker.sweeps import sweep_registered_forever
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +106,9 @@ class JobProcess:
             consumer.start(self.grace_seconds)
             self.background = [
                 asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds)),
+                asyncio.create_task(
+                    sweep_registered_forever(sessionmaker, settings.sweep_interval_seconds)
+                ),
                 asyncio.create_task(
                     maintenance_forever(sessionmaker, settings, model_client=model_client)
                 ),
