@@ -8,7 +8,7 @@ from datetime import timedelta
 from pydantic import EmailStr, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.account.models import Consent, EmailToken, User
 from lunogen.account.plans import limits_for
@@ -99,6 +99,19 @@ async def find_by_email(session: AsyncSession, email: str) -> User | None:
     return (await session.execute(query)).scalar_one_or_none()
 
 
+def _before_transaction(session: AsyncSession) -> None:
+    """Refuse to run argon2 (~0.2 s of CPU) while `session` holds a transaction: on SQLite a
+    write transaction is the database's only write lock. The caller commits first."""
+    if session.in_transaction():
+        raise RuntimeError("password hashing must run before the session's transaction begins")
+
+
+async def _lock_user(session: AsyncSession, user_id: str) -> User | None:
+    """The account as committed now, its row locked until the transaction ends (PostgreSQL;
+    on SQLite the transaction's write lock covers it)."""
+    return await session.get(User, user_id, with_for_update=True, populate_existing=True)
+
+
 def _check_consent(data: ConsentIn) -> None:
     missing = [
         field
@@ -161,10 +174,12 @@ async def register(
 
     For a taken address nothing is created and the owner is emailed instead (if
     `may_email_owner()` allows it), so the caller can answer exactly as for a new address.
+    Call it before `session`'s transaction begins: the password is hashed first.
     """
     email = check_registration(data)
+    _before_transaction(session)
     # Hash before looking the address up, so both paths spend the same argon2 time.
-    password_hash = hash_password(data.password)
+    password_hash = await hash_password(data.password)
     existing = await _any_user_with_email(session, email)
     if existing is not None:
         audit.record(
@@ -234,18 +249,23 @@ def valid_email(email: str) -> str:
 async def create_user_admin(
     session: AsyncSession, *, email: str, name: str, password: str | None, role: str
 ) -> User:
-    """The CLI's `user create`: active at once; attestation and consent at first sign-in."""
+    """The CLI's `user create`: active at once; attestation and consent at first sign-in.
+
+    Call it before `session`'s transaction begins: the password is hashed first.
+    """
     email = valid_email(email)
-    if await _any_user_with_email(session, email) is not None:
-        raise ConflictError(f"An account with email {email} already exists")
     if password is not None:
         problem = password_problem(password, email=email, name=name)
         if problem:
             raise ValidationFailedError(f"Password {problem}", field="password")
+    _before_transaction(session)
+    password_hash = await hash_password(password) if password else None
+    if await _any_user_with_email(session, email) is not None:
+        raise ConflictError(f"An account with email {email} already exists")
     user = User(
         email=email,
         name=name,
-        password_hash=hash_password(password) if password else None,
+        password_hash=password_hash,
         email_verified_at=utcnow(),
         role=role,
     )
@@ -322,17 +342,27 @@ async def resend_verification(
         await send_verification(session, user=user, settings=settings, keyring=keyring)
 
 
-async def _consume_token(session: AsyncSession, *, token: str, purpose: str) -> User:
+async def _valid_token(
+    session: AsyncSession, *, token: str, purpose: str, lock: bool = False
+) -> tuple[EmailToken, User]:
+    """The unused, unexpired link token and its account; `lock` locks the token's row."""
     query = select(EmailToken).where(
         EmailToken.token_hash == sha256_hex(token), EmailToken.purpose == purpose
     )
+    if lock:
+        query = query.with_for_update()
     row = (await session.execute(query)).scalar_one_or_none()
     if row is None or row.used_at is not None or row.expires_at <= utcnow():
         raise InvalidTokenError("This link is invalid, already used or expired; ask for a new one")
-    row.used_at = utcnow()
     user = await session.get(User, row.user_id)
     if user is None or user.deleted_at is not None:
         raise InvalidTokenError("This link is invalid, already used or expired; ask for a new one")
+    return row, user
+
+
+async def _consume_token(session: AsyncSession, *, token: str, purpose: str) -> User:
+    row, user = await _valid_token(session, token=token, purpose=purpose, lock=True)
+    row.used_at = utcnow()
     return user
 
 
@@ -352,12 +382,31 @@ async def verify_email(session: AsyncSession, *, token: str, client: ClientInfo)
 
 
 async def authenticate_password(
-    session: AsyncSession, *, email: str, password: str, client: ClientInfo
+    session: AsyncSession,
+    *,
+    reader: async_sessionmaker[AsyncSession],
+    email: str,
+    password: str,
+    client: ClientInfo,
 ) -> User:
-    """Check a password. On failure the audit row is added (the caller must still commit it)."""
-    user = await find_by_email(session, email)
+    """Check a password. On failure the audit row is added (the caller must still commit it).
+
+    The account is read through `reader` (on SQLite: no write lock) and argon2 runs before
+    `session`'s transaction begins; that transaction then locks the account and goes on only
+    if its hash is still the one checked (a reset meanwhile wins).
+    """
+    _before_transaction(session)
+    async with reader() as read:
+        found = await find_by_email(read, email)
+    checked_hash = found.password_hash if found else None
     # Always run argon2, so the answer time does not tell which addresses have accounts.
-    password_ok = verify_password(user.password_hash if user else None, password)
+    password_ok = await verify_password(checked_hash, password)
+    new_hash = None
+    if password_ok and checked_hash and needs_rehash(checked_hash):
+        new_hash = await hash_password(password)
+    user = await _lock_user(session, found.id) if found else None
+    if user is not None and (user.deleted_at is not None or user.password_hash != checked_hash):
+        password_ok = False
     if user is None or not password_ok:
         audit.record(
             session,
@@ -374,8 +423,8 @@ async def authenticate_password(
             "or ask for a new one at /api/v1/auth/verify/resend",
             error="Email not verified",
         )
-    if user.password_hash and needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+    if new_hash is not None:
+        user.password_hash = new_hash
     audit.record(
         session,
         action="auth.sign_in",
@@ -430,15 +479,26 @@ async def request_password_reset(
 
 
 async def reset_password(
-    session: AsyncSession, *, token: str, password: str, client: ClientInfo
+    session: AsyncSession,
+    *,
+    reader: async_sessionmaker[AsyncSession],
+    token: str,
+    password: str,
+    client: ClientInfo,
 ) -> User:
+    """Set the password of the link's account. The link is checked through `reader` and the
+    password hashed before `session`'s transaction begins; that transaction uses the link up."""
     from lunogen.auth.sessions import revoke_all_sessions
 
-    user = await _consume_token(session, token=token, purpose=RESET_PASSWORD)
-    problem = password_problem(password, email=user.email, name=user.name)
+    _before_transaction(session)
+    async with reader() as read:
+        _, holder = await _valid_token(read, token=token, purpose=RESET_PASSWORD)
+    problem = password_problem(password, email=holder.email, name=holder.name)
     if problem:
         raise ValidationFailedError(f"Password {problem}", field="password")
-    user.password_hash = hash_password(password)
+    password_hash = await hash_password(password)
+    user = await _consume_token(session, token=token, purpose=RESET_PASSWORD)
+    user.password_hash = password_hash
     # The reset proves control of the mailbox.
     user.email_verified_at = user.email_verified_at or utcnow()
     await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
@@ -456,14 +516,26 @@ async def change_password(
     client: ClientInfo,
     keep_session_id: str | None,
 ) -> None:
+    """Call it before `session`'s transaction begins (commit the authenticator's first): argon2
+    runs first; the transaction then goes on only if the hash checked is still the account's."""
     from lunogen.auth.sessions import revoke_all_sessions
 
-    if user.password_hash and not verify_password(user.password_hash, current_password):
+    _before_transaction(session)
+    checked_hash = user.password_hash
+    if checked_hash and not await verify_password(checked_hash, current_password):
         raise BadRequestError("Your current password is wrong", error="Wrong current password")
     problem = password_problem(new_password, email=user.email, name=user.name)
     if problem:
         raise ValidationFailedError(f"Password {problem}", field="new_password")
-    user.password_hash = hash_password(new_password)
+    password_hash = await hash_password(new_password)
+    current = await _lock_user(session, user.id)
+    if current is None or current.deleted_at is not None or current.password_hash != checked_hash:
+        raise ConflictError(
+            "Your password was changed meanwhile (in another session or by a reset link); "
+            "sign in again and retry",
+            error="Password changed meanwhile",
+        )
+    current.password_hash = password_hash
     await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
     await revoke_all_sessions(session, user_id=user.id, except_id=keep_session_id)
     audit.record(session, action="account.password_changed", actor_user_id=user.id, client=client)

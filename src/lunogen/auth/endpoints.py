@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import Response
 
 from lunogen.account import service as accounts
@@ -39,7 +39,7 @@ from lunogen.auth.sessions import (
 from lunogen.billing.grants import grant_starter_credits
 from lunogen.config import Settings
 from lunogen.dashboard.render import render
-from lunogen.db import DbSession
+from lunogen.db import DbSession, read_sessionmaker
 from lunogen.errors import (
     ForbiddenError,
     LunogenError,
@@ -110,6 +110,11 @@ async def _check_anonymous_csrf(request: Request) -> None:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _reader(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Sessions that only read (on SQLite they take no write lock), for work before argon2."""
+    return read_sessionmaker(request.app.state.sessionmaker)
 
 
 def _policy_context(request: Request) -> dict[str, Any]:
@@ -290,7 +295,7 @@ async def sign_in(request: Request, db: DbSession) -> Response:
         client = ClientInfo.from_request(request)
         try:
             user = await accounts.authenticate_password(
-                db, email=data.email, password=data.password, client=client
+                db, reader=_reader(request), email=data.email, password=data.password, client=client
             )
         except accounts.InvalidCredentialsError:
             for key, backoff in budgets:
@@ -411,7 +416,11 @@ async def reset_password(request: Request, db: DbSession) -> Response:
         await _check_anonymous_csrf(request)
         data = await parse_body(request, PasswordResetIn)
         user = await accounts.reset_password(
-            db, token=data.token, password=data.password, client=ClientInfo.from_request(request)
+            db,
+            reader=_reader(request),
+            token=data.token,
+            password=data.password,
+            client=ClientInfo.from_request(request),
         )
         starter = request.app.state.settings.starter_credits
         await grant_starter_credits(db, user=user, credits=starter)
@@ -439,6 +448,8 @@ async def change_password(request: Request, principal: SetupUser, db: DbSession)
     if principal.api_key is not None:
         raise ForbiddenError("Change your password in a signed-in browser session")
     data = await parse_body(request, PasswordChangeIn)
+    # End the authenticator's transaction (on SQLite, the write lock) before argon2 runs.
+    await db.commit()
     await accounts.change_password(
         db,
         user=principal.user,

@@ -7,10 +7,11 @@ file count in inodes. It is mounted `nosuid,nodev` on the workspace directory (n
 scripts and programs the agent builds run from there), so the kernel refuses writes past the
 quota (ENOSPC), whatever the number of writers, and both backends bind the mounted directory.
 
-The image is made at the agent's first sandbox run, not at deploy (mkfs and mount take ~25 ms),
-from whatever the workspace already holds (skill files copied at deploy, files the tools wrote).
-It is mounted again before any run or file operation when it is not (after a reboot), grown
-offline after a plan upgrade when no run holds it, and unmounted and deleted with the workspace.
+The image is made at the agent's first sandbox run, not at deploy (mkfs and mount take 7-13 ms;
+the first image of a plan in a process 25-35 ms), from whatever the workspace already holds
+(skill files copied at deploy, files the tools wrote). It is mounted again before any run or
+file operation when it is not (after a reboot), grown offline after a plan upgrade when no run
+holds it, and unmounted and deleted with the workspace.
 
 Who may change what: runs and file operations hold the workspace's lock file shared; creating,
 mounting, growing and destroying hold it exclusively (`flock`, so several server processes on one

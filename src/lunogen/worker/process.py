@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ from lunogen.worker.sweeps import sweep_registered_forever
 log = structlog.get_logger(__name__)
 
 RECONNECT_SECONDS = 1.0
+STEP_SECONDS = 1.0  # what shutdown waits for a step that should be instant
 
 
 def worker_id() -> str:
@@ -118,15 +119,19 @@ class JobProcess:
         finally:
             for task in self.background:
                 task.cancel()
-            await asyncio.gather(*self.background, return_exceptions=True)
-            await enqueue.drain()
+            await _bounded(
+                "background_tasks",
+                asyncio.gather(*self.background, return_exceptions=True),
+                STEP_SECONDS,
+            )
+            await _bounded("enqueue_drain", enqueue.drain(), self.grace_seconds)
             await consumer.stop(self.grace_seconds)
             await _finish_in_flight(broker, self.grace_seconds)
-            await broker.shutdown()
+            await _bounded("broker_shutdown", broker.shutdown(), STEP_SECONDS)
             use_broker(InMemoryBroker(await_inplace=False))
-            await log_bus.stop()
+            await _bounded("log_bus_stop", log_bus.stop(), STEP_SECONDS)
             agent_logs.set_bus(agent_logs.LogBus())
-            await turn_events.aclose()
+            await _bounded("turn_events_close", turn_events.aclose(), STEP_SECONDS)
             set_runtime(None)
             if model_client is not None:
                 await model_client.aclose()
@@ -193,6 +198,17 @@ async def _declare_stream(broker: AsyncBroker) -> None:
         await declare()
 
 
+async def _bounded(step: str, awaitable: Awaitable[object], seconds: float) -> None:
+    """Shutdown waits for `step` at most `seconds`, then goes on (and says which step hung)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _pending = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        log.warning("shutdown_step_slow", step=step, waited_seconds=seconds)
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown_step_failed", step=step, error=repr(task.exception()))
+
+
 async def _finish_in_flight(broker: AsyncBroker, grace_seconds: float) -> None:
     """Give running jobs `grace_seconds`, then cancel them (their `finally` releases leases)."""
     waiting: list[asyncio.Task[object]] = list(in_flight_jobs)
@@ -206,4 +222,6 @@ async def _finish_in_flight(broker: AsyncBroker, grace_seconds: float) -> None:
         log.warning("jobs_cancelled_at_shutdown", jobs=len(left))
         for task in left:
             task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
+        await _bounded(
+            "cancelled_jobs", asyncio.gather(*left, return_exceptions=True), STEP_SECONDS
+        )
