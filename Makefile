@@ -15,13 +15,14 @@ BWRAP := /usr/bin/bwrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format clean check-sandbox
+.PHONY: help serve test lint format clean check-sandbox bench
 
 help:
 	@echo "make serve   run LunoGen on http://$(HOST):$(PORT) (data in ./data)"
 	@echo "make test    run the test suite (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make check-sandbox  which LunoEdge sandbox backends work here, with a self-test"
 	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make bench   the benchmarks (bench/README.md): figures against the budgets"
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make clean   remove .venv and caches (keeps ./data)"
 
@@ -65,6 +66,10 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
+
+bench: $(DEV_STAMP) | $(BWRAP)
+	$(BIN)/python bench/serve_overhead.py
+	$(BIN)/python bench/sandbox_overhead.py
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .

@@ -8,8 +8,17 @@ import structlog
 # Libraries whose DEBUG and INFO lines can carry what must never be logged: the database drivers
 # print statements with their parameters (password hashes, emails), the openai client request
 # bodies (message text), httpx every URL (some providers put tokens in the path). They log at
-# WARNING or above whatever the level. (SQLAlchemy already keeps its own loggers at WARNING.)
-_LIBRARIES_AT_WARNING = ("aiosqlite", "asyncpg", "openai", "httpx", "httpcore", "stripe")
+# WARNING or above whatever the level; so does taskiq, which would print a line per job. (SQLAlchemy
+# already keeps its own loggers at WARNING.)
+_LIBRARIES_AT_WARNING = (
+    "aiosqlite",
+    "asyncpg",
+    "openai",
+    "httpx",
+    "httpcore",
+    "stripe",
+    "taskiq",
+)
 
 
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
