@@ -15,16 +15,18 @@ that uid's rights, and the data dir is (rightly) closed to it, so the run first 
 private mount namespace and binds the workspace onto a root-owned, world-traversable mount point.
 As a normal user, runs keep the platform's uid (bwrap maps it to uid 1000 inside).
 
-Launch chain. The steps before bwrap are done by small programs chained by exec, never by a
-Python `preexec_fn` (or `user=`): either makes CPython fork() the whole platform process instead
-of vfork(), which costs ~15 ms at 130 MB and grows with it. As root the chain is
-`unshare --mount --propagation private` (the private mount namespace), `sh` (joins the run's
-cgroups by writing "0" to their `tasks`, see `limits.JOIN_FILE`, then `mount --bind` of the
-workspace onto the mount point), `prlimit` (the rlimits, exact bytes), `unshare --setuid
---setgid` (the agent's uid and gid, supplementary groups dropped; a uid change from root clears
-every capability), then bwrap. Each step fails closed: nothing runs when one of them fails. All
-run before any sandboxed code, with the platform's pid (exec keeps it), so --die-with-parent,
-the session and the wall-time kill see the same process as before.
+Launch. The steps before bwrap are never done by a Python `preexec_fn` (or `user=`): either
+makes CPython fork() the whole platform process instead of vfork(), which costs ~15 ms at 130 MB
+and grows with it. They are done by `sandbox.launcher`, a small C helper built once per machine,
+in the one process that then execs bwrap: as root, a private mount namespace (propagation
+private) and the bind of the workspace onto the mount point; the run's cgroups (writing "0" to
+their `tasks`, see `limits.JOIN_FILE`); the rlimits (exact bytes); the agent's gid and uid,
+supplementary groups dropped (a uid change from root clears every capability); then exec bwrap.
+Where the helper cannot be built (no `cc`) the same steps are an exec chain of util-linux
+programs: `unshare --mount --propagation private`, `sh` (cgroups, `mount --bind`), `prlimit`,
+`unshare --setuid --setgid`, then bwrap (~4 ms slower). Either way each step fails closed:
+nothing runs when one of them fails. All run before any sandboxed code, with the platform's pid
+(exec keeps it), so --die-with-parent, the session and the wall-time kill see the same process.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from lunogen.sandbox import seccomp
+from lunogen.sandbox import launcher, seccomp
 from lunogen.sandbox.base import (
     WORKSPACE_MOUNT,
     Backend,
@@ -85,7 +87,8 @@ while [ "$1" != -- ]; do
 done
 shift
 if [ -n "$mp" ]; then
-  "$mount" --bind "$ws" "$mp" || { echo "lunogen-sandbox: could not bind $ws" >&2; exit 1; }
+  why=$("$mount" --bind "$ws" "$mp" 2>&1) || {
+    echo "lunogen-sandbox: could not bind $ws: $why" >&2; exit 1; }
 fi
 exec "$@"
 """
@@ -136,6 +139,8 @@ class BwrapBackend(Backend):
         self.binary = binary
         self.as_root = os.geteuid() == 0
         self.tools = _tools(self.as_root)
+        # The one-exec setup helper; None: the exec chain of util-linux programs.
+        self.launcher: str | None = launcher.find_launcher()
         self.cgroups = Cgroups()
         self._etc_dir = self._write_etc()
         self._mount_point: Path | None = None
@@ -238,15 +243,39 @@ class BwrapBackend(Backend):
         owner: tuple[int, int] | None,
         command: list[str],
     ) -> list[str]:
-        """`command` (bwrap's argv) behind the exec chain that sets up the host side of a run."""
+        """`command` (bwrap's argv) behind the setup of the host side of a run."""
+        join_files = [str(path / JOIN_FILE) for path in cgroup.paths.values()] if cgroup else []
+        if self.launcher is not None:
+            return launcher.launcher_argv(
+                self.launcher,
+                workspace=workspace,
+                mount_point=str(self._mount_point) if self._mount_point is not None else None,
+                owner=owner,
+                join_files=join_files,
+                limits=limits,
+                command=command,
+            )
+        return self._chain(
+            workspace=workspace, join_files=join_files, limits=limits, owner=owner, command=command
+        )
+
+    def _chain(
+        self,
+        *,
+        workspace: str,
+        join_files: list[str],
+        limits: list[tuple[int, tuple[int, int]]],
+        owner: tuple[int, int] | None,
+        command: list[str],
+    ) -> list[str]:
+        """The same setup as the helper's, by util-linux programs that exec each other."""
         chain = list(command)
         if owner is not None:
             uid, gid = owner
             chain = [self.tools["unshare"], f"--setuid={uid}", f"--setgid={gid}", "--", *chain]
         if limits:
             chain = [self.tools["prlimit"], *prlimit_args(limits), "--", *chain]
-        procs = [str(path / JOIN_FILE) for path in cgroup.paths.values()] if cgroup else []
-        if procs or self._mount_point is not None:
+        if join_files or self._mount_point is not None:
             mount_point = str(self._mount_point) if self._mount_point is not None else ""
             chain = [
                 self.tools["sh"],
@@ -256,7 +285,7 @@ class BwrapBackend(Backend):
                 self.tools.get("mount", ""),
                 workspace,
                 mount_point,
-                *procs,
+                *join_files,
                 "--",
                 *chain,
             ]
@@ -335,7 +364,8 @@ class BwrapBackend(Backend):
 
 
 async def _remove_cgroup(cgroup: RunCgroup) -> None:
-    await asyncio.to_thread(cgroup.remove)
+    if not cgroup.try_remove():  # the usual case needs no thread hop
+        await asyncio.to_thread(cgroup.remove)
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:

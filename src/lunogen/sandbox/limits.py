@@ -15,8 +15,8 @@ The child joins by writing "0" to each group's `tasks` (`JOIN_FILE`), which move
 thread, not to `cgroup.procs`, which moves its whole thread group: the kernel then takes the
 global threadgroup rwsem for writing, and that waits for an RCU grace period (~9 ms on a 2-vCPU
 host, HZ=250), the largest single cost of a run. The joining process is single-threaded (a
-fork()ed child, or `sh`), so its one thread is the whole process and everything it execs or
-forks afterwards starts inside the groups.
+fork()ed child, the bwrap launcher or its fallback `sh`), so its one thread is the whole process
+and everything it execs or forks afterwards starts inside the groups.
 """
 
 from __future__ import annotations
@@ -137,6 +137,43 @@ class RunCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.002)
+
+    def kill_once(self) -> list[int]:
+        """SIGKILL every live process of the run once, through a pidfd of each, and return the
+        pidfds (the caller closes them): readable when that process has exited, which is after
+        it left the cgroup. So the caller waits for the cgroup to empty on its event loop
+        instead of polling (`kill_all` sleeps 2 ms a round; a cgroup still busy at removal
+        costs a 5 ms retry). A pid is signalled only if still listed once its pidfd is open,
+        so a pid reused meanwhile is never touched."""
+        opened: dict[int, int] = {}
+        for pid in self.pids():
+            if _is_zombie(pid):
+                continue
+            with contextlib.suppress(OSError):
+                opened[pid] = os.pidfd_open(pid)
+        members = self.pids() if opened else set()
+        fds: list[int] = []
+        for pid, fd in opened.items():
+            if pid not in members:
+                os.close(fd)
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            fds.append(fd)
+        return fds
+
+    def try_remove(self) -> bool:
+        """Removes the groups if they are empty now (a few µs each), without waiting or
+        killing; False when one is still busy (then `remove()`, which waits, in a thread)."""
+        self.close_fds()
+        for path in self.paths.values():
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return True
 
     def remove(self) -> None:
         self.close_fds()
