@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -29,6 +31,7 @@ from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
 from lunogen.dashboard.pages import router as pages_router
+from lunogen.dashboard.render import templates
 from lunogen.errors import install_error_handlers
 from lunogen.health import router as health_router
 from lunogen.kit.crypto import load_keyring
@@ -73,6 +76,43 @@ signed-in browser session. Every endpoint names the scope it needs; sessions act
 """
 
 
+async def _after_start(app: FastAPI, settings: Settings) -> None:
+    """What need not delay the first answer: the sandbox probe, the page templates, and the
+    routes of the included routers, which FastAPI resolves at the first request that scans them
+    (~60 ms). The job process warms up the SDKs (`worker.process.warm_up`)."""
+    await asyncio.gather(
+        asyncio.to_thread(_resolve_routes, app),
+        asyncio.to_thread(templates),
+        _probe_sandbox_and_announce(settings),
+        return_exceptions=True,
+    )
+
+
+def _resolve_routes(app: FastAPI) -> None:
+    for _context in iter_route_contexts(app.routes):
+        pass
+
+
+async def _probe_sandbox_and_announce(settings: Settings) -> None:
+    """Probe the sandbox (a real sandboxed run, and an image mount where the kernel quota may
+    work: tens of ms, about a second with gVisor) once the server answers, then log
+    `lunogen_started` with the verdict. A deploy or turn that needs the sandbox meanwhile waits
+    for this probe's verdict (`edge_for`)."""
+    try:
+        sandbox, sandbox_problem = await asyncio.to_thread(edge_for, settings)
+    except Exception:
+        log.exception("sandbox_probe_failed")  # not cached: the next edge_for() tries again
+        sandbox, sandbox_problem = None, "the probe failed (see sandbox_probe_failed)"
+    log.info(
+        "lunogen_started",
+        version=__version__,
+        public_url=settings.public_url,
+        jobs="redis" if settings.uses_redis_jobs else "in-process",
+        embedded_worker=settings.embedded_worker,
+        sandbox=sandbox.backend_name if sandbox else f"unavailable: {sandbox_problem}",
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, json=settings.log_json)
@@ -91,16 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = runtime.engine
             app.state.sessionmaker = runtime.sessionmaker
             app.state.turn_events = runtime.turn_events
-            sandbox, sandbox_problem = edge_for(settings)
-            log.info(
-                "lunogen_started",
-                version=__version__,
-                public_url=settings.public_url,
-                jobs="redis" if settings.uses_redis_jobs else "in-process",
-                embedded_worker=settings.embedded_worker,
-                sandbox=sandbox.backend_name if sandbox else f"unavailable: {sandbox_problem}",
-            )
-            yield
+            after_start = asyncio.create_task(_after_start(app, settings))
+            try:
+                yield
+            finally:
+                await asyncio.wait({after_start})
 
     app = FastAPI(
         title="LunoGen API",

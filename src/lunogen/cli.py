@@ -1,22 +1,27 @@
-"""The `lunogen` command line."""
+"""The `lunogen` command line.
+
+Each command imports what it needs when it runs: `serve` then imports the whole app with the
+garbage collector paused (see `serve`), and quick commands stay quick.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen import __version__
-from lunogen.config import Settings
-from lunogen.errors import LunogenError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from lunogen.config import Settings
 
 T = TypeVar("T")
 
@@ -39,6 +44,8 @@ err_console = Console(stderr=True)
 
 
 def _settings(data_dir: Path | None = None) -> Settings:
+    from lunogen.config import Settings
+
     return Settings(data_dir=data_dir) if data_dir else Settings()
 
 
@@ -46,6 +53,7 @@ def _run_db(
     settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
 ) -> T:
     from lunogen.db import create_engine, create_sessionmaker
+    from lunogen.errors import LunogenError
 
     async def main() -> T:
         engine = create_engine(settings.effective_database_url)
@@ -61,11 +69,22 @@ def _run_db(
         raise typer.Exit(1) from exc
 
 
-def _upgrade(settings: Settings) -> None:
-    from lunogen.migrations import upgrade
+def _upgrade(settings: Settings) -> bool:
+    """Apply pending migrations (True when some were). Alembic is loaded only then; a database
+    migrated by a newer LunoGen is refused (exit 1)."""
+    from lunogen.migrations import SchemaAheadError, needs_upgrade, upgrade
 
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
+    url = settings.effective_database_url
+    try:
+        pending = needs_upgrade(url)
+    except SchemaAheadError as exc:
+        err_console.print(f"[red]Error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    if pending:
+        with console.status("Applying database migrations…"):
+            upgrade(url)
+    return pending
 
 
 @app.command()
@@ -89,30 +108,39 @@ def serve(
     ] = False,
 ) -> None:
     """Run the server (embedded shape: applies pending migrations first)."""
-    import uvicorn
+    # Starting makes ~250,000 objects that live as long as the process, and little garbage:
+    # no cycle collection while they are made (~0.1 s less), and none of them scanned again by
+    # the collections while serving (a full one would otherwise pause requests ~80 ms).
+    gc.disable()
+    try:
+        settings = _settings(data_dir)
+        if no_worker:
+            if not settings.uses_redis_jobs:
+                err_console.print(
+                    "[red]Error:[/red] --no-worker needs a shared job queue: set "
+                    "LUNOGEN_REDIS_URL and run `lunogen worker` processes."
+                )
+                raise typer.Exit(2)
+            settings = settings.model_copy(update={"embedded_worker": False})
+        if migrate and _upgrade(settings):
+            gc.collect()  # what Alembic left is garbage: not to be frozen
+        import uvicorn
 
-    from lunogen.app import create_app
+        from lunogen.app import create_app
 
-    settings = _settings(data_dir)
-    if no_worker:
-        if not settings.uses_redis_jobs:
-            err_console.print(
-                "[red]Error:[/red] --no-worker needs a shared job queue: set LUNOGEN_REDIS_URL "
-                "and run `lunogen worker` processes."
-            )
-            raise typer.Exit(2)
-        settings = settings.model_copy(update={"embedded_worker": False})
-    if migrate:
-        with console.status("Applying database migrations…"):
-            _upgrade(settings)
+        application = create_app(settings)
+        gc.freeze()
+    finally:
+        gc.enable()
     console.print(f"LunoGen {__version__} on http://{host}:{port} (data in {settings.data_dir})")
     uvicorn.run(
-        create_app(settings),
+        application,
         host=host,
         port=port,
         proxy_headers=True,
         log_config=None,
         access_log=False,
+        ws="none",  # no WebSocket routes: spares importing `websockets` (~40 ms) at each start
     )
 
 
@@ -155,9 +183,7 @@ def _worker_problem(settings: Settings) -> str | None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending database migrations."""
-    settings = _settings()
-    with console.status("Applying database migrations…"):
-        _upgrade(settings)
+    _upgrade(_settings())
     console.print("Database is up to date.")
 
 
@@ -217,6 +243,7 @@ def apikey_create(
     from lunogen.auth import apikeys
     from lunogen.auth.schemas import ApiKeyCreate
     from lunogen.auth.scopes import Scope
+    from lunogen.errors import LunogenError
 
     try:
         scopes = [Scope(s) for s in (scope or ["full"])]
@@ -254,6 +281,8 @@ def mail_outbox(
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
 ) -> None:
     """List emails in the development outbox (and recent sent mail), newest first."""
+    from sqlalchemy import select
+
     from lunogen.kit.crypto import load_keyring
     from lunogen.notification.models import OutboundEmail
 
@@ -295,6 +324,8 @@ def secrets_rotate(
     With the key file in the data dir, a new key is generated and put first. With
     LUNOGEN_SECRET_KEYS, put a new key first yourself (`secrets generate-key`), then run this.
     """
+    from rich.progress import Progress
+
     from lunogen.kit.crypto import CryptoError, Key, KeyRing, load_keyring, write_key_file
     from lunogen.kit.rotation import count_encrypted, reencrypt_all
     from lunogen.secret_columns import ENCRYPTED_COLUMNS
@@ -368,6 +399,7 @@ def billing_verify() -> None:
     Exits 1 and lists each problem found, if any.
     """
     from rich.markup import escape
+    from rich.progress import Progress
 
     from lunogen.billing.verify import Problem, count_accounts, verify_all_in_batches
 

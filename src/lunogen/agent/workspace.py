@@ -6,6 +6,7 @@ Deleting an agent destroys its workspace in a job, after the deletion commits.
 from __future__ import annotations
 
 import asyncio
+import threading
 from functools import lru_cache
 
 import structlog
@@ -22,6 +23,9 @@ from lunogen.tool.registry import registry
 from lunogen.worker.broker import job, runtime
 
 log = structlog.get_logger(__name__)
+# One probe per settings at a time: a server probes in the background once it answers, and a
+# deploy or turn that needs the sandbox meanwhile waits for that verdict instead of probing again.
+_probing = threading.Lock()
 
 
 @lru_cache(maxsize=64)
@@ -34,7 +38,8 @@ def _edge(settings: Settings) -> LunoEdge | str:
 
 def edge_for(settings: Settings) -> tuple[LunoEdge | None, str | None]:
     """This process's sandbox for `settings`, or why there is none (checked once per process)."""
-    edge = _edge(settings)
+    with _probing:
+        edge = _edge(settings)
     return (None, edge) if isinstance(edge, str) else (edge, None)
 
 

@@ -12,12 +12,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
-
-import stripe
-from stripe.params.checkout import SessionCreateParams
+from typing import TYPE_CHECKING, Any, Literal
 
 from lunogen.errors import LunogenError
+
+if TYPE_CHECKING:
+    # The SDK (~50 ms of imports with `requests`) is imported where it is used: a server starts
+    # without it and warms it up in the background once healthy (`worker.process.warm_up`).
+    import stripe
+    from stripe.params.checkout import SessionCreateParams
 
 DEFAULT_TOLERANCE_SECONDS = 300
 
@@ -82,6 +85,8 @@ class StripeGateway:
         timeout_seconds: float = 30,
         max_network_retries: int = 2,
     ) -> None:
+        import stripe
+
         self._http = stripe.HTTPXClient(timeout=timeout_seconds)
         self._client = stripe.StripeClient(
             secret_key,
@@ -161,6 +166,8 @@ class StripeGateway:
         return verify_event(payload, signature_header, secret, tolerance)
 
     async def retrieve_session(self, session_id: str) -> CheckoutSession:
+        import stripe
+
         try:
             session = await self._client.v1.checkout.sessions.retrieve_async(session_id)
         except stripe.StripeError as exc:
@@ -170,6 +177,8 @@ class StripeGateway:
     async def _create_session(
         self, params: SessionCreateParams, idempotency_key: str
     ) -> CheckoutSession:
+        import stripe
+
         try:
             session = await self._client.v1.checkout.sessions.create_async(
                 params=params, options={"idempotency_key": idempotency_key}
@@ -198,6 +207,8 @@ def verify_event(
             "the Stripe-Signature header is missing", problem="missing_header"
         )
     timestamp = _signed_timestamp(signature_header)
+    import stripe
+
     try:
         stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance=None)
     except UnicodeDecodeError as exc:
@@ -280,6 +291,8 @@ def _checkout_session(session: stripe.checkout.Session) -> CheckoutSession:
 
 
 def _our_error(action: str, exc: stripe.StripeError) -> StripeError:
+    import stripe
+
     message = exc.user_message or exc.__class__.__name__
     status = exc.http_status
     if isinstance(exc, stripe.APIConnectionError):

@@ -23,17 +23,20 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import structlog
-from openai import AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from lunogen.config import Settings
 from lunogen.errors import LunogenError
 from lunogen.llm.usage import Usage, parse_cost
+
+if TYPE_CHECKING:
+    # The SDK is imported where it is used (~0.4 s of imports, not needed to start a server);
+    # a server warms it up in the background once healthy (`worker.process.warm_up`).
+    import openai
+    from openai.types.chat import ChatCompletionChunk
 
 log = structlog.get_logger(__name__)
 
@@ -171,8 +174,11 @@ def _chat_options() -> Any:
     return {"security": {"bearer_auth": True}}
 
 
-# What a provider call may raise that means "the call failed" (as opposed to a bug of ours).
-_CALL_FAILURES = (ModelCallError, openai.OpenAIError, httpx.HTTPError, ValueError)
+def _call_failures() -> tuple[type[BaseException], ...]:
+    """What a provider call may raise that means "the call failed" (not a bug of ours)."""
+    import openai
+
+    return (ModelCallError, openai.OpenAIError, httpx.HTTPError, ValueError)
 
 
 class ModelClient:
@@ -193,18 +199,31 @@ class ModelClient:
         self.base_url = base_url
         self.openrouter = openrouter
         self.timeout_seconds = timeout_seconds
-        headers = {"HTTP-Referer": app_url, "X-Title": app_name} if openrouter else {}
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or NO_KEY,
-            max_retries=max_retries,
-            timeout=timeout_seconds,
-            default_headers=headers,
-            http_client=http_client,
-        )
-        # The SDK would forward OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment.
-        self._client.organization = None
-        self._client.project = None
+        self._api_key = api_key or NO_KEY
+        self._max_retries = max_retries
+        self._headers = {"HTTP-Referer": app_url, "X-Title": app_name} if openrouter else {}
+        self._http_client = http_client
+        self._sdk: openai.AsyncOpenAI | None = None
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        """The SDK's client, made at the first call (a server starts without importing it)."""
+        if self._sdk is None:
+            import openai
+
+            client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key,
+                max_retries=self._max_retries,
+                timeout=self.timeout_seconds,
+                default_headers=self._headers,
+                http_client=self._http_client,
+            )
+            # The SDK would forward OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment.
+            client.organization = None
+            client.project = None
+            self._sdk = client
+        return self._sdk
 
     @classmethod
     def from_settings(
@@ -226,7 +245,10 @@ class ModelClient:
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._sdk is not None:
+            await self._sdk.close()
+        elif self._http_client is not None:  # what the SDK's close() would have closed
+            await self._http_client.aclose()
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -246,6 +268,8 @@ class ModelClient:
         user: str | None = None,
     ) -> ModelCallResult:
         """One chat completion. Raises `ModelCallError` once retries and fallbacks are spent."""
+        from openai.types.chat import ChatCompletion
+
         started = time.perf_counter()
         chain = self._chain(model, fallback_models)
         for position, models in enumerate(chain):
@@ -255,7 +279,7 @@ class ModelClient:
                     _CHAT_PATH, body=params, cast_to=ChatCompletion, options=_chat_options()
                 )
                 return _completion_result(completion, requested_model=model, started=started)
-            except _CALL_FAILURES as exc:
+            except _call_failures() as exc:
                 error = _call_error(
                     exc, model=models[0], started=started, timeout=self.timeout_seconds
                 )
@@ -282,6 +306,9 @@ class ModelClient:
         so far and decides what becomes of them. Fallbacks are only tried before anything was
         streamed, and a stream that began is never retried.
         """
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
         started = time.perf_counter()
         chain = self._chain(model, fallback_models)
         for position, models in enumerate(chain):
@@ -303,7 +330,7 @@ class ModelClient:
                         for event in assembler.feed(chunk):
                             yield event
                 result = assembler.result(started=started)
-            except _CALL_FAILURES as exc:
+            except _call_failures() as exc:
                 error = _call_error(
                     exc, model=models[0], started=started, timeout=self.timeout_seconds
                 )
@@ -321,6 +348,8 @@ class ModelClient:
         """
         if not self.openrouter:
             return None
+        import openai
+
         started = time.perf_counter()
         try:
             body = await self._client.get(
@@ -328,7 +357,7 @@ class ModelClient:
             )
         except openai.NotFoundError:
             return None
-        except _CALL_FAILURES as exc:
+        except _call_failures() as exc:
             raise _call_error(
                 exc, model=None, started=started, timeout=self.timeout_seconds
             ) from exc
@@ -391,6 +420,8 @@ def _elapsed_ms(started: float) -> int:
 
 
 def _completion_result(completion: Any, *, requested_model: str, started: float) -> ModelCallResult:
+    from openai.types.chat import ChatCompletion
+
     if not isinstance(completion, ChatCompletion):
         raise _bad_response("the answer is not a chat completion", requested_model, started)
     extra = completion.model_extra or {}
@@ -552,6 +583,8 @@ def _call_error(
 ) -> ModelCallError:
     if isinstance(exc, ModelCallError):
         return exc
+    import openai
+
     latency = _elapsed_ms(started)
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
         return ModelCallError(
