@@ -234,6 +234,15 @@ class Stack:
                     process.wait()
         return outputs
 
+    def compile_package(self) -> None:
+        """Write the bytecode of the lunogen package the server will import, as an installed
+        package has it: start → healthy then measures the start, not compilation (with
+        PYTHONDONTWRITEBYTECODE set, every start would compile ~130 modules, ~0.1 s)."""
+        python = str(self.lunogen.parent / "python")
+        script = "import compileall, os, lunogen; compileall.compile_dir("
+        script += "os.path.dirname(lunogen.__file__), quiet=1)"
+        subprocess.run([python, "-c", script], env=self.env, cwd=self.run_dir, check=True)
+
     def start_server(self, options: argparse.Namespace) -> float:
         """Start `lunogen serve`; return the seconds until GET /healthz answered 200."""
         argv = [str(self.lunogen), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -243,6 +252,7 @@ class Stack:
         if options.workers > 1:
             argv += ["--workers", str(options.workers)]
         log = self.run_dir / "serve.log"
+        self.compile_package()
         started = time.perf_counter()
         self.server = self.processes.start(argv, env=self.env, cwd=self.run_dir, log=log)
         with httpx.Client(trust_env=False, timeout=1.0) as client:
