@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.sessionmaker = runtime.sessionmaker
             app.state.turn_events = runtime.turn_events
             after_start = asyncio.create_task(_after_start(app, settings))
+            app.state.started = after_start  # done once `lunogen_started` is logged
             try:
                 yield
             finally:

@@ -135,6 +135,7 @@ async def test_secrets_never_reach_the_log(
         "/api/v1/agents", json=agent_body(channels=[telegram(bot_token="leak" * 20)])
     )
     assert bad.status_code == 422
+    await api.app.state.started  # `lunogen_started` is logged once the server answers
     captured = capfd.readouterr()
     logs = captured.out + captured.err
     assert "lunogen_started" in logs  # the capture does see the app's log

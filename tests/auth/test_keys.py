@@ -357,6 +357,7 @@ async def test_key_never_logged_or_audited(
     assert (await keyed.delete(f"/api/v1/keys/{created.json()['id']}")).status_code == 204
     assert (await keyed.get("/api/v1/me")).status_code == 401
 
+    await api.app.state.started  # `lunogen_started` is logged once the server answers
     out, err = capfd.readouterr()
     logged = out + err
     assert "lunogen_started" in logged  # the capture does see the server's log

@@ -21,6 +21,8 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+from lunogen.billing.models import CreditEntry
+from lunogen.billing.verify import verify_all
 from lunogen.config import Settings
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message, Thread
@@ -207,6 +209,50 @@ async def test_a_worker_killed_mid_turn_leaves_exactly_one_reply(
     messages = await dev.http.get(f"/api/v1/agents/{agent_id}/threads/{only['id']}/messages")
     roles = [m["role"] for m in messages.json()["data"]]
     assert roles == ["user", "assistant"]
+
+
+async def test_a_worker_killed_between_model_calls_is_not_charged_again_for_the_first(
+    api: Api, workers: Workers, openrouter: FakeOpenRouter, clean_queue: None
+) -> None:
+    """The first call completed (recorded and charged), the second hangs when the worker is
+    killed: the next worker reuses the first call, so the message is charged once per call."""
+    first = workers.start()
+    dev = await new_dev(api)
+    agent = await create_agent(dev, tools=["remember"])
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    openrouter.call_tool("remember", {"note": "likes tea"})
+    openrouter.stall(60)  # the second call hangs
+    sent = await dev.http.post(
+        f"/api/v1/agents/{agent['id']}/messages",
+        json={"text": "Remember that I like tea", "wait_seconds": 0},
+    )
+    assert sent.status_code == 202
+    message_id = sent.json()["message"]["id"]
+
+    async def second_call_started() -> bool:
+        return len(openrouter.chat_requests) == 2
+
+    await _wait_until(second_call_started, 30, "the first worker's second model call")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert await _counts(api, message_id) == (0, 1, "pending")  # the first call is paid for
+    openrouter.reply("Noted.")
+    workers.start()
+
+    async def answered() -> bool:
+        return (await _counts(api, message_id))[2] != "pending"
+
+    await _wait_until(answered, 60, "the second worker to answer")
+    assert await _counts(api, message_id) == (1, 2, "done")
+    assert len(openrouter.chat_requests) == 3  # the first call was not made again
+    roles = [m["role"] for m in openrouter.chat_requests[2].messages]
+    assert roles[-2:] == ["assistant", "tool"]  # the re-run went on from the recorded call
+    async with api.app.state.sessionmaker() as session:
+        charges = await session.execute(
+            select(CreditEntry.idempotency_key).where(CreditEntry.kind == "usage")
+        )
+        assert sorted(key.split(":")[2] for key in charges.scalars()) == ["0", "1"]
+        assert await verify_all(session) == []
 
 
 async def test_a_stopped_worker_releases_its_thread_for_the_next(

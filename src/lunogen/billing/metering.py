@@ -7,8 +7,9 @@ agent's whole `max_output_tokens`, at the prices of whichever model of its chain
 its fallbacks) would make the call dearest, with the markup. A balance that cannot cover it
 refuses the call before it is made. After the call, one transaction writes the usage row and
 settles the hold at the actual cost (the provider's reported cost, else catalog prices),
-idempotently on the generation id; a cost above the hold (the provider's price rose above the
-catalog's, or it bills extras the catalog does not list) is still charged in full, and logged.
+idempotently on the message and step (`runtime.recorded`); a cost above the hold (the
+provider's price rose above the catalog's, or it bills extras the catalog does not list) is
+still charged in full, and logged.
 A failed call releases its hold. A worker that dies mid-call leaves an active hold, which
 expires (`credit_hold_seconds`) and charges nothing.
 """
@@ -109,16 +110,18 @@ async def reserve(
 
 
 async def settle(
-    session: AsyncSession, settings: Settings, *, hold_id: str, usage: UsageRecord
+    session: AsyncSession, settings: Settings, *, hold_id: str, usage: UsageRecord, key: str
 ) -> int:
-    """Store the usage row and charge it against its hold. Returns the micro-credits charged."""
+    """Store the usage row and charge it against its hold under the ledger key `key` (the
+    turn derives it from the message and the step, so a re-run never charges a call twice).
+    Returns the micro-credits charged."""
     session.add(usage)
     charged = charge_micro_credits(usage, settings)
     await ledger.settle_hold(
         session,
         hold_id=hold_id,
         actual=charged,
-        key=f"usage:{usage.generation_id or usage.id}",
+        key=key,
         reference=usage.id,
         description=f"{usage.answered_model or usage.requested_model}: "
         f"{usage.prompt_tokens} in, {usage.completion_tokens} out",

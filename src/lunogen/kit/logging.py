@@ -21,9 +21,24 @@ _LIBRARIES_AT_WARNING = (
 )
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a
+    stream replaced since (a test's capture, a daemon's redirect) is never written to after
+    it was closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """structlog to stderr: JSON lines in production, readable lines in a terminal."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    logging.basicConfig(format="%(message)s", stream=_STDERR, level=level.upper(), force=True)
     for name in _LIBRARIES_AT_WARNING:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     renderer: structlog.types.Processor = (
@@ -40,6 +55,6 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -98,3 +98,22 @@ class MemoryNote(IdMixin, CreatedMixin, Base):
     owner_id: Mapped[str] = mapped_column(String(36), index=True)
     contact: Mapped[str | None] = mapped_column(String(255))
     content: Mapped[str] = mapped_column(Text)
+
+
+class RecordedCall(CreatedMixin, Base):
+    """A model call a turn completed and paid for, kept until the turn's message is answered.
+
+    Written in the transaction that stores the call's usage row and settles its hold, so a call
+    is recorded exactly when it is charged. A turn re-run after a crash reuses the call of step
+    `step` instead of calling (and charging) again when it would send the same request
+    (`fingerprint`). `result` is the call's outcome as AES-GCM ciphertext of its JSON.
+    """
+
+    __tablename__ = "recorded_calls"
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(Text)

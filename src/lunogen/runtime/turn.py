@@ -1,8 +1,11 @@
 """One agent turn: answer the oldest pending message of a thread, exactly once.
 
-Usage rows, log lines, tool writes and the reply are committed together at the end of the
-turn, so a worker that dies mid-turn leaves nothing behind: its lease expires, the sweeper
-re-enqueues the thread, and another worker answers it from the start.
+What is committed when: each completed model call, in one transaction right after it returns:
+its usage row, the settlement of its credit hold and its record (`runtime.recorded`). Log lines,
+staged tool writes and the reply are committed together at the end of the turn. A worker that
+dies mid-turn leaves its paid calls recorded and nothing else: its lease expires, the sweeper
+re-enqueues the thread, and another worker answers it from the start, reusing the recorded
+calls (no new hold, call or charge) as long as it would send the same requests; tools run again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from lunogen.agent.lifecycle import Effects, set_status
@@ -24,7 +28,7 @@ from lunogen.agent.logs import Level, log_event
 from lunogen.agent.models import Agent
 from lunogen.agent.workspace import edge_for, sandbox_limits, uses_sandbox
 from lunogen.billing import credit_alerts, ledger, metering
-from lunogen.billing.ledger import InsufficientCredits
+from lunogen.billing.ledger import IdempotencyConflict, InsufficientCredits
 from lunogen.channel import webhook
 from lunogen.config import Settings
 from lunogen.kit.crypto import KeyRing
@@ -40,9 +44,9 @@ from lunogen.llm.provider import (
     TextDelta,
 )
 from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
-from lunogen.runtime import context
+from lunogen.runtime import context, recorded
 from lunogen.runtime.events import TurnEvents
-from lunogen.runtime.models import MemoryNote, Message, Thread
+from lunogen.runtime.models import MemoryNote, Message, RecordedCall, Thread
 from lunogen.runtime.service import _next_seq, history
 from lunogen.sandbox.base import SandboxLimits
 from lunogen.skill.service import SkillPackage, usable_skills
@@ -213,6 +217,7 @@ class _Plan:
     model: str
     fallback_models: list[str]
     max_output_tokens: int
+    instructions: str
     stream: bool
     messages: list[dict[str, Any]]
     tools: dict[str, ToolSpec | None]
@@ -220,6 +225,7 @@ class _Plan:
     sandbox_limits: SandboxLimits | None
     chain_prices: list[CatalogModel]  # of `chain`, in its order
     cheapest_call: int  # micro-credits: the least any call of this agent is held for
+    recorded: dict[int, tuple[str, str]]  # step → (fingerprint, result) of an earlier attempt
     run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
 
     @property
@@ -241,7 +247,6 @@ class _Work:
     """What the model loop produced; stored in one transaction at the end of the turn."""
 
     writes: StagedWrites
-    usage: list[UsageRecord] = field(default_factory=list)
     log: list[_LogLine] = field(default_factory=list)
     reply_text: str | None = None
     error: ModelCallError | None = None
@@ -284,6 +289,7 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         inbound.failure = {"code": "agent_not_running", "status": state}
         inbound.completed_at = utcnow()
         await webhook.reply_failed(session, inbound_id=inbound.id, reason=inbound.last_error)
+        await recorded.forget(session, inbound.id)
         if agent is not None:
             log_event(
                 session,
@@ -331,6 +337,7 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         model=agent.model,
         fallback_models=list(agent.fallback_models),
         max_output_tokens=agent.max_output_tokens,
+        instructions=agent.instructions,
         stream=inbound.stream,
         messages=await _context_messages(
             session, deps, agent=agent, thread=thread, inbound=inbound, skills=skills
@@ -344,6 +351,10 @@ async def _prepare(session: AsyncSession, deps: TurnDeps, *, inbound_id: str) ->
         cheapest_call=metering.cheapest_call_micro_credits(
             prices, max_output_tokens=agent.max_output_tokens, settings=deps.settings
         ),
+        recorded={
+            step: (row.fingerprint, row.result)
+            for step, row in (await recorded.load(session, inbound.id)).items()
+        },
     )
 
 
@@ -355,6 +366,7 @@ async def _fail_unprepared(
     inbound.last_error = reason
     inbound.completed_at = utcnow()
     await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    await recorded.forget(session, inbound.id)
     log_event(
         session,
         agent_id=agent.id,
@@ -396,40 +408,48 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
         sandbox_problem=sandbox_problem,
         skills=plan.skills,
     )
+    fingerprint = recorded.Fingerprint(
+        chain=plan.chain,
+        max_output_tokens=plan.max_output_tokens,
+        instructions=plan.instructions,
+        tools=tool_schemas,
+    )
     tokens_used = 0
     for step in range(MAX_TOOL_STEPS + 1):
         last_step = step == MAX_TOOL_STEPS or tokens_used >= TURN_TOKEN_CAP
         tools = None if last_step or not tool_schemas else tool_schemas
-        try:
-            hold_id = await _reserve(
-                deps, plan, prompt_tokens=prompt_bound + (tools_bound if tools else 0), step=step
-            )
-        except InsufficientCredits as refused:
-            work.refused = refused
-            return work
-        try:
-            result = await _call_model(deps, plan, messages, tools)
-        except ModelCallError as error:
-            async with deps.sessionmaker() as session:
-                await metering.release(session, hold_id=hold_id)
-                await session.commit()
-            work.error = error
-            work.log.append(
-                _LogLine(
-                    "model.failed",
-                    str(error),
-                    "error",
-                    {"code": error.code, "status": error.status, "message_id": plan.inbound_id},
+        step_print = fingerprint.of_step(tools_offered=tools is not None)
+        result = _replayed(deps, plan, step=step, fingerprint=step_print)
+        replayed = result is not None
+        if result is None:
+            try:
+                hold_id = await _reserve(
+                    deps,
+                    plan,
+                    prompt_tokens=prompt_bound + (tools_bound if tools else 0),
+                    step=step,
                 )
+            except InsufficientCredits as refused:
+                work.refused = refused
+                return work
+            try:
+                result = await _call_model(deps, plan, messages, tools)
+            except ModelCallError as error:
+                await _release(deps, hold_id)
+                work.error = error
+                work.log.append(
+                    _LogLine(
+                        "model.failed",
+                        str(error),
+                        "error",
+                        {"code": error.code, "status": error.status, "message_id": plan.inbound_id},
+                    )
+                )
+                return work
+            result, charged = await _record_and_settle(
+                deps, plan, step=step, fingerprint=step_print, hold_id=hold_id, result=result
             )
-            return work
-        usage = _usage_row(plan, result)
-        async with deps.sessionmaker() as session:
-            charged = await metering.settle(session, deps.settings, hold_id=hold_id, usage=usage)
-            await _after_charge(session, deps, plan)
-            await session.commit()
-        work.usage.append(usage)
-        work.charged += charged
+            work.charged += charged
         tokens_used += result.usage.prompt_tokens + result.usage.completion_tokens
         work.log.append(
             _LogLine(
@@ -441,6 +461,7 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
                     "generation_id": result.generation_id,
                     "finish_reason": result.finish_reason,
                     "tool_calls": [c.name for c in result.tool_calls],
+                    "replayed": replayed,  # recorded by an attempt that died: not paid again
                 },
             )
         )
@@ -449,6 +470,7 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
             return work
         asked = result.assistant_message()
         messages.append(asked)
+        fingerprint.feed(asked)
         prompt_bound += context.message_token_bound(asked)
         for call in result.tool_calls:
             await _publish(deps, plan, "tool", {"name": call.name, "status": "started"})
@@ -466,8 +488,72 @@ async def _model_loop(deps: TurnDeps, plan: _Plan) -> _Work:
             )
             answer = {"role": "tool", "tool_call_id": call.id, "content": output}
             messages.append(answer)
+            fingerprint.feed(answer)
             prompt_bound += context.message_token_bound(answer)
     raise AssertionError("unreachable: the last step never offers tools")
+
+
+def _replayed(
+    deps: TurnDeps, plan: _Plan, *, step: int, fingerprint: str
+) -> ModelCallResult | None:
+    """The call an earlier attempt made and paid for at this step, if it asked the same."""
+    found = plan.recorded.get(step)
+    if found is None or found[0] != fingerprint:
+        return None
+    return recorded.decode(deps.keyring, found[1])
+
+
+async def _release(deps: TurnDeps, hold_id: str) -> None:
+    async with deps.sessionmaker() as session:
+        await metering.release(session, hold_id=hold_id)
+        await session.commit()
+
+
+async def _record_and_settle(
+    deps: TurnDeps,
+    plan: _Plan,
+    *,
+    step: int,
+    fingerprint: str,
+    hold_id: str,
+    result: ModelCallResult,
+) -> tuple[ModelCallResult, int]:
+    """Store the call's usage row, its charge and its record in one transaction.
+
+    Returns the result to go on with and the micro-credits charged. When another attempt at the
+    message (a worker whose lease we took, still running) recorded this step first, its call is
+    the one paid for and used; ours is dropped and its hold released.
+    """
+    usage = _usage_row(plan, result)
+    try:
+        async with deps.sessionmaker() as session:
+            await recorded.record(
+                session,
+                deps.keyring,
+                message_id=plan.inbound_id,
+                step=step,
+                fingerprint=fingerprint,
+                result=result,
+                replaces=step in plan.recorded,
+            )
+            charged = await metering.settle(
+                session,
+                deps.settings,
+                hold_id=hold_id,
+                usage=usage,
+                key=recorded.charge_key(plan.inbound_id, step, fingerprint),
+            )
+            await _after_charge(session, deps, plan)
+            await session.commit()
+    except (IntegrityError, IdempotencyConflict):
+        await _release(deps, hold_id)
+        async with deps.sessionmaker() as session:
+            first = await session.get(RecordedCall, (plan.inbound_id, step))
+        if first is None or first.fingerprint != fingerprint:
+            raise
+        log.info("model_call_raced", message_id=plan.inbound_id, step=step)
+        return recorded.decode(deps.keyring, first.result), 0
+    return result, charged
 
 
 async def _call_model(
@@ -537,6 +623,7 @@ async def _store(
         session.add(_failed_usage_row(plan, work.error))
         return await _retry_or_fail(session, deps, plan=plan, inbound=inbound, error=work.error)
     await work.writes.apply(session)
+    await recorded.forget(session, inbound.id)
     reply_text = work.reply_text or ""
     reply = Message(
         id=new_id(),
@@ -613,6 +700,7 @@ async def _fail(
         details={"message_id": inbound.id},
     )
     await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    await recorded.forget(session, inbound.id)
     await session.flush()
     crash = await _crash_reason(session, plan=plan, reason=reason, model_gone=model_gone)
     if crash is not None:
@@ -723,6 +811,7 @@ async def _refuse(
         details={"message_id": inbound.id, **refused.extra},
     )
     await webhook.reply_failed(session, inbound_id=inbound.id, reason=str(refused))
+    await recorded.forget(session, inbound.id)
     account = await ledger.get_account(session, plan.owner_id)
     await _pause_if_out_of_credits(session, deps, plan, account.balance if account else 0)
     await session.commit()
