@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from lunogen.billing import ledger
 from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, HoldStatus
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -75,3 +76,18 @@ async def state_in(session: AsyncSession, account_id: str) -> State:
         active_holds=int(active),
         entries=int(sums[2]),
     )
+
+
+async def set_available(sm: Sessions, user_id: str, micro: int) -> None:
+    """An adjustment that leaves exactly `micro` micro-credits."""
+    async with sm() as session:
+        account = await ledger.ensure_account(session, user_id)
+        await ledger.post(
+            session,
+            account_id=user_id,
+            kind="adjustment",
+            amount=micro - account.balance,
+            key=f"test-adjust:{user_id}:{micro}",
+            description="test",
+        )
+        await session.commit()

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import func, select
 
 from lunogen.agent.models import Agent
-from lunogen.billing import ledger
 from lunogen.billing.models import CreditPause
 from lunogen.runtime.models import Message
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.billing.stripe_support import C, balance, verified
+from tests.billing.support import set_available
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api, Signed
 
@@ -40,19 +40,6 @@ async def _running_agent(api: Api, dev: Dev | None = None, **overrides: Any) -> 
 
 async def _say(dev: Dev, agent_id: str, text: str, **extra: Any) -> Any:
     return await dev.http.post(f"/api/v1/agents/{agent_id}/messages", json={"text": text, **extra})
-
-
-async def _set_balance(api: Api, user_id: str, micro: int) -> None:
-    async with api.app.state.sessionmaker() as session:
-        account = await ledger.ensure_account(session, user_id)
-        await ledger.post(
-            session,
-            account_id=user_id,
-            kind="adjustment",
-            amount=micro - account.balance,
-            key=f"test-adjust:{user_id}:{micro}",
-        )
-        await session.commit()
 
 
 async def _status(dev: Dev, agent_id: str) -> str:
@@ -87,7 +74,7 @@ async def test_a_burst_on_a_small_balance_refuses_some_and_pauses_none(
     credits, paused every agent "out of credits" with 5.41 left, and skipped accepted ones."""
     dev, agent_id = await _running_agent(api, model=SONNET)
     _, other_id = await _running_agent(api, dev, model=SONNET)
-    await _set_balance(api, dev.id, 5_440_000)
+    await set_available(api.app.state.sessionmaker, dev.id, 5_440_000)
     openrouter.stall(60, times=3)  # the three calls the balance can hold think until released
 
     burst = asyncio.gather(
@@ -126,7 +113,7 @@ async def test_a_balance_below_the_cheapest_call_pauses_and_only_enough_credit_r
     dev, agent_id = await _running_agent(api)
     admin = await api.sign_up()
     await api.make_admin(admin)
-    await _set_balance(api, dev.id, C)
+    await set_available(api.app.state.sessionmaker, dev.id, C)
     openrouter.reply("ok", cost=Decimal("0.0095"))  # 0.95 credits: 0.05 left
     assert (await _say(dev, agent_id, "Hi")).status_code == 200
     assert await balance(api, dev.id) == 50_000 < MINI_CHEAPEST_CALL
@@ -170,7 +157,7 @@ async def test_a_paused_agent_without_credits_answers_402_on_start_and_restart(
     dev, agent_id = await _running_agent(api)
     admin = await api.sign_up()
     await api.make_admin(admin)
-    await _set_balance(api, dev.id, C)
+    await set_available(api.app.state.sessionmaker, dev.id, C)
     openrouter.reply("ok", cost=Decimal("0.0095"))
     assert (await _say(dev, agent_id, "Hi")).status_code == 200
     assert await _status(dev, agent_id) == "paused"

@@ -16,6 +16,7 @@ from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, Credi
 from lunogen.billing.verify import verify_all
 from lunogen.runtime.models import Message
 from tests.agent.support import Dev, create_agent, new_dev
+from tests.billing.support import set_available
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
 
@@ -39,21 +40,6 @@ async def _account(api: Api, user_id: str) -> CreditAccount:
         account = await session.get(CreditAccount, user_id)
         assert account is not None
         return account
-
-
-async def _set_available(api: Api, user_id: str, micro: int) -> None:
-    """An adjustment that leaves exactly `micro` micro-credits."""
-    async with api.app.state.sessionmaker() as session:
-        account = await ledger.ensure_account(session, user_id)
-        await ledger.post(
-            session,
-            account_id=user_id,
-            kind="adjustment",
-            amount=micro - account.balance,
-            key=f"test-adjust:{user_id}:{micro}",
-            description="test",
-        )
-        await session.commit()
 
 
 async def _say(dev: Dev, agent_id: str, text: str) -> Any:
@@ -125,7 +111,7 @@ async def test_a_call_the_balance_cannot_cover_is_never_made(
 ) -> None:
     dev, agent_id = await _running_agent(api)
     _, other_agent = await _running_agent(api, dev)
-    await _set_available(api, dev.id, 1)  # one micro-credit
+    await set_available(api.app.state.sessionmaker, dev.id, 1)  # one micro-credit
     response = await _say(dev, agent_id, "Hi")
     assert response.status_code == 402, response.text
     body = response.json()
@@ -157,7 +143,7 @@ async def test_spending_the_last_credit_pauses_and_a_top_up_resumes(
     api: Api, openrouter: FakeOpenRouter
 ) -> None:
     dev, agent_id = await _running_agent(api)
-    await _set_available(api, dev.id, CREDIT)  # 1 credit = US$0.01
+    await set_available(api.app.state.sessionmaker, dev.id, CREDIT)  # 1 credit = US$0.01
     openrouter.reply("That was my last answer", cost=Decimal("0.01"))
     assert (await _say(dev, agent_id, "Hi")).status_code == 200  # it answers, then pauses
     account = await _account(api, dev.id)
@@ -192,7 +178,9 @@ async def test_the_low_credit_alert_is_sent_once_per_crossing(
     api: Api, openrouter: FakeOpenRouter
 ) -> None:
     dev, agent_id = await _running_agent(api)
-    await _set_available(api, dev.id, 12 * CREDIT)  # the default threshold is 10
+    await set_available(
+        api.app.state.sessionmaker, dev.id, 12 * CREDIT
+    )  # the default threshold is 10
     for _ in range(3):
         openrouter.reply("ok", cost=Decimal("0.01"))  # 1 credit each: 11, 10, 9 left
         assert (await _say(dev, agent_id, "Hi")).status_code == 200

@@ -22,6 +22,7 @@ from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.billing.stripe_support import STARTER, C, verified
+from tests.billing.support import set_available
 from tests.fakes.openrouter import (
     DEFAULT_MODELS,
     WORST,
@@ -59,19 +60,6 @@ async def _running_agent(
 
 async def _say(dev: Dev, agent_id: str, text: str, **extra: Any) -> Any:
     return await dev.http.post(f"/api/v1/agents/{agent_id}/messages", json={"text": text, **extra})
-
-
-async def _set_available(api: Api, user_id: str, micro: int) -> None:
-    async with api.app.state.sessionmaker() as session:
-        account = await ledger.ensure_account(session, user_id)
-        await ledger.post(
-            session,
-            account_id=user_id,
-            kind="adjustment",
-            amount=micro - account.balance,
-            key=f"test-adjust:{user_id}:{micro}",
-        )
-        await session.commit()
 
 
 async def _entries(api: Api, user_id: str) -> list[CreditEntry]:
@@ -122,7 +110,7 @@ async def test_a_prompt_the_balance_cannot_bound_is_refused_before_the_call(
     """One 30,000-character CJK message on 5 credits took the balance to -4 when the hold
     counted characters / 3: its bytes must be held, and they are more than 5 credits."""
     dev, agent_id = await _running_agent(api, model=SONNET)
-    await _set_available(api, dev.id, 5 * C)
+    await set_available(api.app.state.sessionmaker, dev.id, 5 * C)
     openrouter.reply("ok", prompt_tokens=30_300)  # what a tokenizer reports for it
     response = await _say(dev, agent_id, CJK)
     assert response.status_code == 402, response.text
@@ -177,7 +165,7 @@ async def test_a_step_whose_hold_cannot_be_placed_is_never_called(
     api: Api, openrouter: FakeOpenRouter
 ) -> None:
     dev, agent_id = await _running_agent(api, tools=["current_time"])
-    await _set_available(api, dev.id, C)
+    await set_available(api.app.state.sessionmaker, dev.id, C)
     # The first call costs 0.95 of the 1 credit: the second needs more than is left.
     openrouter.call_tool("current_time", {}, cost=Decimal("0.0095"))
     openrouter.reply("never sent")
