@@ -30,10 +30,12 @@ from argon2 import PasswordHasher
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from openai._base_client import BaseClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from lunogen.app import create_app
 from lunogen.auth import passwords
 from lunogen.config import Settings
+from lunogen.db import create_engine, create_sessionmaker
 from lunogen.migrations import upgrade
 from lunogen.models import metadata
 from tests.helpers import Api
@@ -126,6 +128,19 @@ def database_url(migrated_template: Path | None, tmp_path: Path) -> Iterator[str
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_template, target)
     yield f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's database, for tests that work below the app."""
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sm(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -89,8 +90,8 @@ async def _after_start(app: FastAPI, settings: Settings) -> None:
 
 
 def _resolve_routes(app: FastAPI) -> None:
-    for _context in iter_route_contexts(app.routes):
-        pass
+    """Walk every route once: FastAPI caches what it resolves, so requests find it ready."""
+    deque(iter_route_contexts(app.routes), maxlen=0)
 
 
 async def _probe_sandbox_and_announce(settings: Settings) -> None:

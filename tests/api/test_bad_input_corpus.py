@@ -103,7 +103,7 @@ def _skill(body: bytes) -> Callable[[Target], Any]:
 
 
 def _skill_json(**package: Any) -> bytes:
-    # json.dumps escapes a lone surrogate as \udXXX (valid JSON that decodes to it).
+    # json.dumps escapes a lone surrogate such as \ud800 (valid JSON that decodes to it).
     return json.dumps({"skill_md": skill_md(), **package}).encode()
 
 

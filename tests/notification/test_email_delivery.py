@@ -5,7 +5,6 @@ exactly once, and one that keeps failing ends `failed` after MAX_ATTEMPTS with a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,16 +22,10 @@ from lunogen.notification import email as mail
 from lunogen.notification.models import OutboundEmail
 from lunogen.worker.sweeps import sweep_registered
 from tests.account.support import deliver_all
-from tests.fakes.smtp import FakeSmtp, Hang, fake_smtp
+from tests.fakes.smtp import FakeSmtp, Hang
 from tests.helpers import Api
 
 TO = "person@example.com"
-
-
-@pytest.fixture
-def smtp() -> Iterator[FakeSmtp]:
-    with fake_smtp() as server:
-        yield server
 
 
 @pytest.fixture

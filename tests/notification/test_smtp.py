@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import select
 
 from lunogen.notification.models import OutboundEmail
 from tests.account.support import deliver_all, rows
-from tests.fakes.smtp import FakeSmtp, fake_smtp
+from tests.fakes.smtp import FakeSmtp
 from tests.helpers import Api
-
-
-@pytest.fixture
-def smtp() -> Iterator[FakeSmtp]:
-    with fake_smtp() as server:
-        yield server
 
 
 @pytest.fixture

@@ -11,20 +11,16 @@ from sqlalchemy import func, select, update
 from lunogen.agent.models import Agent
 from lunogen.billing.models import CreditEntry
 from lunogen.billing.verify import verify_all
-from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime import turn
-from lunogen.runtime.models import MemoryNote, Message, RecordedCall, Thread
-from lunogen.runtime.service import accept_inbound
+from lunogen.runtime.models import MemoryNote, Message, RecordedCall
 from lunogen.runtime.tasks import sweep_once
 from lunogen.runtime.turn import TurnDeps, run_turn
 from lunogen.worker import enqueue
 from lunogen.worker.broker import runtime, wait_idle
-from tests.agent.support import create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
-
-DEAD = "dead-worker:1"
+from tests.runtime.support import DEAD_WORKER, pending_under_a_lease, set_lease
 
 
 @pytest.fixture
@@ -38,31 +34,9 @@ class _Killed(BaseException):
 
 
 async def _pending_message_leased_to_us(api: Api) -> tuple[str, str, str]:
-    dev = await new_dev(api)
-    agent = await create_agent(dev, tools=["remember"])
-    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
-    async with api.app.state.sessionmaker() as session:
-        row = await session.get(Agent, agent["id"])
-        assert row is not None
-        accepted = await accept_inbound(
-            session,
-            agent=row,
-            channel_key="api",
-            contact="someone",
-            text="Remember that I like tea",
-            keyring=api.app.state.keyring,
-        )
-        await _lease(session, accepted.thread.id, timedelta(minutes=5))
-        return agent["id"], accepted.thread.id, accepted.message.id
-
-
-async def _lease(session: Any, thread_id: str, left: timedelta) -> None:
-    await session.execute(
-        update(Thread)
-        .where(Thread.id == thread_id)
-        .values(lease_owner=DEAD, lease_expires_at=utcnow() + left)
+    return await pending_under_a_lease(
+        api, text="Remember that I like tea", left=timedelta(minutes=5), tools=["remember"]
     )
-    await session.commit()
 
 
 async def _die_in_the_first_tool(monkeypatch: pytest.MonkeyPatch, message_id: str) -> None:
@@ -81,14 +55,14 @@ async def _die_in_the_first_tool(monkeypatch: pytest.MonkeyPatch, message_id: st
         model_client=rt.model_client,
     )
     with pytest.raises(_Killed):
-        await run_turn(deps, inbound_id=message_id, lease_token=DEAD)
+        await run_turn(deps, inbound_id=message_id, lease_token=DEAD_WORKER)
     monkeypatch.undo()
 
 
 async def _take_over(api: Api, thread_id: str) -> None:
     """The dead worker's lease runs out; the sweeper hands the thread to a live worker."""
     async with api.app.state.sessionmaker() as session:
-        await _lease(session, thread_id, timedelta(seconds=-1))
+        await set_lease(session, thread_id, timedelta(seconds=-1))
     assert await sweep_once(api.app.state.sessionmaker) == 1
     await enqueue.drain()
     await wait_idle()

@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from lunogen.agent.models import AgentLogEvent
-from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime.models import Message, Thread
 from lunogen.runtime.tasks import run_thread, sweep_once
 from lunogen.worker import enqueue
 from lunogen.worker.broker import wait_idle
-from tests.agent.support import create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
+from tests.runtime.support import pending_under_a_lease
 
 
 @pytest.fixture
@@ -26,32 +25,10 @@ def settings_overrides(openrouter: FakeOpenRouter) -> dict[str, object]:
 
 
 async def _pending_message_under_a_dead_lease(api: Api, *, expired: bool) -> tuple[str, str]:
-    dev = await new_dev(api)
-    agent = await create_agent(dev)
-    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
     # A worker took the thread and died: its lease outlives it (or has run out).
-    async with api.app.state.sessionmaker() as session:
-        from lunogen.agent.models import Agent
-        from lunogen.runtime.service import accept_inbound
-
-        row = await session.get(Agent, agent["id"])
-        assert row is not None
-        accepted = await accept_inbound(
-            session,
-            agent=row,
-            channel_key="api",
-            contact="someone",
-            text="Are you there?",
-            keyring=api.app.state.keyring,
-        )
-        lease_end = utcnow() + (timedelta(seconds=-1) if expired else timedelta(minutes=5))
-        await session.execute(
-            update(Thread)
-            .where(Thread.id == accepted.thread.id)
-            .values(lease_owner="dead-worker:1", lease_expires_at=lease_end)
-        )
-        await session.commit()
-        return accepted.thread.id, accepted.message.id
+    left = timedelta(seconds=-1) if expired else timedelta(minutes=5)
+    _, thread_id, message_id = await pending_under_a_lease(api, text="Are you there?", left=left)
+    return thread_id, message_id
 
 
 async def _replies(api: Api, message_id: str) -> tuple[int, int, str]:

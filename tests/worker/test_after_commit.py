@@ -22,7 +22,7 @@ from taskiq import AsyncTaskiqDecoratedTask
 from lunogen.account.models import User
 from lunogen.agent import logs as agent_logs
 from lunogen.agent.models import Agent, AgentLogEvent
-from lunogen.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from lunogen.db import create_read_sessionmaker
 from lunogen.kit.ids import new_id
 from lunogen.notification.models import OutboundEmail
 from lunogen.worker import enqueue
@@ -85,18 +85,6 @@ class Work:
     add: Callable[[AsyncSession, str], Awaitable[None]]
     settle: Callable[[], Awaitable[None]]
     sent: Sent
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sm(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
 
 
 async def _job_work(engine: AsyncEngine) -> Work:

@@ -207,7 +207,7 @@ class LunoEdge:
                 )
             finally:
                 held.close()
-        except WorkspaceUnavailableError as exc:
+        except (WorkspaceUnavailableError, SandboxUnavailableError) as exc:
             log.error(
                 "sandbox.run_failed",
                 agent_id=agent_id,
@@ -215,16 +215,9 @@ class LunoEdge:
                 run_id=run_id,
                 error=str(exc),
             )
+            if isinstance(exc, SandboxUnavailableError):
+                raise
             raise SandboxUnavailableError(str(exc)) from exc
-        except SandboxUnavailableError as exc:
-            log.error(
-                "sandbox.run_failed",
-                agent_id=agent_id,
-                backend=self.backend_name,
-                run_id=run_id,
-                error=str(exc),
-            )
-            raise
         log.info(
             "sandbox.run",
             agent_id=agent_id,

@@ -335,7 +335,7 @@ def _check_files(files: Mapping[str, bytes], skill_md_bytes: int) -> dict[str, b
 def _utf8(text: str, field: str, what: str) -> bytes:
     try:
         return text.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate, which JSON's \udXXX escapes can carry
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON can carry one as \ud800)
         message = f"{what} must be valid Unicode text (no lone surrogates)"
         raise PackageError(field, message) from exc
 

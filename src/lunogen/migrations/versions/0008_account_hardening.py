@@ -61,4 +61,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    pass
+    """Nothing to undo: the mailbox claims are rows older code never looks up."""
