@@ -21,7 +21,7 @@ help:
 	@echo "make serve   run LunoGen on http://$(HOST):$(PORT) (data in ./data)"
 	@echo "make test    run the test suite (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make check-sandbox  which LunoEdge sandbox backends work here, with a self-test"
-	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make lint    ruff check, ruff format --check, mypy, the import layers (lint-imports)"
 	@echo "make bench   the benchmarks (bench/README.md): figures against the budgets"
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make clean   remove .venv and caches (keeps ./data)"
@@ -66,9 +66,12 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 
 bench: $(DEV_STAMP) | $(BWRAP)
 	$(BIN)/python bench/serve_overhead.py
+	$(BIN)/python bench/idle_agents.py
+	$(BIN)/python bench/crash.py --rounds 3
 	$(BIN)/python bench/sandbox_overhead.py
 
 format: $(DEV_STAMP)

@@ -12,7 +12,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from lunogen import __version__
+from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
@@ -49,6 +49,7 @@ from lunogen.llm.endpoints import router as model_router
 from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.runtime.endpoints import router as conversation_router
+from lunogen.runtime.events import TURN_EVENTS
 from lunogen.runtime.memory_endpoints import router as memory_router
 from lunogen.skill import endpoints as skill_endpoints
 from lunogen.skill.endpoints import admin_router as admin_skills_router
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with jobs.running() as runtime:
             app.state.engine = runtime.engine
             app.state.sessionmaker = runtime.sessionmaker
-            app.state.turn_events = runtime.turn_events
+            app.state.turn_events = runtime.get(TURN_EVENTS)
             after_start = asyncio.create_task(_after_start(app, settings))
             app.state.started = after_start  # done once `lunogen_started` is logged
             try:

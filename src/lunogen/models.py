@@ -1,7 +1,7 @@
 """Imports every table so that the metadata is complete (Alembic, tests)."""
 
 from lunogen.account.models import Consent, EmailToken, User
-from lunogen.agent.models import Agent, AgentChannel, AgentLogEvent
+from lunogen.agent.models import Agent, AgentChannel
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.billing.grants import StarterGrantClaim
@@ -10,6 +10,7 @@ from lunogen.billing.models_stripe import StripeEvent
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
+from lunogen.runlog.models import AgentLogEvent
 from lunogen.runtime.models import Delivery, MemoryNote, Message, Thread
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from structlog.testing import capture_logs
 
-from lunogen.agent.logs import RedisLogBus
+from lunogen.runlog.logs import RedisLogBus
 
 REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
 

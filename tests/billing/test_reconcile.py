@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from lunogen.billing.reconcile import reconcile_costs
 from lunogen.llm.models import UsageRecord
+from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.worker.broker import runtime
 from tests.agent.support import create_agent, new_dev
 from tests.billing.stripe_support import STARTER, balance, entries, verified
@@ -47,7 +48,7 @@ async def test_a_cost_reported_later_replaces_the_catalog_estimate(
     assert await balance(api, dev.id) == STARTER - 21_000
 
     rt = runtime()
-    sm, settings, client = api.app.state.sessionmaker, rt.settings, rt.model_client
+    sm, settings, client = api.app.state.sessionmaker, rt.settings, rt.get(MODEL_CLIENT)
     now = timedelta(0)
     lookups_before = len(openrouter.requests)
     assert await reconcile_costs(sm, settings, client, settle_delay=now) == 0  # not known yet
@@ -79,7 +80,9 @@ async def test_a_final_cost_equal_to_the_estimate_changes_no_balance(
     assert said.status_code == 200
     rt = runtime()
     sm = api.app.state.sessionmaker
-    assert await reconcile_costs(sm, rt.settings, rt.model_client, settle_delay=timedelta(0)) == 1
+    assert (
+        await reconcile_costs(sm, rt.settings, rt.get(MODEL_CLIENT), settle_delay=timedelta(0)) == 1
+    )
     async with api.app.state.sessionmaker() as session:
         usage = (await session.execute(select(UsageRecord))).scalar_one()
     assert (usage.cost_source, usage.cost_nano_usd) == ("provider", 210_000)

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from lunogen.account.models import User
-from lunogen.agent.lifecycle import Effects
 from lunogen.billing import credit_alerts, ledger
 from lunogen.billing.grants import grant_starter_credits
 from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, CreditPause
 from lunogen.billing.verify import verify_all
+from lunogen.kit.effects import Effects
 from lunogen.runtime.models import Message
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.billing.support import set_available
@@ -194,8 +194,8 @@ async def test_a_hold_left_by_a_dead_worker_expires_and_charges_nothing(
 ) -> None:
     from datetime import timedelta
 
+    from lunogen.billing.worker_parts import expire_credit_holds
     from lunogen.kit.time import utcnow
-    from lunogen.worker.maintenance import expire_credit_holds
 
     dev = await new_dev(api)
     async with api.app.state.sessionmaker() as session:  # as a turn does before its call

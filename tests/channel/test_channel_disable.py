@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from lunogen.audit.models import AuditEvent
 from lunogen.runtime.models import Delivery, Message, Thread
-from lunogen.runtime.tasks import sweep_once
 from lunogen.worker import enqueue
+from lunogen.worker.sweeps import sweep_registered
 from tests.agent.support import NOT_FOUND, new_dev
 from tests.channel.receiver import Receiver
 from tests.channel.support import (
@@ -146,7 +146,7 @@ async def test_pending_deliveries_of_a_disabled_channel_end_without_a_request(
 
     # w-1's turn now answers: the reply is stored, and nothing is sent
     await _make_due(api, Message, waiting_id)
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
 
     async def answered() -> bool:
         async with api.app.state.sessionmaker() as session:
@@ -155,7 +155,7 @@ async def test_pending_deliveries_of_a_disabled_channel_end_without_a_request(
 
     await until(answered, "w-1 to be answered")
     await enqueue.drain()
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
     await enqueue.drain()
     assert len(receiver.received()) == 1
 
@@ -165,7 +165,7 @@ async def test_pending_deliveries_of_a_disabled_channel_end_without_a_request(
         assert row is not None
         row.status, row.next_attempt_at, row.last_error = "queued", row.created_at, None
         await session.commit()
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
 
     async def ended() -> bool:
         async with api.app.state.sessionmaker() as session:

@@ -8,8 +8,8 @@ import pytest
 
 from lunogen.channel import endpoints, webhook
 from lunogen.runtime.models import Delivery, Message, Thread
-from lunogen.runtime.tasks import sweep_once
 from lunogen.worker import enqueue
+from lunogen.worker.sweeps import sweep_registered
 from tests.channel.receiver import Received, Receiver
 from tests.channel.support import (
     Hook,
@@ -58,7 +58,7 @@ async def _retry_now(api: Api, message_id: str) -> None:
         assert inbound is not None and inbound.status == "pending"
         inbound.next_attempt_at = inbound.created_at
         await session.commit()
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
 
 
 def _failure(hook: Hook, got: Received, *, reply_to: str) -> dict[str, Any]:
@@ -96,7 +96,7 @@ async def test_async_model_failure_sends_one_signed_failure_notice(
     # exactly one: neither the sweeper nor a repeat of the message sends another
     again = await hook.post({"id": "f-1", "from": "bob", "text": "Hi"})
     assert again.status_code == 202 and again.json()["message_id"] == message_id
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
     await enqueue.drain()
     assert len(receiver.received()) == 1
 
@@ -141,7 +141,7 @@ async def test_a_message_skipped_by_a_stopped_agent_gets_a_failure_notice(
     await _retry_now(api, message_id)  # the turn finds the agent stopped: the message is skipped
     skipped = await _settled(api, message_id, "skipped")
     # the sweeper sends the notice of a turn that ended without telling the deliveries
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
     [got] = await received(receiver, 1)
     body = _failure(hook, got, reply_to="k-1")
     assert body["error"] == skipped.last_error and "stopped" in str(body["error"])

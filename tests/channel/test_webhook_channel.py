@@ -13,9 +13,9 @@ from lunogen.channel import endpoints, webhook
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime import waiting
 from lunogen.runtime.models import Delivery, Message, Thread
-from lunogen.runtime.tasks import sweep_once
 from lunogen.worker import enqueue
 from lunogen.worker.broker import runtime
+from lunogen.worker.sweeps import sweep_registered
 from tests.agent.support import create_agent, new_dev
 from tests.channel.receiver import Receiver
 from tests.channel.support import (
@@ -227,7 +227,7 @@ async def test_sync_timeout_sends_the_reply_to_the_callback(
         assert inbound is not None and inbound.status == "pending"
         inbound.next_attempt_at = inbound.created_at
         await session.commit()
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
     [got] = await received(receiver, 1)
     body = verified(hook, got)
     assert body["reply_to"] == "slow-1" and body["text"] == "Take your time"
@@ -264,7 +264,7 @@ async def test_async_mode_accepts_then_posts_one_signed_reply(
     # a duplicate is accepted again but sends nothing new
     again = await hook.post({"id": "a-1", "from": "bob", "text": "Hi"})
     assert again.status_code == 202 and again.json()["message_id"] == inbound_id
-    assert await sweep_once(api.app.state.sessionmaker) == 0
+    assert (await sweep_registered(api.app.state.sessionmaker))["threads"] == 0
     await enqueue.drain()
     assert len(receiver.received()) == 1
     assert await count_rows(api, Delivery) == 1
@@ -313,7 +313,7 @@ async def test_a_long_retry_is_left_to_the_sweeper(
         assert stored is not None
         stored.next_attempt_at = stored.created_at  # time passes
         await session.commit()
-    await sweep_once(api.app.state.sessionmaker)
+    await sweep_registered(api.app.state.sessionmaker)
     second = (await received(receiver, 2))[1]
     assert second.headers["webhook-id"] == row.id
     assert (await delivery_in(api, "delivered")).attempts == 2
@@ -336,7 +336,7 @@ async def test_a_400_fails_and_is_logged(api: Api, receiver: Receiver) -> None:
     await hook.post({"id": "b-1", "from": "bob", "text": "bad"})
     delivery = await delivery_in(api, "failed")
     assert delivery.last_status_code == 400 and delivery.attempts == 1
-    assert await sweep_once(api.app.state.sessionmaker) == 0
+    assert (await sweep_registered(api.app.state.sessionmaker))["threads"] == 0
     await enqueue.drain()
     assert len(receiver.received()) == 1
     logs = (await hook.dev.http.get(f"/api/v1/agents/{hook.agent['id']}/logs")).json()["data"]

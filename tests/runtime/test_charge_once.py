@@ -12,10 +12,10 @@ from lunogen.agent.models import Agent
 from lunogen.billing.models import CreditEntry
 from lunogen.billing.verify import verify_all
 from lunogen.llm.models import UsageRecord
-from lunogen.runtime import turn
+from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.runtime.models import MemoryNote, Message, RecordedCall
 from lunogen.runtime.tasks import sweep_once
-from lunogen.runtime.turn import TurnDeps, run_turn
+from lunogen.runtime.turn import TurnDeps, loop, run_turn
 from lunogen.worker import enqueue
 from lunogen.worker.broker import runtime, wait_idle
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
@@ -46,13 +46,13 @@ async def _die_in_the_first_tool(monkeypatch: pytest.MonkeyPatch, message_id: st
     async def killed(*args: Any) -> str:
         raise _Killed
 
-    monkeypatch.setattr(turn, "_run_tool", killed)
+    monkeypatch.setattr(loop, "run_tool", killed)
     rt = runtime()
     deps = TurnDeps(
         settings=rt.settings,
         sessionmaker=rt.sessionmaker,
         keyring=rt.keyring,
-        model_client=rt.model_client,
+        model_client=rt.get(MODEL_CLIENT),
     )
     with pytest.raises(_Killed):
         await run_turn(deps, inbound_id=message_id, lease_token=DEAD_WORKER)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lunogen.runtime import context
 from lunogen.runtime.context import (
     HistoryItem,
     estimate_tokens,
@@ -63,3 +64,18 @@ def test_system_prompt_has_instructions_date_and_notes() -> None:
     assert prompt.startswith("Be brief.")
     assert "Friday 27 November 2026, 09:30 UTC" in prompt
     assert "- The shop opens at 9." in prompt and "- Prefers French." in prompt
+
+
+@given(
+    system=st.text(max_size=200),
+    turns=st.lists(
+        st.tuples(st.sampled_from(["user", "assistant"]), st.text(max_size=300)), max_size=12
+    ),
+)
+def test_the_kept_bounds_add_up_to_the_bound_of_the_messages(
+    system: str, turns: list[tuple[str, str]]
+) -> None:
+    """The turn takes its first hold from the items' kept bounds, never from a smaller sum."""
+    items = [context.HistoryItem(role, text) for role, text in turns]
+    messages = context.build_messages(system, items)
+    assert context.prompt_bound_of(system, items) == context.prompt_token_bound(messages)

@@ -172,7 +172,7 @@ async def test_history_pairs_each_answered_message_with_its_reply(api: Api) -> N
                     id=new_id(),
                     thread_id=thread_id,
                     agent_id=agent_id,
-                    seq=await service._next_seq(session, thread),
+                    seq=await service.next_seq(session, thread),
                     role="assistant",
                     content=keyring.encrypt(answer),
                     status="done",
@@ -185,12 +185,14 @@ async def test_history_pairs_each_answered_message_with_its_reply(api: Api) -> N
     async with _sessions(api)() as session:
         pairs = await service.history(session, thread_id=thread_id, before_seq=4)
         earlier = await service.history(session, thread_id=thread_id, before_seq=2)
+        later = await service.history(session, thread_id=thread_id, before_seq=4, after_seq=1)
     texts = [
         (keyring.decrypt(q.content), None if a is None else keyring.decrypt(a.content))
-        for q, a in pairs
+        for _, q, a in pairs
     ]
     assert texts == [("q1", "a1"), ("q2", "a2")]
-    assert [keyring.decrypt(q.content) for q, _ in earlier] == ["q1"]
+    assert [keyring.decrypt(q.content) for _, q, _ in earlier] == ["q1"]
+    assert [keyring.decrypt(q.content) for _, q, _ in later] == ["q2"]  # only what is newer
 
 
 async def test_waiting_without_a_first_read_still_returns_the_message(api: Api) -> None:

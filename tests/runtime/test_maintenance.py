@@ -8,10 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from lunogen.agent.models import AgentLogEvent
 from lunogen.kit.time import utcnow
 from lunogen.llm.models import CatalogModel
-from lunogen.worker.maintenance import maintenance_forever, purge_old_logs
+from lunogen.runlog.logs import purge_old_logs
+from lunogen.runlog.models import AgentLogEvent
+from lunogen.worker.broker import JobRuntime
+from lunogen.worker.maintenance import maintenance_forever
 from tests.agent.support import create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
@@ -51,9 +53,8 @@ async def test_the_catalog_refreshes_on_its_timer(api: Api, openrouter: FakeOpen
     openrouter.models[0]["pricing"]["prompt"] = "0.00000099"
     model_id = openrouter.models[0]["id"]
     settings = api.app.state.settings.model_copy(update={"catalog_refresh_hours": 0.0001})
-    task = asyncio.create_task(
-        maintenance_forever(api.app.state.sessionmaker, settings, tick_seconds=0.05)
-    )
+    rt = JobRuntime(settings, api.app.state.sessionmaker, api.app.state.keyring)
+    task = asyncio.create_task(maintenance_forever(rt, tick_seconds=0.05))
     try:
         for _ in range(400):  # until the refreshed price is stored, not a fixed wait
             async with api.app.state.sessionmaker() as session:

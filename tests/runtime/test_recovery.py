@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from lunogen.agent.models import AgentLogEvent
+from lunogen.billing.verify import verify_all
+from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
-from lunogen.runtime.models import Message, Thread
+from lunogen.llm.worker_parts import MODEL_CLIENT
+from lunogen.runlog.models import AgentLogEvent
+from lunogen.runtime.models import Message, RecordedCall, Thread
+from lunogen.runtime.service import FRESH_WORK_GRACE
 from lunogen.runtime.tasks import run_thread, sweep_once
+from lunogen.runtime.turn import TurnDeps, TurnOutcome, run_turn
 from lunogen.worker import enqueue
-from lunogen.worker.broker import wait_idle
+from lunogen.worker.broker import runtime, wait_idle
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
-from tests.runtime.support import pending_under_a_lease
+from tests.runtime.support import pending_under_a_lease, set_lease
 
 
 @pytest.fixture
@@ -65,28 +75,110 @@ async def test_the_sweeper_takes_over_an_expired_lease_and_answers_once(
     assert len(openrouter.chat_requests) == 1
 
 
-async def test_a_run_that_lost_its_lease_records_its_calls_but_not_its_answer(
-    api: Api, openrouter: FakeOpenRouter
-) -> None:
-    """A worker that stalled past its lease while another took over must not reply too."""
-    from lunogen.runtime.turn import TurnDeps, TurnOutcome, run_turn
-    from lunogen.worker.broker import runtime
-
-    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=False)
+def _turn_deps() -> TurnDeps:
     rt = runtime()
-    deps = TurnDeps(
+    return TurnDeps(
         settings=rt.settings,
         sessionmaker=rt.sessionmaker,
         keyring=rt.keyring,
-        model_client=rt.model_client,
+        model_client=rt.get(MODEL_CLIENT),
     )
+
+
+async def test_a_worker_whose_lease_was_taken_makes_no_call(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """A stale worker (another holds the thread) gives up when it tries to take the lease,
+    before any hold or call."""
+    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=False)
     openrouter.reply("A late answer")
-    outcome = await run_turn(deps, inbound_id=message_id, lease_token="stale-worker:2")
+    outcome = await run_turn(_turn_deps(), inbound_id=message_id, lease_token="stale-worker:2")
     assert outcome == TurnOutcome.SUPERSEDED
+    assert openrouter.chat_requests == []
+    assert await _replies(api, message_id) == (0, 0, "pending")
+    async with api.app.state.sessionmaker() as session:
+        thread = await session.get(Thread, thread_id)
+        assert thread is not None and thread.lease_owner == "dead-worker:1"
+
+
+async def test_a_run_that_lost_its_lease_records_its_calls_but_not_its_answer(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """A worker that stalled past its lease while another took over must not reply too: the
+    lease changes hands while its model call is in flight."""
+    thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=True)
+    openrouter.reply("A late answer")
+    openrouter.latency = 0.5
+    turn = asyncio.create_task(
+        run_turn(_turn_deps(), inbound_id=message_id, lease_token="stalled-worker:2")
+    )
+    while not openrouter.chat_requests:
+        await asyncio.sleep(0.01)
+    async with api.app.state.sessionmaker() as session:  # the lease ran out; another took it
+        await set_lease(session, thread_id, timedelta(minutes=5))
+    assert await turn == TurnOutcome.SUPERSEDED
     assert await _replies(api, message_id) == (0, 1, "pending")  # the call was real: metered
     async with api.app.state.sessionmaker() as session:
         thread = await session.get(Thread, thread_id)
         assert thread is not None and thread.lease_owner == "dead-worker:1"
-    async with api.app.state.sessionmaker() as session:
+        recorded = await session.get(RecordedCall, (message_id, 0))
+        assert recorded is not None  # the worker that holds the lease reuses it
         events = list((await session.execute(select(AgentLogEvent.event))).scalars())
     assert "turn.superseded" in events
+    async with api.app.state.sessionmaker() as session:
+        assert await verify_all(session) == []
+
+
+async def test_a_message_just_accepted_is_left_to_the_process_that_accepted_it(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """A sweeper in another process must not race the accepting process for fresh work; once
+    the message has waited past the grace, the sweeper takes it."""
+    _, thread_id, message_id = await pending_under_a_lease(
+        api, text="Hello?", left=timedelta(minutes=5)
+    )
+    async with api.app.state.sessionmaker() as session:  # nobody holds it: as just accepted
+        await session.execute(update(Thread).where(Thread.id == thread_id).values(lease_owner=None))
+        await session.commit()
+    assert await sweep_once(api.app.state.sessionmaker) == 0
+    async with api.app.state.sessionmaker() as session:
+        message = await session.get(Message, message_id)
+        assert message is not None
+        message.created_at = message.created_at - FRESH_WORK_GRACE
+        await session.commit()
+    assert await sweep_once(api.app.state.sessionmaker) == 1
+    await enqueue.drain()
+    await wait_idle()
+    assert await _replies(api, message_id) == (1, 1, "done")
+
+
+async def test_a_lease_of_a_dead_process_of_this_host_is_given_back_at_the_next_sweep(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """`lunogen serve` killed and started again: its threads are answered at the next sweep,
+    not when their leases run out; a live process's lease is left alone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    _, dead_thread, dead_message = await pending_under_a_lease(
+        api, text="Anyone?", left=timedelta(minutes=5)
+    )
+    _, live_thread, _ = await pending_under_a_lease(api, text="Busy?", left=timedelta(minutes=5))
+    async with api.app.state.sessionmaker() as session:
+        for thread_id, pid in ((dead_thread, gone.pid), (live_thread, os.getpid())):
+            await session.execute(
+                update(Thread)
+                .where(Thread.id == thread_id)
+                .values(lease_owner=f"{host}:{pid}:ab:c")
+            )
+        await session.execute(  # as if accepted a while ago
+            update(Message).values(created_at=utcnow() - FRESH_WORK_GRACE)
+        )
+        await session.commit()
+    assert await sweep_once(api.app.state.sessionmaker) == 1
+    await enqueue.drain()
+    await wait_idle()
+    assert await _replies(api, dead_message) == (1, 1, "done")
+    async with api.app.state.sessionmaker() as session:
+        live = await session.get(Thread, live_thread)
+        assert live is not None and live.lease_owner == f"{host}:{os.getpid()}:ab:c"

@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskiq import AsyncTaskiqDecoratedTask
 
 from lunogen.account.models import User
-from lunogen.agent import logs as agent_logs
-from lunogen.agent.models import Agent, AgentLogEvent
+from lunogen.agent.models import Agent
 from lunogen.db import create_read_sessionmaker
 from lunogen.kit.ids import new_id
 from lunogen.notification.models import OutboundEmail
+from lunogen.runlog import logs as agent_logs
+from lunogen.runlog.models import AgentLogEvent
 from lunogen.worker import enqueue
 
 LABELS = ("outer", "middle", "inner", "later")

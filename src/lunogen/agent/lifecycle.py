@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
-from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
 from lunogen.agent.provision import provision
 from lunogen.agent.service import get_agent
@@ -24,11 +22,11 @@ from lunogen.billing import ledger, metering
 from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError
-from lunogen.kit.crypto import KeyRing
+from lunogen.kit.effects import Effects
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.notification.service import notify
-from lunogen.runtime.models import Message, Thread
+from lunogen.runlog.logs import log_event
 from lunogen.skill.service import skill_problems
 from lunogen.tool.registry import registry
 
@@ -68,12 +66,6 @@ class OutOfCreditsError(LunogenError):
                 "available_credits": micro_to_credits_str(available),
             },
         )
-
-
-@dataclass(frozen=True)
-class Effects:
-    settings: Settings
-    keyring: KeyRing
 
 
 def _refuse(agent: Agent, action: str) -> ConflictError:
@@ -216,30 +208,19 @@ class AgentStatusReport:
     since: datetime
     uptime_seconds: int | None
     last_error: str | None
-    threads_today: int
-    messages_today: int
 
 
 async def status_report(
     session: AsyncSession, *, owner_id: str, agent_id: str
 ) -> AgentStatusReport:
+    """The agent's state (its conversation counts are the runtime's: `runtime.activity`)."""
     agent = await get_agent(session, owner_id=owner_id, agent_id=agent_id)
-    now = utcnow()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    threads = await session.execute(
-        select(func.count()).where(Thread.agent_id == agent.id, Thread.created_at >= midnight)
-    )
-    messages = await session.execute(
-        select(func.count()).where(Message.agent_id == agent.id, Message.created_at >= midnight)
-    )
     uptime = None
     if agent.status == "running" and agent.started_at is not None:
-        uptime = max(0, int((now - agent.started_at) / timedelta(seconds=1)))
+        uptime = max(0, int((utcnow() - agent.started_at) / timedelta(seconds=1)))
     return AgentStatusReport(
         status=agent.status,
         since=agent.status_changed_at,
         uptime_seconds=uptime,
         last_error=agent.last_error,
-        threads_today=int(threads.scalar_one()),
-        messages_today=int(messages.scalar_one()),
     )

@@ -12,14 +12,16 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
-from lunogen.agent import lifecycle, logs
+from lunogen.agent import lifecycle
 from lunogen.agent.endpoints import _render
-from lunogen.agent.models import AgentLogEvent
 from lunogen.agent.schemas import Agent as AgentOut
 from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsExecute, AgentsRead, LogsRead
 from lunogen.db import DbSession
 from lunogen.kit.time import UtcDateTimeIn
+from lunogen.runlog import logs
+from lunogen.runlog.models import AgentLogEvent
+from lunogen.runtime.activity import activity_today
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
@@ -98,7 +100,8 @@ class AgentStatusOut(BaseModel):
 async def get_agent_status(agent_id: str, principal: AgentsRead, db: DbSession) -> AgentStatusOut:
     """The agent's state, since when, uptime while running, last error, and today's counts."""
     report = await lifecycle.status_report(db, owner_id=principal.user.id, agent_id=agent_id)
-    return AgentStatusOut(**report.__dict__)
+    activity = await activity_today(db, agent_id=agent_id)
+    return AgentStatusOut(**report.__dict__, **activity.__dict__)
 
 
 class LogEventOut(BaseModel):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
 from lunogen.agent.workspace import edge_for, sandbox_limits, uses_sandbox
 from lunogen.config import Settings
+from lunogen.runlog.logs import log_event
 from lunogen.sandbox.base import SandboxUnavailableError
 from lunogen.sandbox.workspace import WorkspaceError
 from lunogen.skill.service import usable_skills

@@ -20,7 +20,7 @@ from lunogen.account.plans import PlanLimits, at_limit_advice, limits_for
 from lunogen.agent import schemas, workspace
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
-from lunogen.auth.dependencies import Principal
+from lunogen.auth.principal import Principal
 from lunogen.channel.service import ChannelChanges, apply_channels
 from lunogen.errors import ForbiddenError, NotFoundError, ValidationFailedError
 from lunogen.kit.crypto import KeyRing

@@ -8,7 +8,6 @@ plan's requests per minute).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from lunogen.account.models import User
 from lunogen.account.plans import limits_for
 from lunogen.account.service import setup_problem
 from lunogen.auth import apikeys
-from lunogen.auth.models import ApiKey, AuthSession
+from lunogen.auth.principal import Principal
 from lunogen.auth.ratelimit import RateLimiter
 from lunogen.auth.scopes import Scope, grants
 from lunogen.auth.sessions import CSRF_FIELD, CSRF_HEADER, csrf_matches, find_session
@@ -36,25 +35,6 @@ _LAST_USED_EVERY = timedelta(seconds=60)
 
 bearer_scheme = HTTPBearer(auto_error=False, description="A developer key: lg_live_<64 hex>")
 cookie_scheme = APIKeyCookie(name="lg_session", auto_error=False, description="Browser session")
-
-
-@dataclass
-class Principal:
-    """Who is acting: a user, through either a developer key or a browser session."""
-
-    user: User
-    client: ClientInfo
-    api_key: ApiKey | None = None
-    auth_session: AuthSession | None = None
-    scopes: frozenset[str] = field(default_factory=lambda: frozenset({Scope.FULL.value}))
-
-    @property
-    def key_id(self) -> str | None:
-        return self.api_key.id if self.api_key else None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.user.role == "admin"
 
 
 def _unauthorized() -> UnauthorizedError:

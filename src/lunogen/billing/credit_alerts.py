@@ -6,13 +6,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
-from lunogen.agent.lifecycle import Effects, set_status
+from lunogen.agent.lifecycle import set_status
 from lunogen.agent.models import Agent
 from lunogen.billing import ledger, metering
 from lunogen.billing.models import CreditAccount
 from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.kit.crypto import KeyRing
+from lunogen.kit.effects import Effects
 from lunogen.kit.time import utcnow
 from lunogen.notification.service import notify
 

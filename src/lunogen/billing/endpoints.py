@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from lunogen.agent.lifecycle import Effects
 from lunogen.auth.dependencies import Admin, AnyUser, FullAccess
 from lunogen.billing import ledger, service, stripe_events
 from lunogen.billing.models import EntryKind
@@ -30,6 +29,7 @@ from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, error_responses
+from lunogen.kit.effects import Effects
 from lunogen.kit.time import UtcDateTimeIn
 
 billing_router = APIRouter(prefix="/api/v1/billing", tags=["billing"])

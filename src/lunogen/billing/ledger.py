@@ -156,12 +156,15 @@ async def claim_low_credit_alert(session: AsyncSession, account_id: str) -> bool
     threshold again. Call it in the transaction of the change that may have crossed it.
     """
     account = await lock_account(session, account_id)
-    if account is None or account.low_alert_sent:
-        return False
-    if available(account) > account.low_credit_threshold:
+    return account is not None and claim_low_credit_alert_of(account)
+
+
+def claim_low_credit_alert_of(account: CreditAccount) -> bool:
+    """`claim_low_credit_alert` for an account this transaction has already locked (and so
+    holds as it is now): no query."""
+    if account.low_alert_sent or available(account) > account.low_credit_threshold:
         return False
     account.low_alert_sent = True
-    await session.flush()
     return True
 
 

@@ -95,8 +95,8 @@ async def reserve(
     key: str,
     message_id: str,
 ) -> str:
-    """Hold `amount` micro-credits for one call; raises `ledger.InsufficientCredits`."""
-    await ledger.ensure_account(session, owner_id)
+    """Hold `amount` micro-credits for one call; raises `ledger.InsufficientCredits` (also
+    when the owner has no account yet: nothing to hold)."""
     hold = await ledger.place_hold(
         session,
         account_id=owner_id,

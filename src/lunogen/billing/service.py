@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
-from lunogen.agent.lifecycle import Effects
 from lunogen.audit import service as audit
 from lunogen.billing import credit_alerts, ledger
 from lunogen.billing.models import CreditAccount, CreditEntry
@@ -30,6 +29,7 @@ from lunogen.billing.stripe_client import StripeGateway
 from lunogen.billing.units import credits_to_micro, micro_to_credits_str, usd_cents_for_credits
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError, NotFoundError, ValidationFailedError
+from lunogen.kit.effects import Effects
 from lunogen.kit.ids import new_id
 from lunogen.kit.web import ClientInfo
 

@@ -31,7 +31,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
-from lunogen.agent.lifecycle import Effects
 from lunogen.audit import service as audit
 from lunogen.billing import ledger
 from lunogen.billing.models import CreditEntry, EntryKind
@@ -39,6 +38,7 @@ from lunogen.billing.models_stripe import StripeEvent
 from lunogen.billing.service import after_balance_change, default_threshold
 from lunogen.billing.units import credits_to_micro, micro_to_credits_str
 from lunogen.errors import BadRequestError
+from lunogen.kit.effects import Effects
 from lunogen.kit.time import utcnow
 from lunogen.notification.service import notify
 

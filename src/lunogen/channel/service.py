@@ -19,10 +19,9 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.audit import service as audit
-from lunogen.auth.dependencies import Principal
+from lunogen.auth.principal import Principal
 from lunogen.channel.schemas import (
     INPUT_MODELS,
     OUTPUT_MODELS,
@@ -34,6 +33,7 @@ from lunogen.channel.schemas import (
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
+from lunogen.runlog.logs import log_event
 
 
 @dataclass

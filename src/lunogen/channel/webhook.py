@@ -40,16 +40,17 @@ import structlog
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.channel.service import disable_channel, read_secrets
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import FetchError, SafeHttp, UnsafeUrlError
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
+from lunogen.runlog.logs import log_event
 from lunogen.runtime.models import Delivery, Message
 from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +226,7 @@ async def queue_if_settled(session: AsyncSession, *, inbound_id: str) -> None:
         await _queue_waiting(session, inbound_id=inbound_id)
 
 
+@register_sweep("webhook_deliveries")
 async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: int = 100) -> int:
     """For the sweeper: queue waiting deliveries whose turn is over, re-enqueue due ones."""
     async with sessionmaker() as session:

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 SAFETY_MARGIN = 0.10
@@ -75,6 +76,16 @@ class HistoryItem:
     role: str
     content: str
 
+    @cached_property
+    def tokens(self) -> int:
+        """The history budget's estimate."""
+        return estimate_tokens(self.content)
+
+    @cached_property
+    def bound(self) -> int:
+        """`message_token_bound` of the message this item becomes."""
+        return message_token_bound({"role": self.role, "content": self.content})
+
 
 def system_prompt(
     *,
@@ -112,13 +123,19 @@ def trim_history(history: Sequence[HistoryItem], budget: int) -> list[HistoryIte
     kept: list[HistoryItem] = []
     used = 0
     for item in reversed(history):
-        cost = estimate_tokens(item.content)
+        cost = item.tokens
         if kept and used + cost > budget:
             break
         kept.append(item)
         used += cost
     kept.reverse()
     return kept
+
+
+def prompt_bound_of(system: str, history: Sequence[HistoryItem]) -> int:
+    """`prompt_token_bound` of `build_messages(system, history)`, from the items' kept bounds."""
+    system_bound = message_token_bound({"role": "system", "content": system})
+    return TEMPLATE_TOKENS_PER_REQUEST + system_bound + sum(item.bound for item in history)
 
 
 def build_messages(system: str, history: Sequence[HistoryItem]) -> list[dict[str, Any]]:

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from lunogen.config import Settings
+from lunogen.worker.resources import Resource, provide
 
 log = structlog.get_logger(__name__)
 
@@ -112,3 +116,19 @@ class RedisTurnEvents(TurnEvents):
 
 def create_turn_events(redis_url: str | None) -> TurnEvents:
     return RedisTurnEvents(redis_url) if redis_url else TurnEvents()
+
+
+TURN_EVENTS: Resource[TurnEvents] = Resource("turn_events")
+
+
+async def _open_turn_events(
+    settings: Settings, _sessionmaker: async_sessionmaker[AsyncSession]
+) -> TurnEvents:
+    return create_turn_events(settings.redis_url)
+
+
+async def _close_turn_events(events: TurnEvents) -> None:
+    await events.aclose()
+
+
+provide(TURN_EVENTS, open=_open_turn_events, close=_close_turn_events)

@@ -6,10 +6,14 @@ after its worker died reads the records of its message and, at each step whose r
 same fingerprint, takes the recorded result instead of calling: no hold, no call, no charge.
 
 The fingerprint covers what decides the call given the message: the model chain, the reply
-budget, the agent's instructions, the tools offered and the messages the turn itself added
-(assistant tool calls, tool results). The history before the message and the message itself
-are fixed by the message id. The system prompt's clock and memory notes are left out: they
-change between attempts without making it another question.
+budget, the agent's instructions, the tools offered and the model's own messages the turn added
+(its tool calls). The history before the message and the message itself are fixed by the
+message id. Left out, because they change between attempts without making it another question:
+the system prompt's clock and memory notes, and what the tools answered. Tools run again on a
+re-run, and many answer differently each time (`remember` names a new note id, `current_time`,
+`web_fetch`, `run_code`): were their answers in the fingerprint, every step after a tool step
+would be called and charged again after a crash. A step whose record is reused keeps the answer
+the model gave to the first attempt's tool results; the steps after it see the re-run's.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def _json(value: Any) -> bytes:
 
 
 class Fingerprint:
-    """The running fingerprint of a turn's requests; `feed` each message the turn appends."""
+    """The running fingerprint of a turn's requests; `feed` each message the turn appends (a
+    tool result counts by its call id only, see the module's docstring)."""
 
     def __init__(
         self, *, chain: list[str], max_output_tokens: int, instructions: str, tools: Any
@@ -41,6 +46,8 @@ class Fingerprint:
         self._hash = hashlib.sha256(_json([chain, max_output_tokens, instructions, tools]))
 
     def feed(self, message: dict[str, Any]) -> None:
+        if message.get("role") == "tool":
+            message = {"role": "tool", "tool_call_id": message.get("tool_call_id")}
         self._hash.update(_json(message))
 
     def of_step(self, *, tools_offered: bool) -> str:

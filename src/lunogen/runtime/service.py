@@ -8,6 +8,7 @@ over by the sweeper's job, so a crashed worker's turn is answered by another.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,15 +17,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from lunogen.agent.logs import log_event
 from lunogen.agent.models import Agent
 from lunogen.errors import ConflictError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
+from lunogen.runlog.logs import log_event
 from lunogen.runtime.models import Message, Thread
 
 LEASE = timedelta(seconds=120)
+FRESH_WORK_GRACE = timedelta(seconds=5)
 
 
 class AgentNotRunningError(ConflictError):
@@ -49,7 +51,7 @@ async def _numbered_thread(
     """The thread (created if need be) and the number of the message that arrives in it.
 
     An existing thread is found and numbered by one UPDATE, which locks its row until commit on
-    PostgreSQL (as `_next_seq` does).
+    PostgreSQL (as `next_seq` does).
     """
     numbered = await session.execute(
         update(Thread)
@@ -66,7 +68,7 @@ async def _numbered_thread(
     if thread is not None:
         return thread, thread.next_seq - 1
     thread = await _new_thread(session, agent=agent, channel_key=channel_key, contact=contact)
-    return thread, await _next_seq(session, thread)
+    return thread, await next_seq(session, thread)
 
 
 async def _new_thread(
@@ -92,7 +94,7 @@ async def _new_thread(
     return thread
 
 
-async def _next_seq(session: AsyncSession, thread: Thread) -> int:
+async def next_seq(session: AsyncSession, thread: Thread) -> int:
     """Take the thread's next number; the UPDATE locks the row until commit on PostgreSQL."""
     result = await session.execute(
         update(Thread)
@@ -175,13 +177,13 @@ async def claim_thread(
     session: AsyncSession, *, thread_id: str, worker_id: str, lease: timedelta = LEASE
 ) -> bool:
     """Take (or extend) the thread's lease if it is free, expired or already ours. Commits."""
-    result = await session.execute(_claim_statement(thread_id, worker_id, lease))
+    result = await session.execute(claim_statement(thread_id, worker_id, lease))
     await session.commit()
     return bool(getattr(result, "rowcount", 0))
 
 
 async def release_thread(session: AsyncSession, *, thread_id: str, worker_id: str) -> None:
-    await session.execute(_release_statement(thread_id, worker_id))
+    await session.execute(release_statement(thread_id, worker_id))
     await session.commit()
 
 
@@ -205,7 +207,7 @@ class Claim:
     pending: Pending | None
 
 
-def _claim_statement(thread_id: str, worker_id: str, lease: timedelta) -> Update:
+def claim_statement(thread_id: str, worker_id: str, lease: timedelta) -> Update:
     now = utcnow()
     return (
         update(Thread)
@@ -221,7 +223,7 @@ def _claim_statement(thread_id: str, worker_id: str, lease: timedelta) -> Update
     )
 
 
-def _release_statement(thread_id: str, worker_id: str) -> Update:
+def release_statement(thread_id: str, worker_id: str) -> Update:
     return (
         update(Thread)
         .where(Thread.id == thread_id, Thread.lease_owner == worker_id)
@@ -229,7 +231,7 @@ def _release_statement(thread_id: str, worker_id: str) -> Update:
     )
 
 
-async def _oldest_pending(session: AsyncSession, thread_id: str) -> Pending | None:
+async def oldest_pending(session: AsyncSession, thread_id: str) -> Pending | None:
     query = (
         select(Message.id, Message.next_attempt_at)
         .where(Message.thread_id == thread_id, Message.status == "pending")
@@ -248,13 +250,13 @@ async def claim_next(
     Held only when there is a message due: otherwise the lease is given back in the same
     transaction, so nobody ever sees it taken.
     """
-    claimed = await session.execute(_claim_statement(thread_id, worker_id, lease))
+    claimed = await session.execute(claim_statement(thread_id, worker_id, lease))
     if not getattr(claimed, "rowcount", 0):
         await session.commit()
         return Claim(held=False, pending=None)
-    pending = await _oldest_pending(session, thread_id)
+    pending = await oldest_pending(session, thread_id)
     if pending is None or not pending.due:
-        await session.execute(_release_statement(thread_id, worker_id))
+        await session.execute(release_statement(thread_id, worker_id))
         await session.commit()
         return Claim(held=False, pending=pending)
     await session.commit()
@@ -277,11 +279,11 @@ async def release_and_next(
     seen by our SELECT or committed after it, and then its job's claim waits for our commit
     and finds the lease free. Commits.
     """
-    await session.execute(_release_statement(thread_id, worker_id))
-    pending = await _oldest_pending(session, thread_id)
+    await session.execute(release_statement(thread_id, worker_id))
+    pending = await oldest_pending(session, thread_id)
     held = False
     if reclaim and pending is not None and pending.due:
-        claimed = await session.execute(_claim_statement(thread_id, worker_id, lease))
+        claimed = await session.execute(claim_statement(thread_id, worker_id, lease))
         held = bool(getattr(claimed, "rowcount", 0))
     await session.commit()
     return Claim(held=held, pending=pending)
@@ -297,8 +299,51 @@ async def next_pending(session: AsyncSession, *, thread_id: str) -> Message | No
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def release_dead_leases(session: AsyncSession, *, host: str) -> int:
+    """Give back the live leases held by processes of this host that are gone (killed, or
+    crashed): their threads are answered again now rather than when the leases run out.
+
+    Lease tokens start with the holder's `host:pid:` (`worker.process.worker_id`); only this
+    host's pids can be checked, and a pid in use again is left to expire. Commits.
+    """
+    prefix = f"{host}:"
+    held = await session.execute(
+        select(Thread.id, Thread.lease_owner).where(
+            Thread.lease_owner.startswith(prefix, autoescape=True),
+            Thread.lease_expires_at >= utcnow(),
+        )
+    )
+    released = 0
+    for thread_id, owner in held.all():
+        if owner is None or _alive(owner.removeprefix(prefix).split(":", 1)[0]):
+            continue
+        result = await session.execute(release_statement(thread_id, owner))
+        released += getattr(result, "rowcount", 0)
+    await session.commit()
+    return released
+
+
+def _alive(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return True  # not a pid we can check: leave it to expire
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 async def threads_needing_work(session: AsyncSession, *, limit: int = 100) -> list[str]:
-    """Threads with due pending messages and no live lease: what the sweeper re-enqueues."""
+    """Threads with due pending messages and no live lease: what the sweeper re-enqueues.
+
+    A message accepted less than `FRESH_WORK_GRACE` ago and not tried yet, on a thread nobody
+    holds, is left to the process that accepted it, which is about to take the lease: a sweeper
+    in another process would otherwise run its turn, and the waiting request would learn of the
+    reply only at its next database check. Retries that come due, and threads whose lease ran
+    out, are swept at once.
+    """
     now = utcnow()
     query = (
         select(Thread.id)
@@ -306,7 +351,13 @@ async def threads_needing_work(session: AsyncSession, *, limit: int = 100) -> li
         .where(
             Message.status == "pending",
             Message.next_attempt_at <= now,
-            or_(Thread.lease_owner.is_(None), Thread.lease_expires_at < now),
+            or_(
+                and_(
+                    Thread.lease_owner.is_(None),
+                    or_(Message.attempts > 0, Message.created_at <= now - FRESH_WORK_GRACE),
+                ),
+                Thread.lease_expires_at < now,
+            ),
         )
         .distinct()
         .limit(limit)
@@ -326,9 +377,10 @@ _Reply = aliased(Message, name="reply")
 
 
 async def history(
-    session: AsyncSession, *, thread_id: str, before_seq: int
-) -> list[tuple[Said, Said | None]]:
-    """The answered exchanges before `before_seq`, oldest first: (inbound, its reply or None).
+    session: AsyncSession, *, thread_id: str, before_seq: int, after_seq: int = -1
+) -> list[tuple[int, Said, Said | None]]:
+    """The answered exchanges between `after_seq` and `before_seq` (both excluded), oldest
+    first: (the inbound's seq, the inbound, its reply or None).
 
     Replies are paired with what they answer rather than sorted by their own `seq`, since a
     reply is numbered when it is written, after messages that arrived during its turn. One
@@ -336,7 +388,7 @@ async def history(
     unique `reply_to_id`).
     """
     rows = await session.execute(
-        select(Message.content, _Reply.content)
+        select(Message.seq, Message.content, _Reply.content)
         .outerjoin(
             _Reply,
             and_(
@@ -350,7 +402,11 @@ async def history(
             Message.role == "user",
             Message.status == "done",
             Message.seq < before_seq,
+            Message.seq > after_seq,
         )
         .order_by(Message.seq)
     )
-    return [(Said(question), None if answer is None else Said(answer)) for question, answer in rows]
+    return [
+        (seq, Said(question), None if answer is None else Said(answer))
+        for seq, question, answer in rows
+    ]

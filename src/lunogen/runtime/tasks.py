@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import socket
 import time
 from datetime import timedelta
 
@@ -11,12 +11,14 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from lunogen.channel import webhook
 from lunogen.kit.ids import new_id
+from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.runtime import service
-from lunogen.runtime.turn import TurnDeps, run_turn
+from lunogen.runtime.events import TURN_EVENTS
+from lunogen.runtime.turn import TurnDeps, answer_next
 from lunogen.worker.broker import HANDLER_BUDGET_SECONDS, job, runtime, tracked_job
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +41,8 @@ async def run_thread(thread_id: str) -> None:
         settings=rt.settings,
         sessionmaker=rt.sessionmaker,
         keyring=rt.keyring,
-        model_client=rt.model_client,
-        events=rt.turn_events,
+        model_client=rt.get(MODEL_CLIENT),
+        events=rt.get(TURN_EVENTS),
     )
     lease = timedelta(seconds=rt.settings.turn_lease_seconds)
     # Each run holds the lease under its own token: two jobs for one thread in the same
@@ -54,44 +56,39 @@ async def run_thread(thread_id: str) -> None:
 async def _run_thread(
     deps: TurnDeps, thread_id: str, token: str, lease: timedelta, started: float
 ) -> None:
-    """Claim, answer one message, release; again while messages are due and time is left.
+    """Answer the thread's oldest due message, again while one is due and time is left.
 
-    Two transactions around each turn: claiming the lease finds the oldest pending message,
-    and releasing it looks for the next one (a message that arrived while we held the lease
-    had its own job refused) and takes the lease straight back when there is one.
+    Each turn takes the lease in its first transaction and gives it back in its last, which
+    also looks for the next pending message (one whose job was refused while we held the lease
+    is seen there), so the loop needs no transaction of its own.
     """
-    sessionmaker = deps.sessionmaker
-    async with sessionmaker() as session:
-        claim = await service.claim_next(session, thread_id=thread_id, worker_id=token, lease=lease)
-    while claim.held:
-        assert claim.pending is not None
-        heartbeat = asyncio.create_task(_keep_lease(sessionmaker, thread_id, token, lease))
+
+    async def keep_lease() -> None:
+        await _keep_lease(deps.sessionmaker, thread_id, token, lease)
+
+    while True:
         try:
-            await _answer(deps, claim.pending.id, token)
+            finished = await answer_next(
+                deps, thread_id=thread_id, lease_token=token, lease=lease, keep_lease=keep_lease
+            )
+        except IntegrityError:
+            # Our lease had run out and another worker answered this message: the unique
+            # reply per inbound message kept it to one reply. Leave the thread to them.
+            log.warning("turn_already_answered", thread_id=thread_id)
+            finished = None
         except BaseException:
-            await _stop(heartbeat)
-            async with sessionmaker() as session:
+            async with deps.sessionmaker() as session:
                 await service.release_thread(session, thread_id=thread_id, worker_id=token)
             raise
-        await _stop(heartbeat)  # before the release: a late renewal would take the lease again
-        in_budget = time.monotonic() - started <= _budget()
-        async with sessionmaker() as session:
-            claim = await service.release_and_next(
-                session, thread_id=thread_id, worker_id=token, lease=lease, reclaim=in_budget
-            )
-        if not in_budget and claim.pending is not None and claim.pending.due:
+        if finished is None or finished.next is None or not finished.next.due:
+            return
+        if time.monotonic() - started > _budget():
             await run_thread.kiq(thread_id)  # hand over: a job stays shorter than its budget
             return
 
 
 def _budget() -> float:
     return float(HANDLER_BUDGET_SECONDS)
-
-
-async def _stop(heartbeat: asyncio.Task[None]) -> None:
-    heartbeat.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await heartbeat
 
 
 async def _keep_lease(
@@ -112,41 +109,15 @@ async def _keep_lease(
             return
 
 
-async def _answer(deps: TurnDeps, inbound_id: str, token: str) -> None:
-    """One turn. Whatever its outcome, the release that follows decides what comes next: a
-    message to retry later is not due, and a thread another worker took is not ours to claim."""
-    try:
-        await run_turn(deps, inbound_id=inbound_id, lease_token=token)
-    except IntegrityError:
-        # Our lease had run out and another worker answered this message: the unique
-        # reply per inbound message kept it to one reply. Leave the thread to them.
-        log.warning("turn_already_answered", message_id=inbound_id)
-
-
+@register_sweep("threads")
 async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """Re-enqueue every thread with due pending work and no live lease."""
+    """Re-enqueue every thread with due pending work and no live lease (a lease held by a dead
+    process of this host is given back first)."""
     async with sessionmaker() as session:
+        released = await service.release_dead_leases(session, host=socket.gethostname())
         thread_ids = await service.threads_needing_work(session)
+    if released:
+        log.warning("dead_leases_released", threads=released)
     for thread_id in thread_ids:
         await run_thread.kiq(thread_id)
-    if thread_ids:
-        log.info("sweeper_requeued", threads=len(thread_ids))
-    # Webhook callbacks: retries that are due, and senders that died (separate from turns).
-    deliveries = await webhook.requeue_due(sessionmaker)
-    if deliveries:
-        log.info("sweeper_requeued_deliveries", deliveries=deliveries)
     return len(thread_ids)
-
-
-async def sweep_forever(
-    sessionmaker: async_sessionmaker[AsyncSession], interval_seconds: float
-) -> None:
-    """Sweep every `interval_seconds` (0: never, e.g. in tests that sweep by hand)."""
-    if interval_seconds <= 0:
-        return
-    while True:
-        try:
-            await sweep_once(sessionmaker)
-        except Exception:
-            log.exception("sweeper_failed")
-        await asyncio.sleep(interval_seconds)

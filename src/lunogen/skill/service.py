@@ -19,7 +19,7 @@ from sqlalchemy.orm import defer
 from lunogen.account.models import User
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
-from lunogen.auth.dependencies import Principal
+from lunogen.auth.principal import Principal
 from lunogen.errors import ConflictError, ForbiddenError, NotFoundError
 from lunogen.kit.time import utcnow
 from lunogen.skill.models import Skill, SkillFile, SkillVersion

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from lunogen.agent.logs import log_event
+from lunogen.runlog.logs import log_event
 from lunogen.sandbox.base import RunResult, SandboxLimits
 from lunogen.sandbox.edge import LunoEdge
 from lunogen.sandbox.workspace import WorkspaceError

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.brokers.shared_broker import async_shared_broker
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
     from lunogen.config import Settings
     from lunogen.kit.crypto import KeyRing
-    from lunogen.llm.provider import ModelClient
-    from lunogen.runtime.events import TurnEvents
+    from lunogen.worker.resources import Resource
+
+T = TypeVar("T")
 
 job = async_shared_broker.task
 
@@ -77,13 +78,23 @@ use_broker(_broker)
 
 @dataclass
 class JobRuntime:
+    """What jobs of this process share: settings, database, keys and the resources that the
+    domains registered (`worker.resources`), opened at start."""
+
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     keyring: KeyRing
     worker_id: str = "embedded"
-    model_client: ModelClient | None = None
-    turn_events: TurnEvents | None = None
     engine: AsyncEngine | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, resource: Resource[T]) -> T:
+        if resource.name not in self.resources:
+            raise RuntimeError(
+                f"no {resource.name!r} in this process: the module that provides it was not "
+                "imported (lunogen.composition imports every provider)"
+            )
+        return cast("T", self.resources[resource.name])
 
 
 in_flight_jobs: set[asyncio.Task[object]] = set()

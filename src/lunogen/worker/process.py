@@ -4,6 +4,10 @@
 `lunogen worker` (runs jobs, serves no HTTP) all start the same `JobProcess`; only which parts
 run differs. Shutdown is bounded: in-flight jobs get a grace period, then are cancelled, which
 releases their thread leases so the sweeper hands the work to another worker at once.
+
+What it opens (model client, event buses), sweeps and keeps clean, the domains registered when
+they were imported (`worker.resources`, `worker.sweeps`, `worker.maintenance`): this package
+imports no domain; `lunogen.composition` imports the domains for `serve` and `worker`.
 """
 
 from __future__ import annotations
@@ -22,16 +26,11 @@ import structlog
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.acks import AcknowledgeType
 
-from lunogen.agent import logs as agent_logs
 from lunogen.config import Settings
 from lunogen.db import create_engine, create_sessionmaker
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
-from lunogen.llm import catalog
-from lunogen.llm.provider import ModelClient
-from lunogen.runtime.events import create_turn_events
-from lunogen.runtime.tasks import sweep_forever
-from lunogen.worker import enqueue
+from lunogen.worker import enqueue, resources
 from lunogen.worker.broker import (
     JobRuntime,
     build_broker,
@@ -99,47 +98,34 @@ class JobProcess:
         settings = self.settings
         engine = create_engine(settings.effective_database_url)
         sessionmaker = create_sessionmaker(engine)
-        async with sessionmaker() as session:
-            seeded = await catalog.seed_if_empty(session)
-            await session.commit()
-        if seeded:
-            log.info("model_catalog_seeded", models=seeded)
-        model_client = ModelClient.from_settings(settings) if settings.llm_configured else None
-        turn_events = create_turn_events(settings.redis_url)
-        runtime = JobRuntime(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            keyring=self.keyring,
-            worker_id=worker_id(),
-            model_client=model_client,
-            turn_events=turn_events,
-            engine=engine,
-        )
-        set_runtime(runtime)
-        broker = build_broker(settings)
-        use_broker(broker)
-        await broker.startup()
-        log_bus = (
-            agent_logs.RedisLogBus(settings.redis_url)
-            if settings.redis_url
-            else agent_logs.LogBus()
-        )
-        agent_logs.set_bus(log_bus)
-        await log_bus.start()
-        consumer = _Consumer(broker, self.concurrency or settings.worker_concurrency)
-        self.background = [asyncio.create_task(warm_up(settings))]
-        if self.consume:
-            consumer.start(self.grace_seconds)
-            self.background += [
-                asyncio.create_task(sweep_forever(sessionmaker, settings.sweep_interval_seconds)),
-                asyncio.create_task(
-                    sweep_registered_forever(sessionmaker, settings.sweep_interval_seconds)
-                ),
-                asyncio.create_task(
-                    maintenance_forever(sessionmaker, settings, model_client=model_client)
-                ),
-            ]
+        opened: list[tuple[resources.Provider, object]] = []
+        broker: AsyncBroker | None = None
+        consumer: _Consumer | None = None
         try:
+            for provider in resources.providers():
+                opened.append((provider, await provider.open(settings, sessionmaker)))
+            runtime = JobRuntime(
+                settings=settings,
+                sessionmaker=sessionmaker,
+                keyring=self.keyring,
+                worker_id=worker_id(),
+                engine=engine,
+                resources={provider.name: value for provider, value in opened},
+            )
+            set_runtime(runtime)
+            broker = build_broker(settings)
+            use_broker(broker)
+            await broker.startup()
+            consumer = _Consumer(broker, self.concurrency or settings.worker_concurrency)
+            self.background = [asyncio.create_task(warm_up(settings))]
+            if self.consume:
+                consumer.start(self.grace_seconds)
+                self.background += [
+                    asyncio.create_task(
+                        sweep_registered_forever(sessionmaker, settings.sweep_interval_seconds)
+                    ),
+                    asyncio.create_task(maintenance_forever(runtime)),
+                ]
             yield runtime
         finally:
             for task in self.background:
@@ -150,16 +136,16 @@ class JobProcess:
                 STEP_SECONDS,
             )
             await _bounded("enqueue_drain", enqueue.drain(), self.grace_seconds)
-            await consumer.stop(self.grace_seconds)
-            await _finish_in_flight(broker, self.grace_seconds)
-            await _bounded("broker_shutdown", broker.shutdown(), STEP_SECONDS)
-            use_broker(InMemoryBroker(await_inplace=False))
-            await _bounded("log_bus_stop", log_bus.stop(), STEP_SECONDS)
-            agent_logs.set_bus(agent_logs.LogBus())
-            await _bounded("turn_events_close", turn_events.aclose(), STEP_SECONDS)
+            if consumer is not None:
+                await consumer.stop(self.grace_seconds)
+            if broker is not None:
+                await _finish_in_flight(broker, self.grace_seconds)
+                await _bounded("broker_shutdown", broker.shutdown(), STEP_SECONDS)
+                use_broker(InMemoryBroker(await_inplace=False))
+            for provider, value in reversed(opened):
+                if provider.close is not None:
+                    await _bounded(f"close_{provider.name}", provider.close(value), STEP_SECONDS)
             set_runtime(None)
-            if model_client is not None:
-                await model_client.aclose()
             await engine.dispose()
 
 

@@ -3,6 +3,9 @@
 The database is the source of truth and the integer id is the cursor. Writers add a row in
 their transaction; after commit the bus wakes every follower of that agent (in this process,
 or through Redis pub/sub in the scaled shape), which then reads the rows past its cursor.
+
+Importing this module registers with the worker the bus each job process opens (`LOG_BUS`) and
+the hourly purge of lines older than `log_retention_days`.
 """
 
 from __future__ import annotations
@@ -11,21 +14,27 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from lunogen.agent.models import AgentLogEvent
+from lunogen.config import Settings
+from lunogen.kit.time import utcnow
+from lunogen.runlog.models import AgentLogEvent
 from lunogen.worker import after_commit
+from lunogen.worker.broker import JobRuntime
+from lunogen.worker.maintenance import register_periodic
+from lunogen.worker.resources import Resource, provide
 
 log = structlog.get_logger(__name__)
 
 Level = Literal["debug", "info", "warning", "error"]
 LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error")
 _WAKEUPS = "log_wakeups"
+PURGE_EVERY_SECONDS = 3600.0
 
 
 def log_event(
@@ -85,6 +94,21 @@ async def purge_events_before(session: AsyncSession, *, cutoff: datetime, batch:
         await session.execute(delete(AgentLogEvent).where(AgentLogEvent.id.in_(ids)))
         await session.commit()
         removed += len(ids)
+
+
+async def purge_old_logs(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> int:
+    """Delete the log lines older than the retention (`log_retention_days`)."""
+    cutoff = utcnow() - timedelta(days=settings.log_retention_days)
+    async with sessionmaker() as session:
+        removed = await purge_events_before(session, cutoff=cutoff)
+    if removed:
+        log.info("agent_logs_purged", removed=removed, retention_days=settings.log_retention_days)
+    return removed
+
+
+@register_periodic("log_purge", every=PURGE_EVERY_SECONDS)
+async def _purge_periodically(rt: JobRuntime) -> None:
+    await purge_old_logs(rt.sessionmaker, rt.settings)
 
 
 async def latest_event_id(session: AsyncSession, *, agent_id: str) -> int:
@@ -198,3 +222,24 @@ async def drain() -> None:
     """Wait for the wake-ups started by recent commits (tests and shutdown)."""
     while _background:
         await asyncio.gather(*list(_background), return_exceptions=True)
+
+
+LOG_BUS: Resource[LogBus] = Resource("log_bus")
+
+
+async def _open_bus(settings: Settings, _sessionmaker: async_sessionmaker[AsyncSession]) -> LogBus:
+    """Each job process follows logs through Redis when it has one, in memory otherwise."""
+    opened = RedisLogBus(settings.redis_url) if settings.redis_url else LogBus()
+    set_bus(opened)
+    await opened.start()
+    return opened
+
+
+async def _close_bus(opened: LogBus) -> None:
+    try:
+        await opened.stop()
+    finally:
+        set_bus(LogBus())
+
+
+provide(LOG_BUS, open=_open_bus, close=_close_bus)

@@ -1,0 +1,551 @@
+"""Every write of a turn, and the only place a turn commits.
+
+What is committed when, for a message whose lease a runner takes:
+
+1. `start`, one transaction: take the thread's lease, check that the planned message is still
+   its oldest pending one, and hold the credits for the first call. A message that cannot be
+   answered (the agent stopped, an unpriced model) is ended here instead, in the same
+   transaction.
+2. Between the calls of a turn that runs tools, one transaction per call (`settle_step`): its
+   usage row, the settlement of its hold and its record (`runtime.recorded`), so that a re-run
+   after a crash reuses it; then one per further hold (`reserve`) or released hold
+   (`release_hold`, the call failed).
+3. `finish`, one transaction: the settlement and usage row of the last call, the staged tool
+   writes, the log lines, the reply (or the failure), and the lease given back, reporting the
+   thread's next pending message.
+
+A turn of one call therefore commits twice. A worker that dies between 1 and 3 leaves an
+active hold (it expires, charging nothing) and its recorded calls; the sweeper hands the thread
+to another worker, which answers from the start and reuses the recorded calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lunogen.agent.lifecycle import set_status
+from lunogen.agent.models import Agent
+from lunogen.billing import credit_alerts, ledger, metering
+from lunogen.billing.ledger import IdempotencyConflict, InsufficientCredits
+from lunogen.billing.models import CreditAccount
+from lunogen.channel import webhook
+from lunogen.kit.effects import Effects
+from lunogen.kit.ids import new_id
+from lunogen.kit.time import utcnow
+from lunogen.llm.models import UsageRecord
+from lunogen.llm.provider import ModelCallError, ModelCallResult
+from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
+from lunogen.runlog.logs import log_event
+from lunogen.runtime import recorded, service
+from lunogen.runtime.models import Message, RecordedCall, Thread
+from lunogen.runtime.service import Pending
+from lunogen.runtime.turn.deps import CRASH_AFTER_FAILURES, MAX_ATTEMPTS, TurnDeps, TurnOutcome
+from lunogen.runtime.turn.plan import Plan, Unanswerable
+from lunogen.runtime.turn.work import Work
+
+log = structlog.get_logger(__name__)
+
+RETRY_BACKOFF = (timedelta(seconds=5), timedelta(seconds=30), timedelta(minutes=2))
+NANO = Decimal(1_000_000_000)
+
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class Finished:
+    """How the turn ended, the event that tells a follower, and the thread's next pending
+    message (seen as the lease was given back)."""
+
+    outcome: str
+    event: Event | None
+    next: Pending | None = None
+
+
+@dataclass
+class Started:
+    """`started` (the lease is ours: go on), `not_ours` (another worker holds it), `changed`
+    (the planned message is no longer the one to answer: plan again) or `ended` (the message
+    could not be answered and was ended: `finished`)."""
+
+    state: str
+    hold_id: str | None = None
+    refused: InsufficientCredits | None = None
+    finished: Finished | None = None
+
+
+def hold_amount(deps: TurnDeps, plan: Plan, prompt_tokens: int) -> int:
+    """The most the next call can cost: `prompt_tokens` (a bound, see `context`) and the whole
+    `max_output_tokens`, at the prices of the chain's dearest model."""
+    return metering.worst_case_micro_credits(
+        plan.chain_prices,
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=plan.max_output_tokens,
+        settings=deps.settings,
+    )
+
+
+async def start(
+    deps: TurnDeps,
+    target: Plan | Unanswerable,
+    *,
+    lease_token: str,
+    lease: timedelta,
+    hold: int | None,
+) -> Started:
+    async with deps.sessionmaker() as session:
+        claimed = await session.execute(
+            service.claim_statement(target.thread_id, lease_token, lease)
+        )
+        if not getattr(claimed, "rowcount", 0):
+            await session.rollback()
+            return Started("not_ours")
+        pending = await service.oldest_pending(session, target.thread_id)
+        if pending is None or pending.id != target.inbound_id or not pending.due:
+            await session.rollback()
+            return Started("changed")
+        if isinstance(target, Unanswerable):
+            finished = await _end_unanswerable(session, target, lease_token=lease_token)
+            return Started("ended", finished=finished)
+        hold_id = None
+        if hold is not None:
+            try:
+                hold_id = await _place_hold(session, deps, target, amount=hold, step=0)
+            except InsufficientCredits as refused:  # the ledger wrote nothing: keep the lease
+                await session.commit()
+                return Started("started", refused=refused)
+        await session.commit()
+    return Started("started", hold_id=hold_id)
+
+
+async def reserve(deps: TurnDeps, plan: Plan, *, prompt_tokens: int, step: int) -> str:
+    """Hold the credits for the call of `step` (after the first), in a transaction of its own."""
+    async with deps.sessionmaker() as session:
+        hold_id = await _place_hold(
+            session, deps, plan, amount=hold_amount(deps, plan, prompt_tokens), step=step
+        )
+        await session.commit()
+    return hold_id
+
+
+async def release_hold(deps: TurnDeps, hold_id: str) -> None:
+    async with deps.sessionmaker() as session:
+        await metering.release(session, hold_id=hold_id)
+        await session.commit()
+
+
+async def settle_step(
+    deps: TurnDeps,
+    plan: Plan,
+    *,
+    step: int,
+    fingerprint: str,
+    hold_id: str,
+    result: ModelCallResult,
+) -> tuple[ModelCallResult, int]:
+    """Store a call's usage row, its charge and its record in one transaction.
+
+    Returns the result to go on with and the micro-credits charged. When another attempt at the
+    message (a worker whose lease we took, still running) recorded this step first, its call is
+    the one paid for and used; ours is dropped and its hold released.
+    """
+    usage = _usage_row(plan, result)
+    try:
+        async with deps.sessionmaker() as session:
+            await recorded.record(
+                session,
+                deps.keyring,
+                message_id=plan.inbound_id,
+                step=step,
+                fingerprint=fingerprint,
+                result=result,
+                replaces=step in plan.recorded,
+            )
+            charged = await metering.settle(
+                session,
+                deps.settings,
+                hold_id=hold_id,
+                usage=usage,
+                key=recorded.charge_key(plan.inbound_id, step, fingerprint),
+            )
+            await _after_charge(session, deps, plan)
+            await session.commit()
+    except (IntegrityError, IdempotencyConflict):
+        await release_hold(deps, hold_id)
+        async with deps.sessionmaker() as session:
+            first = await session.get(RecordedCall, (plan.inbound_id, step))
+        if first is None or first.fingerprint != fingerprint:
+            raise
+        log.info("model_call_raced", message_id=plan.inbound_id, step=step)
+        return recorded.decode(deps.keyring, first.result), 0
+    return result, charged
+
+
+async def finish(deps: TurnDeps, plan: Plan, work: Work, *, lease_token: str) -> Finished:
+    """Store what the turn produced and give the lease back, in one transaction."""
+    async with deps.sessionmaker() as session:
+        thread = (
+            await session.execute(
+                select(Thread).where(Thread.id == plan.thread_id).with_for_update()
+            )
+        ).scalar_one()
+        inbound = await session.get(Message, plan.inbound_id, with_for_update=True)
+        assert inbound is not None
+        for line in work.log:
+            log_event(
+                session,
+                agent_id=plan.agent_id,
+                event=line.event,
+                level=line.level,
+                message=line.message,
+                details=line.details,
+            )
+        if thread.lease_owner != lease_token or inbound.status != "pending":
+            _log_superseded(session, plan)
+            await session.commit()
+            superseded = True
+        else:
+            superseded = False
+            outcome, event = await _store(session, deps, plan, work, thread, inbound)
+            await session.execute(service.release_statement(plan.thread_id, lease_token))
+            following = await service.oldest_pending(session, plan.thread_id)
+            await session.commit()
+    if superseded:
+        if work.final is not None:  # the call was made: charged once, and kept for the winner
+            final = work.final
+            await settle_step(
+                deps,
+                plan,
+                step=final.step,
+                fingerprint=final.fingerprint,
+                hold_id=final.hold_id,
+                result=final.result,
+            )
+        return Finished(TurnOutcome.SUPERSEDED, None)
+    return Finished(outcome, event, following)
+
+
+async def _store(
+    session: AsyncSession,
+    deps: TurnDeps,
+    plan: Plan,
+    work: Work,
+    thread: Thread,
+    inbound: Message,
+) -> tuple[str, Event]:
+    if work.refused is not None:
+        return await _refuse(session, deps, plan=plan, inbound=inbound, refused=work.refused)
+    if work.failure is not None:
+        return await _fail(session, deps, plan=plan, inbound=inbound, reason=work.failure)
+    if work.error is not None:
+        session.add(_failed_usage_row(plan, work.error))
+        return await _retry_or_fail(session, deps, plan=plan, inbound=inbound, error=work.error)
+    if work.final is not None:
+        final = work.final
+        await metering.settle(
+            session,
+            deps.settings,
+            hold_id=final.hold_id,
+            usage=_usage_row(plan, final.result),
+            key=recorded.charge_key(plan.inbound_id, final.step, final.fingerprint),
+        )
+        await _after_charge(session, deps, plan)
+    await work.writes.apply(session)
+    if plan.recorded or work.recorded:
+        await recorded.forget(session, inbound.id)
+    reply_text = work.reply_text or ""
+    now = utcnow()
+    reply = Message(
+        id=new_id(),
+        thread_id=thread.id,
+        agent_id=plan.agent_id,
+        seq=await service.next_seq(session, thread),
+        role="assistant",
+        content=deps.keyring.encrypt(reply_text),
+        status="done",
+        reply_to_id=inbound.id,
+        completed_at=now,
+    )
+    session.add(reply)
+    await webhook.reply_ready(session, inbound_id=inbound.id)  # callbacks waiting for it
+    inbound.status = "done"
+    inbound.completed_at = now
+    inbound.last_error = None
+    log_event(
+        session,
+        agent_id=plan.agent_id,
+        event="reply",
+        message=f"Replied to {inbound.id} ({len(reply_text)} chars)",
+        details={"message_id": inbound.id, "reply_id": reply.id, "thread_id": thread.id},
+    )
+    done = {
+        "message_id": inbound.id,
+        "reply_id": reply.id,
+        "thread_id": thread.id,
+        "text": reply_text,
+    }
+    return TurnOutcome.ANSWERED, ("done", done)
+
+
+def _log_superseded(session: AsyncSession, plan: Plan) -> None:
+    log_event(
+        session,
+        agent_id=plan.agent_id,
+        event="turn.superseded",
+        level="warning",
+        message=f"Message {plan.inbound_id} was taken over by another worker; this answer "
+        "is dropped",
+        details={"message_id": plan.inbound_id},
+    )
+
+
+async def _end_unanswerable(
+    session: AsyncSession, target: Unanswerable, *, lease_token: str
+) -> Finished:
+    """End a message that cannot be answered (nothing was called), give the lease back. Commits."""
+    inbound = await session.get(Message, target.inbound_id, with_for_update=True)
+    assert inbound is not None
+    inbound.status = target.status
+    inbound.last_error = target.reason
+    inbound.failure = target.failure
+    inbound.completed_at = utcnow()
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=target.reason)
+    await recorded.forget(session, inbound.id)
+    if target.agent_id is not None:
+        if target.status == "skipped":
+            log_event(
+                session,
+                agent_id=target.agent_id,
+                event="turn.skipped",
+                level="warning",
+                message=f"Message {inbound.id} not answered: {target.reason}",
+            )
+        else:
+            log_event(
+                session,
+                agent_id=target.agent_id,
+                event="turn.failed",
+                level="error",
+                message=f"Message {inbound.id} could not be answered: {target.reason}",
+                details={"message_id": inbound.id},
+            )
+    await session.execute(service.release_statement(target.thread_id, lease_token))
+    following = await service.oldest_pending(session, target.thread_id)
+    await session.commit()
+    outcome = TurnOutcome.SKIPPED if target.status == "skipped" else TurnOutcome.FAILED
+    event = {"message_id": inbound.id, "error": target.reason, "retrying": False}
+    return Finished(outcome, ("error", event), following)
+
+
+async def _place_hold(
+    session: AsyncSession, deps: TurnDeps, plan: Plan, *, amount: int, step: int
+) -> str:
+    return await metering.reserve(
+        session,
+        deps.settings,
+        owner_id=plan.owner_id,
+        amount=amount,
+        key=f"hold:{plan.inbound_id}:{plan.run}:{step}",
+        message_id=plan.inbound_id,
+    )
+
+
+async def _retry_or_fail(
+    session: AsyncSession, deps: TurnDeps, *, plan: Plan, inbound: Message, error: ModelCallError
+) -> tuple[str, Event]:
+    inbound.attempts += 1
+    if error.retryable and inbound.attempts < MAX_ATTEMPTS:
+        delay = RETRY_BACKOFF[min(inbound.attempts - 1, len(RETRY_BACKOFF) - 1)]
+        inbound.next_attempt_at = utcnow() + delay
+        inbound.last_error = str(error)[:2000]
+        retry = {
+            "message_id": inbound.id,
+            "error": str(error),
+            "retrying": True,
+            "retry_at": inbound.next_attempt_at.isoformat(),
+        }
+        return TurnOutcome.RETRY_LATER, ("error", retry)
+    return await _fail(
+        session, deps, plan=plan, inbound=inbound, reason=str(error), model_gone=error.status == 404
+    )
+
+
+async def _fail(
+    session: AsyncSession,
+    deps: TurnDeps,
+    *,
+    plan: Plan,
+    inbound: Message,
+    reason: str,
+    model_gone: bool = False,
+) -> tuple[str, Event]:
+    inbound.status = "failed"
+    inbound.last_error = reason[:2000]
+    inbound.completed_at = utcnow()
+    log_event(
+        session,
+        agent_id=plan.agent_id,
+        event="turn.failed",
+        level="error",
+        message=f"Message {inbound.id} could not be answered: {reason}",
+        details={"message_id": inbound.id},
+    )
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    await recorded.forget(session, inbound.id)
+    await session.flush()
+    crash = await _crash_reason(session, plan=plan, reason=reason, model_gone=model_gone)
+    if crash is not None:
+        agent = await session.get(Agent, plan.agent_id, with_for_update=True)
+        if agent is not None and agent.status == "running":
+            effects = Effects(settings=deps.settings, keyring=deps.keyring)
+            await set_status(session, agent=agent, status="error", effects=effects, reason=crash)
+    return TurnOutcome.FAILED, (
+        "error",
+        {"message_id": inbound.id, "error": reason, "retrying": False},
+    )
+
+
+async def _crash_reason(
+    session: AsyncSession, *, plan: Plan, reason: str, model_gone: bool
+) -> str | None:
+    """Why the agent should stop taking messages after this failure, if it should.
+
+    A model the provider no longer knows fails every turn; so does anything that has failed
+    the agent's last `CRASH_AFTER_FAILURES` turns in a row. Either is worth the owner's attention
+    (status `error`, notified) more than a stream of failed replies.
+    """
+    if model_gone:
+        return f"the model provider does not know the model {plan.model!r} ({reason})"
+    recent = (
+        await session.execute(
+            select(Message.status)
+            .where(
+                Message.agent_id == plan.agent_id,
+                Message.role == "user",
+                Message.status.in_(("done", "failed")),
+            )
+            .order_by(Message.completed_at.desc())
+            .limit(CRASH_AFTER_FAILURES)
+        )
+    ).scalars()
+    statuses = list(recent)
+    if len(statuses) == CRASH_AFTER_FAILURES and all(s == "failed" for s in statuses):
+        return f"the last {CRASH_AFTER_FAILURES} messages could not be answered; last: {reason}"
+    return None
+
+
+async def _after_charge(session: AsyncSession, deps: TurnDeps, plan: Plan) -> None:
+    """Tell the owner when their credits run low; pause agents the balance can no longer run.
+
+    Right after a settlement, in its transaction: the account is locked and held by the
+    session as the settlement left it, so it is read from the session, not queried."""
+    account = await session.get(CreditAccount, plan.owner_id)
+    if account is None:
+        return
+    if ledger.claim_low_credit_alert_of(account):
+        await credit_alerts.low_credits(session, deps.settings, deps.keyring, account=account)
+    await _pause_if_out_of_credits(session, deps, plan, account.balance)
+
+
+async def _pause_if_out_of_credits(
+    session: AsyncSession, deps: TurnDeps, plan: Plan, balance: int
+) -> None:
+    """Pause the owner's agents when the settled balance cannot pay for one more call of this
+    agent. Credits held by calls in flight do not count: they come back when those end, so a
+    burst of messages never pauses anyone (see `credit_alerts.pause_for_credits`)."""
+    if balance < plan.cheapest_call:
+        effects = Effects(settings=deps.settings, keyring=deps.keyring)
+        await credit_alerts.pause_for_credits(session, effects, owner_id=plan.owner_id)
+
+
+async def _refuse(
+    session: AsyncSession,
+    deps: TurnDeps,
+    *,
+    plan: Plan,
+    inbound: Message,
+    refused: InsufficientCredits,
+) -> tuple[str, Event]:
+    """No credits for the next call: end the turn unanswered (402). The agents pause only when
+    the settled balance is too low, not when other calls in flight hold what is missing."""
+    failure = {"code": "insufficient_credits", **refused.extra}
+    inbound.status = "failed"
+    inbound.last_error = str(refused)
+    inbound.failure = failure
+    inbound.completed_at = utcnow()
+    log_event(
+        session,
+        agent_id=plan.agent_id,
+        event="credits.refused",
+        level="warning",
+        message=f"Message {inbound.id} not answered: {refused}",
+        details={"message_id": inbound.id, **refused.extra},
+    )
+    await webhook.reply_failed(session, inbound_id=inbound.id, reason=str(refused))
+    await recorded.forget(session, inbound.id)
+    account = await ledger.get_account(session, plan.owner_id)
+    await _pause_if_out_of_credits(session, deps, plan, account.balance if account else 0)
+    event = {"message_id": inbound.id, "error": str(refused), "retrying": False, **failure}
+    return TurnOutcome.FAILED, ("error", event)
+
+
+def _usage_row(plan: Plan, result: ModelCallResult) -> UsageRecord:
+    """The call's usage, under the model of the agent's chain that answered.
+
+    Providers may name a dated or provider-specific version (`openai/gpt-4o-mini-2024-07-18`):
+    it is recorded as the chain's model it is a version of, and priced at that model's catalog
+    prices when the provider reports no cost. A name that maps to no model of the chain is kept
+    as the provider wrote it and priced at the chain's dearest (never below the hold's prices).
+    """
+    chain = plan.chain
+    mapped = chain_model(result.model, chain)
+    price: Priced | None
+    if mapped is not None:
+        answered = mapped
+        price = plan.chain_prices[chain.index(mapped)]
+    else:
+        answered = result.model
+        price = dearest_for(result.usage, plan.chain_prices)
+    cost = effective_cost(result.usage, price)
+    return UsageRecord(
+        id=new_id(),
+        owner_id=plan.owner_id,
+        agent_id=plan.agent_id,
+        thread_id=plan.thread_id,
+        message_id=plan.inbound_id,
+        requested_model=result.requested_model,
+        answered_model=answered,
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+        cached_tokens=result.usage.cached_tokens,
+        reasoning_tokens=result.usage.reasoning_tokens,
+        cost_nano_usd=None if cost is None else int((cost * NANO).to_integral_value()),
+        cost_source=None
+        if cost is None
+        else ("provider" if result.usage.cost is not None else "catalog"),
+        generation_id=result.generation_id,
+        latency_ms=result.latency_ms,
+        outcome="ok",
+    )
+
+
+def _failed_usage_row(plan: Plan, error: ModelCallError) -> UsageRecord:
+    return UsageRecord(
+        id=new_id(),
+        owner_id=plan.owner_id,
+        agent_id=plan.agent_id,
+        thread_id=plan.thread_id,
+        message_id=plan.inbound_id,
+        requested_model=plan.model,
+        answered_model=error.model,
+        latency_ms=error.latency_ms or 0,
+        outcome="error",
+        error=str(error)[:2000],
+    )
