@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, Session, mapped_column
 
+from lunogen.kit import sqlite_inline
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import as_utc, utcnow
 
@@ -57,12 +58,17 @@ class CreatedMixin:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, lock_timeout: float = 30) -> AsyncEngine:
     """The engine every process uses. Its errors and echo never include bound parameters:
-    they carry emails, password hashes and message text (`hide_parameters`)."""
+    they carry emails, password hashes and message text (`hide_parameters`). On SQLite, a
+    writer waits up to `lock_timeout` seconds for the write lock."""
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
+        database = make_url(url).database
+        if database and database != ":memory:":  # statements run on the loop's thread
+            kwargs["async_creator"] = sqlite_inline.creator(database, timeout=lock_timeout)
+        else:
+            kwargs["connect_args"] = {"timeout": lock_timeout}
     else:
         kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_async_engine(url, **kwargs)
@@ -81,7 +87,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        if not isinstance(dbapi_connection.driver_connection, sqlite_inline.InlineConnection):
+            cursor.execute("PRAGMA busy_timeout=30000")  # the inline driver never waits in SQLite
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
