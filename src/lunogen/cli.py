@@ -106,8 +106,22 @@ def serve(
             help="Run no jobs here: `lunogen worker` processes do (needs LUNOGEN_REDIS_URL)",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="LUNOGEN_SERVE_WORKERS",
+            help="Server processes sharing the port and the database (default: one per CPU)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run the server (embedded shape: applies pending migrations first)."""
+    """Run the server (embedded shape: applies pending migrations first).
+
+    With several processes (`--workers`, by default one per CPU) the first one does the
+    first-start work, then forks the others and watches them (`lunogen.serving`).
+    """
     # Starting makes ~250,000 objects that live as long as the process, and little garbage:
     # no cycle collection while they are made (~0.1 s less), and none of them scanned again by
     # the collections while serving (a full one would otherwise pause requests ~80 ms).
@@ -124,6 +138,12 @@ def serve(
             settings = settings.model_copy(update={"embedded_worker": False})
         if migrate and _upgrade(settings):
             gc.collect()  # what Alembic left is garbage: not to be frozen
+        from lunogen.serving import default_workers
+
+        processes = workers or default_workers()
+        if processes > 1:
+            _serve_processes(settings, host, port, processes)
+            return
         import uvicorn
 
         from lunogen.app import create_app
@@ -144,6 +164,43 @@ def serve(
     )
 
 
+def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
+    """`serve` with `processes` server processes (called with the collector paused)."""
+    import lunogen.app  # noqa: F401  imported once here, shared by every child
+    from lunogen import serving
+    from lunogen.kit.logging import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+    serving.prepare_first_start(settings)
+    gc.collect()
+    gc.freeze()
+    try:
+        sock = serving.bind(host, port)
+    except OSError as exc:
+        err_console.print(f"[red]Error:[/red] cannot listen on {host}:{port}: {exc.strerror}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"LunoGen {__version__} on http://{host}:{port} with {processes} processes "
+        f"(data in {settings.data_dir})"
+    )
+    shares = serving.ConnectionShares(processes)
+    supervisor = serving.Supervisor(
+        sock,
+        processes,
+        lambda index: serving.serve_child(
+            index, sock, lambda: serving.build_child_app(settings), shares=shares
+        ),
+        shares=shares,
+    )
+    try:
+        supervisor.run()
+    except serving.ServeError as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        sock.close()
+
+
 @app.command()
 def worker(
     concurrency: Annotated[
@@ -153,6 +210,7 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
 ) -> None:
     """Run jobs from the shared queue (scaled shape: PostgreSQL + Redis), until SIGTERM."""
+    from lunogen import composition  # noqa: F401  (the domains register their jobs and parts)
     from lunogen.worker.run import run_worker
 
     settings = _settings(data_dir)

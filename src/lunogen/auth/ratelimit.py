@@ -1,7 +1,8 @@
 """Rate limits with the `limits` library: moving windows, in memory or in Redis.
 
-One `RateLimiter` per app. Memory storage is per process (embedded shape); with
-`LUNOGEN_REDIS_URL` every server process shares the same windows.
+One `RateLimiter` per app. Memory storage is per process (embedded shape, one server
+process); `lunogen serve --workers N` shares the windows of its processes through a SQLite file in
+the data dir (`ratelimit_file`); with `LUNOGEN_REDIS_URL` every server process shares them in Redis.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -68,12 +70,18 @@ class Backoff:
         return Backoff(self.limit * factor, self.window_seconds, self.steps)
 
 
-def create_storage(redis_url: str | None) -> Storage:
+def create_storage(redis_url: str | None, *, shared_file: Path | None = None) -> Storage:
+    """Redis when configured; else the file `shared_file` when several processes serve; else
+    this process's memory."""
     if redis_url:
         scheme, sep, rest = redis_url.partition("://")
         return RedisStorage(
             f"async+{scheme}{sep}{rest}", key_prefix="lunogen", implementation="redispy"
         )
+    if shared_file is not None:
+        from lunogen.auth.ratelimit_file import SQLiteStorage
+
+        return SQLiteStorage(shared_file)
     return MemoryStorage()
 
 
