@@ -2,10 +2,14 @@
 
 Run as a script, it serves the zero-latency fake model (what `start_fake_model` runs):
 
-    python bench/_support.py fake-model [--latency-ms N]
+    python bench/_support.py fake-model [--latency-ms N] [--tool-steps N]
 
 The fake answers `POST /api/v1/chat/completions` like OpenRouter (echoing the last message, with
 `usage` and its `cost` priced from its own catalog) and `GET /api/v1/models` with that catalog.
+With `--tool-steps N`, a request that offers tools is first answered with a call of the first
+tool offered, until the turn has N tool results after its last user message: a turn then makes
+N + 1 model calls. `GET /stats` counts the chat requests received (when they arrive, before the
+latency), and per (last user message, tool results after it), i.e. per message and step.
 It prints its port on the first line of its output, then serves until it is stopped.
 """
 
@@ -306,17 +310,51 @@ def fake_catalog() -> dict[str, Any]:
                     "request": "0",
                 },
                 "top_provider": {"context_length": FAKE_CONTEXT_LENGTH},
-                "supported_parameters": ["max_tokens", "temperature"],
+                "supported_parameters": ["max_tokens", "temperature", "tools"],
             }
         ]
     }
 
 
-def fake_completion(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenRouter's non-streaming answer: the last message echoed, usage with its cost."""
+def turn_position(body: dict[str, Any]) -> tuple[str, int]:
+    """The last user message's text and how many tool results follow it: which message of which
+    thread this request answers, and at which step of its turn."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    tool_results = 0
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return str(message.get("content") or ""), tool_results
+        if message.get("role") == "tool":
+            tool_results += 1
+    return "", tool_results
+
+
+def _tool_call(tool: dict[str, Any]) -> dict[str, Any]:
+    """A call of `tool` (an OpenAI tool schema) with a short string for each required field."""
+    function = tool.get("function") or {}
+    required = (function.get("parameters") or {}).get("required") or []
+    arguments = {name: "The bench user likes tea" for name in required}
+    return {
+        "id": "call_" + secrets.token_hex(8),
+        "type": "function",
+        "function": {"name": function.get("name", "?"), "arguments": json.dumps(arguments)},
+    }
+
+
+def fake_completion(body: dict[str, Any], tool_steps: int = 0) -> dict[str, Any]:
+    """OpenRouter's non-streaming answer: the last message echoed, usage with its cost; or,
+    while the turn has fewer than `tool_steps` tool results, a call of the first tool offered."""
     messages = body.get("messages") or [{}]
     last = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
     text = f"echo: {last}" if isinstance(last, str) else "echo"
+    tools = body.get("tools") or []
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    finish_reason = "stop"
+    if tools and turn_position(body)[1] < tool_steps:
+        call = _tool_call(tools[0])
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        finish_reason = "tool_calls"
+        text = call["function"]["arguments"]
     prompt_tokens = sum(3 + len(str(m.get("content") or "")) // 4 for m in messages)
     completion_tokens = 1 + len(text) // 4
     cost = prompt_tokens * FAKE_PROMPT_PRICE + completion_tokens * FAKE_COMPLETION_PRICE
@@ -330,9 +368,9 @@ def fake_completion(body: dict[str, Any]) -> dict[str, Any]:
             {
                 "index": 0,
                 "logprobs": None,
-                "finish_reason": "stop",
-                "native_finish_reason": "stop",
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": finish_reason,
+                "native_finish_reason": finish_reason,
+                "message": message,
             }
         ],
         "usage": {
@@ -347,7 +385,7 @@ def fake_completion(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def serve_fake_model(latency_ms: float) -> None:
+def serve_fake_model(latency_ms: float, tool_steps: int = 0) -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -357,7 +395,11 @@ def serve_fake_model(latency_ms: float) -> None:
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": {"code": status, "message": message}}, status_code=status)
 
+    calls = 0
+    per_step: dict[str, int] = {}  # "<step>:<last user message>" → requests
+
     async def chat(request: Request) -> Response:
+        nonlocal calls
         if request.headers.get("authorization") != f"Bearer {FAKE_MODEL_KEY}":
             return error(401, "No auth credentials found")
         try:
@@ -368,17 +410,26 @@ def serve_fake_model(latency_ms: float) -> None:
             return error(400, "Input required: specify `model` and a non-empty `messages`")
         if body.get("stream"):
             return error(400, "The bench fake does not stream")
+        calls += 1
+        text, step = turn_position(body)
+        per_step[f"{step}:{text}"] = per_step.get(f"{step}:{text}", 0) + 1
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
-        return Response(json.dumps(fake_completion(body)), media_type="application/json")
+        return Response(
+            json.dumps(fake_completion(body, tool_steps)), media_type="application/json"
+        )
 
     async def models(_request: Request) -> Response:
         return JSONResponse(fake_catalog())
+
+    async def stats(_request: Request) -> Response:
+        return JSONResponse({"calls": calls, "per_step": per_step})
 
     app = Starlette(
         routes=[
             Route("/api/v1/chat/completions", chat, methods=["POST"]),
             Route("/api/v1/models", models, methods=["GET"]),
+            Route("/stats", stats, methods=["GET"]),
         ]
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -389,10 +440,14 @@ def serve_fake_model(latency_ms: float) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def start_fake_model(processes: Processes, latency_ms: float, log: Path) -> str:
-    """Start the fake in its own process; return its API base URL (`.../api/v1`)."""
+def start_fake_model(
+    processes: Processes, latency_ms: float, log: Path, *, tool_steps: int = 0
+) -> str:
+    """Start the fake in its own process; return its API base URL (`.../api/v1`; its counters
+    are at `/stats` of the same host)."""
+    argv = [sys.executable, __file__, "fake-model", "--latency-ms", str(latency_ms)]
     process = processes.start(
-        [sys.executable, __file__, "fake-model", "--latency-ms", str(latency_ms)],
+        [*argv, "--tool-steps", str(tool_steps)],
         log=log,
         stdout_pipe=True,
     )
@@ -415,9 +470,12 @@ def _main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fake = commands.add_parser("fake-model", help="serve the zero-latency fake model")
     fake.add_argument("--latency-ms", type=float, default=0.0, help="answer after this long")
+    fake.add_argument(
+        "--tool-steps", type=int, default=0, help="tool calls per turn before the text answer"
+    )
     options = parser.parse_args(argv)
     if options.command == "fake-model":
-        serve_fake_model(options.latency_ms)
+        serve_fake_model(options.latency_ms, options.tool_steps)
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -249,7 +250,8 @@ class Stack:
         argv += ["--data-dir", str(self.data_dir)]
         if options.scaled:
             argv.append("--no-worker")
-        if options.workers > 1:
+        if options.workers > 1 or "--workers" in _serve_help(options.src):
+            # Always said: serve's own default is one process per CPU.
             argv += ["--workers", str(options.workers)]
         log = self.run_dir / "serve.log"
         self.compile_package()
@@ -899,17 +901,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             "--messages and --long-turns need at least 2; --batch, --window, --repeat and "
             "--worker-processes at least 1"
         )
-    if options.workers > 1 and "--workers" not in _serve_help():
+    if options.workers > 1 and "--workers" not in _serve_help(options.src):
         parser.error("this `lunogen serve` has no --workers option yet (issue 11, item 3)")
     return options
 
 
-def _serve_help() -> str:
+@functools.cache
+def _serve_help(src: str | None) -> str:
+    """`lunogen serve --help` of the code measured (the working tree's, or `--src`'s)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve() / "src")
     done = subprocess.run(
         [str(_lunogen_executable()), "serve", "--help"],
         capture_output=True,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env=env,
         check=False,
     )
     return done.stdout

@@ -21,6 +21,8 @@ last message back:
     openrouter.release_stalls()     # ... or until now: stalled requests then get their echo
     openrouter.break_stream("Part")  # stream "Part", then an error object mid-stream
     openrouter.malformed()          # a 200 whose JSON body is cut short
+    openrouter.latency = 0.4        # every chat request answers 0.4 s after it arrived
+    openrouter.script = decide      # nothing queued: `decide(body)` says what to answer
 
 Use the `openrouter` fixture (import it, and `openrouter_server`, into a conftest) and
 `openrouter_settings(openrouter)` for the Settings that point LunoGen at it.
@@ -35,7 +37,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -191,6 +193,10 @@ class FakeOpenRouter:
     generations: dict[str, dict[str, Any]] = field(default_factory=dict)
     generation_delay: float = GENERATION_DELAY  # seconds before `/generation` knows a call
     answer_as: dict[str, str] = field(default_factory=dict)  # model id → slug in `model`
+    latency: float = 0.0  # seconds each chat request waits (after it is recorded)
+    # What a chat request gets when nothing is queued, from its JSON body (default: an echo);
+    # for concurrent turns, whose requests arrive in no set order.
+    script: Callable[[dict[str, Any]], Reply] | None = None
     _generation_ready: dict[str, float] = field(default_factory=dict)  # id → monotonic time
     _epoch: int = 0
 
@@ -211,6 +217,8 @@ class FakeOpenRouter:
         self.generations.clear()
         self.generation_delay = GENERATION_DELAY
         self.answer_as.clear()
+        self.latency = 0.0
+        self.script = None
         self._generation_ready.clear()
 
     # -- scripting -------------------------------------------------------------------------------
@@ -315,7 +323,13 @@ class FakeOpenRouter:
             or not body["messages"]
         ):
             return _error(400, "Input required: specify `model` and a non-empty `messages`")
-        step: Step = self.queue.popleft() if self.queue else Reply(echo=True)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        step: Step
+        if self.queue:
+            step = self.queue.popleft()
+        else:
+            step = self.script(body) if self.script is not None else Reply(echo=True)
         streaming = body.get("stream") is True
         if isinstance(step, Stall):
             await self._stall(step.seconds)

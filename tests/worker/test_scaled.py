@@ -30,6 +30,17 @@ from tests.agent.support import Dev, create_agent, new_dev
 from tests.conftest import PG_URL, REDIS_URL
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api, sse_events
+from tests.runtime.crash_support import (
+    CALLS_PER_TURN,
+    IN_FLIGHT,
+    assert_answered_once_and_charged_once,
+    midway,
+    outcome,
+    script_turns,
+    send_in_flight,
+    settled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     not (PG_URL and REDIS_URL),
@@ -253,6 +264,41 @@ async def test_a_worker_killed_between_model_calls_is_not_charged_again_for_the_
         )
         assert sorted(key.split(":")[2] for key in charges.scalars()) == ["0", "1"]
         assert await verify_all(session) == []
+
+
+async def test_a_worker_killed_with_20_messages_in_flight_answers_each_once_and_charges_once(
+    api: Api, workers: Workers, openrouter: FakeOpenRouter, clean_queue: None
+) -> None:
+    """20 turns of three model calls each run in one worker when it is SIGKILLed, half of
+    their calls made; the next worker answers each message once and pays each call once."""
+    first = workers.start(concurrency=IN_FLIGHT)
+    dev = await new_dev(api)
+    agent = await create_agent(dev, tools=["remember"])
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    script_turns(openrouter)
+    message_ids = await send_in_flight(dev.http, agent["id"])
+    sessionmaker = api.app.state.sessionmaker
+    half = IN_FLIGHT * CALLS_PER_TURN // 2
+
+    async def half_the_calls_arrived() -> bool:
+        return len(openrouter.chat_requests) >= half
+
+    await wait_until(half_the_calls_arrived, 30, f"{half} model calls")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    calls_at_kill = len(openrouter.chat_requests)
+    assert calls_at_kill < IN_FLIGHT * CALLS_PER_TURN
+    assert await midway(sessionmaker, message_ids) > 0  # turns cut in the middle
+
+    workers.start(concurrency=IN_FLIGHT)
+
+    async def all_settled() -> bool:
+        return await settled(sessionmaker, message_ids)
+
+    await wait_until(all_settled, 60, "every message to be answered by the next worker")
+    await asyncio.sleep(LEASE_SECONDS + 1)  # nothing more happens later
+    assert_answered_once_and_charged_once(await outcome(sessionmaker, message_ids), message_ids)
+    assert len(openrouter.chat_requests) > calls_at_kill
 
 
 async def test_a_stopped_worker_releases_its_thread_for_the_next(
