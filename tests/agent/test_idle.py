@@ -34,6 +34,12 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+def _process_wide(task: asyncio.Task[object]) -> bool:
+    """A task of the process, not of an agent: the in-memory rate limiter's expiry loop, which
+    `limits` starts at a hit and ends when its windows are empty (so it comes and goes)."""
+    return "MemoryStorage" in getattr(task.get_coro(), "__qualname__", "")
+
+
 async def test_deployed_agents_hold_no_task_timer_or_object(api: Api) -> None:
     dev = await new_dev(api)
     first = await create_agent(dev)  # one deploy first: what a process makes once exists now
@@ -48,7 +54,7 @@ async def test_deployed_agents_hold_no_task_timer_or_object(api: Api) -> None:
         assert deployed.json()["status"] == "running", deployed.text
     await _settle()
 
-    assert set(asyncio.all_tasks()) - tasks == set()
+    assert {t for t in set(asyncio.all_tasks()) - tasks if not _process_wide(t)} == set()
     assert _timers() <= timers + 2  # the background loops' own sleeps, wherever they are now
     assert _agents_in_memory() == 0
     listed = (await dev.http.get("/api/v1/agents", params={"status": "running"})).json()

@@ -188,8 +188,11 @@ class InlineConnection:
 
     async def _take_write_lock(self) -> None:
         lock = _write_lock(self._database)
+        # Not `asyncio.wait_for`: on 3.11 it runs the acquire in a task of its own, and a
+        # cancellation arriving as that task gets the lock leaves the lock taken by nobody.
         try:
-            await asyncio.wait_for(lock.acquire(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await lock.acquire()
         except TimeoutError:
             raise sqlite3.OperationalError("database is locked") from None
         self._holds_write_lock = lock
