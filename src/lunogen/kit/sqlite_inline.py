@@ -15,8 +15,10 @@ waits: the write lock. So nothing here ever waits for it inside SQLite (`busy_ti
   meanwhile.
 - Another process holding the write lock (`lunogen serve --workers N`, a CLI command) makes
   `BEGIN IMMEDIATE` fail with SQLITE_BUSY at once; it is retried after a short asynchronous
-  sleep, growing to 20 ms, for up to `timeout` seconds, then fails with "database is locked"
-  as a connection with a busy timeout would. A statement outside any transaction is retried
+  sleep (0.2 ms growing by half to 5 ms: the other process's transactions take about a
+  millisecond, and the first version's 1 ms doubling to 20 ms cost `--workers 2` a fifth of its
+  throughput), for up to `timeout` seconds, then fails with "database is locked" as a
+  connection with a busy timeout would. A statement outside any transaction is retried
   the same way.
 
 Everything else (WAL readers, statements inside a write transaction) never waits for a lock in
@@ -34,8 +36,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 BEGIN_WRITE = "BEGIN IMMEDIATE"
-_FIRST_RETRY_SECONDS = 0.001
-_LONGEST_RETRY_SECONDS = 0.02
+_FIRST_RETRY_SECONDS = 0.0002
+_LONGEST_RETRY_SECONDS = 0.005
 
 # database file → event loop → the lock that orders this process's writers on that loop
 _write_locks: dict[str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
@@ -184,7 +186,7 @@ class InlineConnection:
                 if not _is_busy(error) or time.monotonic() + pause > deadline:
                     raise
             await asyncio.sleep(pause)
-            pause = min(pause * 2, _LONGEST_RETRY_SECONDS)
+            pause = min(pause * 1.5, _LONGEST_RETRY_SECONDS)
 
     async def _take_write_lock(self) -> None:
         lock = _write_lock(self._database)
