@@ -23,19 +23,21 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 FAKE_MODEL_ID = "bench/echo-1"
 FAKE_MODEL_KEY = "sk-or-v1-bench-0000000000000000"
@@ -463,6 +465,98 @@ def start_fake_model(
                 return f"http://127.0.0.1:{port}/api/v1"
         time.sleep(0.02)
     raise RuntimeError("the fake model does not accept connections")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure a bench prints: its key in the run's figures, label, unit and decimals."""
+
+    key: str
+    label: str
+    unit: str
+    digits: int = 1
+
+    def shown(self, value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:,.{self.digits}f}"
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    met: Callable[[float], bool]
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """A bench's figures and the targets some of them have."""
+
+    figures: list[Figure]
+    targets: dict[str, Target]
+
+    def verdict(self, key: str, value: float) -> str:
+        target = self.targets.get(key)
+        if target is None:
+            return ""
+        return f"target {target.text}: " + ("met" if target.met(value) else "MISSED")
+
+    def print(self, values: dict[str, float], notes: list[str], *, width: int) -> None:
+        for figure in self.figures:
+            value = values.get(figure.key, math.nan)
+            shown = f"{figure.shown(value)} {figure.unit}".rstrip()
+            print(f"  {figure.label:<{width}} {shown:>14}  {self.verdict(figure.key, value)}")
+        for note in notes:
+            print(f"  {note}")
+
+    def misses(self, values: dict[str, float]) -> list[str]:
+        missed = []
+        for key, target in self.targets.items():
+            value = values.get(key, math.nan)
+            if math.isnan(value) or not target.met(value):
+                label = next(f.label for f in self.figures if f.key == key)
+                missed.append(f"{label}: {value:,.2f}, target {target.text}")
+        return missed
+
+
+@contextlib.contextmanager
+def run_directory(prefix: str, *, keep: bool, say: Callable[[str], None]) -> Iterator[Path]:
+    """A fresh directory for one measurement: removed afterwards, unless `keep` is set or the
+    measurement failed (its data and logs are kept then, and said where)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except Exception:
+        keep = True
+        raise
+    finally:
+        if keep:
+            say(f"data and logs kept in {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def conclude(missed: list[str], targets: int, *, quick: bool, check: bool) -> int:
+    """Print the targets missed (or that all were met) and return the exit code: 1 on a miss
+    with `--check`, never in a `--quick` smoke run."""
+    print()
+    if missed:
+        print(f"Targets missed ({len(missed)} of {targets}):")
+        for line in missed:
+            print(f"  - {line}")
+    else:
+        print(f"Every target met ({targets}).")
+    if quick:
+        print("--quick: a smoke run; targets are reported, not gated.")
+        return 0
+    return 1 if check and missed else 0
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """`sys.exit(main())`, saying on Ctrl-C that the run's processes were stopped."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process this run started has been stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,9 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +66,8 @@ from _support import (
     free_port,
     load_average,
     machine_facts,
+    run_directory,
+    run_main,
     start_fake_model,
 )
 from serve_overhead import (
@@ -408,18 +408,8 @@ def verify(stack: Stack) -> tuple[int, str]:
 
 
 def measure(options: argparse.Namespace, say: Progress, number: int) -> Result:
-    run_dir = Path(tempfile.mkdtemp(prefix="lunogen-crash-bench-"))
-    keep = options.keep
-    try:
+    with run_directory("lunogen-crash-bench-", keep=options.keep, say=say) as run_dir:
         return _measure_in(run_dir, options, say, number)
-    except Exception:
-        keep = True
-        raise
-    finally:
-        if keep:
-            say(f"data and logs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _measure_in(run_dir: Path, options: argparse.Namespace, say: Progress, number: int) -> Result:
@@ -628,8 +618,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -45,13 +45,11 @@ import asyncio
 import gc
 import importlib.util
 import json
-import math
 import os
 import resource
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -64,14 +62,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import (
     FAKE_MODEL_ID,
+    Figure,
     MachineCpu,
     Processes,
     Progress,
+    Scorecard,
+    Target,
+    conclude,
     exit_on_sigterm,
     free_port,
     load_average,
     machine_facts,
     percentile,
+    run_directory,
+    run_main,
     start_fake_model,
 )
 from serve_overhead import (
@@ -104,14 +108,6 @@ QUICK = {"agents": 2_000, "idle_seconds": 10.0, "cold": 10}
 # -- figures and targets -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Figure:
-    key: str
-    label: str
-    unit: str
-    digits: int = 1
-
-
 FIGURES = [
     Figure("agents", "deployed agents", "", 0),
     Figure("setup_s", "setup: create + deploy through the service layer", "s", 1),
@@ -141,12 +137,6 @@ FIGURES = [
 ]
 
 
-@dataclass(frozen=True)
-class Target:
-    text: str
-    met: Callable[[float], bool]
-
-
 # "No CPU while idle": the server's idle CPU with N agents within the measuring noise (0.1
 # CPU-s, ten clock ticks over the window) of the same server's with none.
 TARGETS = {
@@ -155,6 +145,9 @@ TARGETS = {
     "idle_cpu_added_s": Target("≤ 0.10 s (noise)", lambda v: v <= 0.10),
     "cold_added_ms": Target("≤ 5 ms", lambda v: v <= 5),
 }
+
+
+SCORES = Scorecard(FIGURES, TARGETS)
 
 
 @dataclass
@@ -461,20 +454,8 @@ async def cold_and_warm(
 
 
 def measure(options: argparse.Namespace, say: Progress) -> Run:
-    run_dir = Path(tempfile.mkdtemp(prefix="lunogen-idle-bench-"))
-    keep = options.keep
-    try:
+    with run_directory("lunogen-idle-bench-", keep=options.keep, say=say) as run_dir:
         return _measure_in(run_dir, options, say)
-    except Exception:
-        keep = True
-        raise
-    finally:
-        if keep:
-            say(f"data and logs kept in {run_dir}")
-        else:
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _measure_in(run_dir: Path, options: argparse.Namespace, say: Progress) -> Run:
@@ -586,34 +567,8 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 # -- report --------------------------------------------------------------------------------------
 
 
-def _value(figure: Figure, value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:,.{figure.digits}f}"
-
-
-def _verdict(key: str, value: float) -> str:
-    target = TARGETS.get(key)
-    if target is None:
-        return ""
-    return f"target {target.text}: " + ("met" if target.met(value) else "MISSED")
-
-
 def print_run(run: Run) -> None:
-    for figure in FIGURES:
-        value = run.figures.get(figure.key, math.nan)
-        shown = f"{_value(figure, value)} {figure.unit}".rstrip()
-        print(f"  {figure.label:<48} {shown:>14}  {_verdict(figure.key, value)}")
-    for note in run.notes:
-        print(f"  {note}")
-
-
-def misses(figures: dict[str, float]) -> list[str]:
-    missed = []
-    for key, target in TARGETS.items():
-        value = figures.get(key, math.nan)
-        if math.isnan(value) or not target.met(value):
-            label = next(f.label for f in FIGURES if f.key == key)
-            missed.append(f"{label}: {value:,.2f}, target {target.text}")
-    return missed
+    SCORES.print(run.figures, run.notes, width=48)
 
 
 def _describe(options: argparse.Namespace) -> list[str]:
@@ -704,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     run = measure(options, say)
     print("\n".join(description))
     print_run(run)
-    missed = misses(run.figures)
+    missed = SCORES.misses(run.figures)
     if options.json:
         payload = {
             "description": description,
@@ -714,22 +669,8 @@ def main(argv: list[str] | None = None) -> int:
             "missed": missed,
         }
         Path(options.json).write_text(json.dumps(payload, indent=2) + "\n")
-    print()
-    if missed:
-        print(f"Targets missed ({len(missed)} of {len(TARGETS)}):")
-        for line in missed:
-            print(f"  - {line}")
-    else:
-        print(f"Every target met ({len(TARGETS)}).")
-    if options.quick:
-        print("--quick: a smoke run; targets are reported, not gated.")
-        return 0
-    return 1 if options.check and missed else 0
+    return conclude(missed, len(TARGETS), quick=options.quick, check=options.check)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -40,9 +40,8 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import (
     FAKE_MODEL_ID,
     FAKE_MODEL_KEY,
+    Figure,
     MachineCpu,
     Processes,
     Progress,
+    Scorecard,
+    Target,
+    conclude,
     cpu_seconds,
     exit_on_sigterm,
     free_port,
@@ -65,6 +68,8 @@ from _support import (
     percentile,
     process_tree,
     rss_bytes,
+    run_directory,
+    run_main,
     spread,
     start_fake_model,
     tail,
@@ -98,14 +103,6 @@ QUICK = {
 
 
 # -- figures and targets -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Figure:
-    key: str
-    label: str
-    unit: str
-    digits: int = 1
 
 
 FIGURES = [
@@ -146,12 +143,6 @@ FIGURES = [
 ]
 
 
-@dataclass(frozen=True)
-class Target:
-    text: str
-    met: Callable[[float], bool]
-
-
 TARGETS = {
     "overhead_p50_ms": Target("≤ 5 ms", lambda v: v <= 5),
     "overhead_p99_ms": Target("≤ 15 ms", lambda v: v <= 15),
@@ -163,6 +154,9 @@ TARGETS = {
     "start_healthy_s": Target("≤ 1 s", lambda v: v <= 1),
     "rss_growth_mb_10k": Target("≤ 5 MB", lambda v: v <= 5),
 }
+
+
+SCORES = Scorecard(FIGURES, TARGETS)
 
 
 @dataclass
@@ -684,18 +678,8 @@ async def drive(
 
 def measure(options: argparse.Namespace, say: Progress, number: int) -> Run:
     """One whole measurement in a fresh directory (kept with its logs when it fails)."""
-    run_dir = Path(tempfile.mkdtemp(prefix="lunogen-serve-bench-"))
-    keep = options.keep
-    try:
+    with run_directory("lunogen-serve-bench-", keep=options.keep, say=say) as run_dir:
         return _measure_in(run_dir, options, say, number)
-    except Exception:
-        keep = True
-        raise
-    finally:
-        if keep:
-            say(f"data and logs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _measure_in(run_dir: Path, options: argparse.Namespace, say: Progress, number: int) -> Run:
@@ -747,27 +731,9 @@ def _run_async(work: Coroutine[Any, Any, tuple[dict[str, float], list[str]]]) ->
 # -- report --------------------------------------------------------------------------------------
 
 
-def _value(figure: Figure, value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:,.{figure.digits}f}"
-
-
-def _verdict(key: str, value: float) -> str:
-    target = TARGETS.get(key)
-    if target is None:
-        return ""
-    return f"target {target.text}: " + ("met" if target.met(value) else "MISSED")
-
-
 def print_run(run: Run, number: int) -> None:
     print(f"\nRun {number}")
-    for figure in FIGURES:
-        value = run.figures.get(figure.key, math.nan)
-        shown = f"{_value(figure, value)} {figure.unit}".rstrip()
-        print(f"  {figure.label:<52} {shown:>14}  {_verdict(figure.key, value)}")
-    for note in run.notes:
-        print(f"  {note}")
+    SCORES.print(run.figures, run.notes, width=52)
 
 
 def summary(runs: list[Run]) -> dict[str, float]:
@@ -779,20 +745,10 @@ def print_summary(runs: list[Run]) -> None:
     for figure in FIGURES:
         values = spread(r.figures.get(figure.key, math.nan) for r in runs)
         shown = (
-            f"{_value(figure, values.median)} ({_value(figure, values.low)}-"
-            f"{_value(figure, values.high)}) {figure.unit}"
+            f"{figure.shown(values.median)} ({figure.shown(values.low)}-"
+            f"{figure.shown(values.high)}) {figure.unit}"
         ).rstrip()
-        print(f"  {figure.label:<52} {shown:>28}  {_verdict(figure.key, values.median)}")
-
-
-def misses(figures: dict[str, float]) -> list[str]:
-    missed = []
-    for key, target in TARGETS.items():
-        value = figures.get(key, math.nan)
-        if math.isnan(value) or not target.met(value):
-            label = next(f.label for f in FIGURES if f.key == key)
-            missed.append(f"{label}: {value:.2f}, target {target.text}")
-    return missed
+        print(f"  {figure.label:<52} {shown:>28}  {SCORES.verdict(figure.key, values.median)}")
 
 
 def _describe(options: argparse.Namespace) -> list[str]:
@@ -951,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = runs[0].figures if len(runs) == 1 else summary(runs)
     if len(runs) > 1:
         print_summary(runs)
-    missed = misses(figures)
+    missed = SCORES.misses(figures)
     if options.json:
         payload = {
             "description": description,
@@ -961,22 +917,8 @@ def main(argv: list[str] | None = None) -> int:
             "missed": missed,
         }
         Path(options.json).write_text(json.dumps(payload, indent=2) + "\n")
-    print()
-    if missed:
-        print(f"Targets missed ({len(missed)} of {len(TARGETS)}):")
-        for line in missed:
-            print(f"  - {line}")
-    else:
-        print(f"Every target met ({len(TARGETS)}).")
-    if options.quick:
-        print("--quick: a smoke run; targets are reported, not gated.")
-        return 0
-    return 1 if options.check and missed else 0
+    return conclude(missed, len(TARGETS), quick=options.quick, check=options.check)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process this run started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

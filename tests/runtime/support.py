@@ -9,8 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.agent.models import Agent
 from lunogen.kit.time import utcnow
+from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.runtime.models import Thread
 from lunogen.runtime.service import accept_inbound
+from lunogen.runtime.turn import TurnDeps
+from lunogen.worker.broker import runtime
 from tests.agent.support import create_agent, new_dev
 from tests.helpers import Api
 
@@ -48,3 +51,14 @@ async def pending_under_a_lease(
         )
         await set_lease(session, accepted.thread.id, left)
         return agent["id"], accepted.thread.id, accepted.message.id
+
+
+def turn_deps() -> TurnDeps:
+    """What a job of this process hands a turn (no event bus: nobody follows these turns)."""
+    rt = runtime()
+    return TurnDeps(
+        settings=rt.settings,
+        sessionmaker=rt.sessionmaker,
+        keyring=rt.keyring,
+        model_client=rt.get(MODEL_CLIENT),
+    )

@@ -15,17 +15,16 @@ from sqlalchemy import func, select, update
 from lunogen.billing.verify import verify_all
 from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
-from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.runlog.models import AgentLogEvent
 from lunogen.runtime.models import Message, RecordedCall, Thread
 from lunogen.runtime.service import FRESH_WORK_GRACE
 from lunogen.runtime.tasks import run_thread, sweep_once
-from lunogen.runtime.turn import TurnDeps, TurnOutcome, run_turn
+from lunogen.runtime.turn import TurnOutcome, run_turn
 from lunogen.worker import enqueue
-from lunogen.worker.broker import runtime, wait_idle
+from lunogen.worker.broker import wait_idle
 from tests.fakes.openrouter import FakeOpenRouter, openrouter_settings
 from tests.helpers import Api
-from tests.runtime.support import pending_under_a_lease, set_lease
+from tests.runtime.support import pending_under_a_lease, set_lease, turn_deps
 
 
 @pytest.fixture
@@ -75,16 +74,6 @@ async def test_the_sweeper_takes_over_an_expired_lease_and_answers_once(
     assert len(openrouter.chat_requests) == 1
 
 
-def _turn_deps() -> TurnDeps:
-    rt = runtime()
-    return TurnDeps(
-        settings=rt.settings,
-        sessionmaker=rt.sessionmaker,
-        keyring=rt.keyring,
-        model_client=rt.get(MODEL_CLIENT),
-    )
-
-
 async def test_a_worker_whose_lease_was_taken_makes_no_call(
     api: Api, openrouter: FakeOpenRouter
 ) -> None:
@@ -92,7 +81,7 @@ async def test_a_worker_whose_lease_was_taken_makes_no_call(
     before any hold or call."""
     thread_id, message_id = await _pending_message_under_a_dead_lease(api, expired=False)
     openrouter.reply("A late answer")
-    outcome = await run_turn(_turn_deps(), inbound_id=message_id, lease_token="stale-worker:2")
+    outcome = await run_turn(turn_deps(), inbound_id=message_id, lease_token="stale-worker:2")
     assert outcome == TurnOutcome.SUPERSEDED
     assert openrouter.chat_requests == []
     assert await _replies(api, message_id) == (0, 0, "pending")
@@ -110,7 +99,7 @@ async def test_a_run_that_lost_its_lease_records_its_calls_but_not_its_answer(
     openrouter.reply("A late answer")
     openrouter.latency = 0.5
     turn = asyncio.create_task(
-        run_turn(_turn_deps(), inbound_id=message_id, lease_token="stalled-worker:2")
+        run_turn(turn_deps(), inbound_id=message_id, lease_token="stalled-worker:2")
     )
     while not openrouter.chat_requests:
         await asyncio.sleep(0.01)

@@ -516,10 +516,7 @@ def _usage_row(plan: Plan, result: ModelCallResult) -> UsageRecord:
     cost = effective_cost(result.usage, price)
     return UsageRecord(
         id=new_id(),
-        owner_id=plan.owner_id,
-        agent_id=plan.agent_id,
-        thread_id=plan.thread_id,
-        message_id=plan.inbound_id,
+        **_usage_of(plan),
         requested_model=result.requested_model,
         answered_model=answered,
         prompt_tokens=result.usage.prompt_tokens,
@@ -539,13 +536,20 @@ def _usage_row(plan: Plan, result: ModelCallResult) -> UsageRecord:
 def _failed_usage_row(plan: Plan, error: ModelCallError) -> UsageRecord:
     return UsageRecord(
         id=new_id(),
-        owner_id=plan.owner_id,
-        agent_id=plan.agent_id,
-        thread_id=plan.thread_id,
-        message_id=plan.inbound_id,
+        **_usage_of(plan),
         requested_model=plan.model,
         answered_model=error.model,
         latency_ms=error.latency_ms or 0,
         outcome="error",
         error=str(error)[:2000],
     )
+
+
+def _usage_of(plan: Plan) -> dict[str, str]:
+    """The columns every usage row of the turn shares: whose call it was, for what message."""
+    return {
+        "owner_id": plan.owner_id,
+        "agent_id": plan.agent_id,
+        "thread_id": plan.thread_id,
+        "message_id": plan.inbound_id,
+    }
