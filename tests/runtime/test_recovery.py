@@ -12,6 +12,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from lunogen.agent.models import Agent
+from lunogen.billing import metering
+from lunogen.billing.models import CreditHold
 from lunogen.billing.verify import verify_all
 from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
@@ -171,3 +174,51 @@ async def test_a_lease_of_a_dead_process_of_this_host_is_given_back_at_the_next_
     async with api.app.state.sessionmaker() as session:
         live = await session.get(Thread, live_thread)
         assert live is not None and live.lease_owner == f"{host}:{os.getpid()}:ab:c"
+
+
+async def _hold_left_by_a_killed_attempt(api: Api, message_id: str) -> str:
+    """The hold a killed attempt placed for its call, as `store.start` places it."""
+    async with api.app.state.sessionmaker() as session:
+        message = await session.get(Message, message_id)
+        assert message is not None
+        agent = await session.get(Agent, message.agent_id)
+        assert agent is not None
+        hold_id = await metering.reserve(
+            session,
+            api.app.state.settings,
+            owner_id=agent.owner_id,
+            amount=5_000,
+            key=f"hold:{message_id}:killed-run:0",
+            message_id=message_id,
+        )
+        await session.commit()
+        return hold_id
+
+
+async def _hold_status(api: Api, hold_id: str) -> str:
+    async with api.app.state.sessionmaker() as session:
+        hold = await session.get(CreditHold, hold_id)
+        assert hold is not None
+        return hold.status
+
+
+async def test_the_sweep_releases_the_holds_of_attempts_that_died(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    """A killed attempt's hold would keep the owner's credits for `credit_hold_seconds`: the
+    sweep that hands its thread on releases it; a thread someone holds keeps its hold."""
+    _, dead_message = await _pending_message_under_a_dead_lease(api, expired=True)
+    _, _, live_message = await pending_under_a_lease(
+        api, text="Still working", left=timedelta(minutes=5)
+    )
+    orphan = await _hold_left_by_a_killed_attempt(api, dead_message)
+    in_use = await _hold_left_by_a_killed_attempt(api, live_message)
+    openrouter.reply("Here now")
+    assert await sweep_once(api.app.state.sessionmaker) == 1
+    await enqueue.drain()
+    await wait_idle()
+    assert await _hold_status(api, orphan) == "released"
+    assert await _hold_status(api, in_use) == "active"
+    assert await _replies(api, dead_message) == (1, 1, "done")
+    async with api.app.state.sessionmaker() as session:
+        assert await verify_all(session) == []

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from lunogen.agent.models import Agent
+from lunogen.billing import metering
+from lunogen.billing.models import CreditHold, HoldStatus
 from lunogen.errors import ConflictError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
@@ -333,6 +335,41 @@ def _alive(pid_text: str) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+async def release_orphan_holds(session: AsyncSession, *, thread_ids: list[str]) -> int:
+    """Release the active credit holds of pending messages on `thread_ids` that nobody holds
+    now: the attempt that placed them died (killed, crashed, or its lease ran out) with its call
+    in flight, and they would otherwise keep the owner's credits from use until they expire
+    (`credit_hold_seconds`). The threads are locked and checked again first, so a hold a runner
+    places as it takes a thread is never touched; a late settlement of a released hold is still
+    charged (`ledger.settle_hold`). Commits.
+    """
+    now = utcnow()
+    unheld = (
+        select(Thread.id)
+        .where(
+            Thread.id.in_(thread_ids),
+            or_(Thread.lease_owner.is_(None), Thread.lease_expires_at < now),
+        )
+        .with_for_update()
+    )
+    free = list((await session.execute(unheld)).scalars())
+    if not free:
+        await session.commit()
+        return 0
+    pending = select(Message.id).where(Message.thread_id.in_(free), Message.status == "pending")
+    orphans = await session.execute(
+        select(CreditHold.id).where(
+            CreditHold.status == HoldStatus.ACTIVE, CreditHold.reference.in_(pending)
+        )
+    )
+    released = 0
+    for hold_id in orphans.scalars().all():
+        await metering.release(session, hold_id=hold_id)
+        released += 1
+    await session.commit()
+    return released
 
 
 async def threads_needing_work(session: AsyncSession, *, limit: int = 100) -> list[str]:

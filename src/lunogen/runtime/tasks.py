@@ -112,12 +112,17 @@ async def _keep_lease(
 @register_sweep("threads")
 async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     """Re-enqueue every thread with due pending work and no live lease (a lease held by a dead
-    process of this host is given back first)."""
+    process of this host is given back first, and the holds its dead attempts left released)."""
     async with sessionmaker() as session:
         released = await service.release_dead_leases(session, host=socket.gethostname())
         thread_ids = await service.threads_needing_work(session)
+        holds = (
+            await service.release_orphan_holds(session, thread_ids=thread_ids) if thread_ids else 0
+        )
     if released:
         log.warning("dead_leases_released", threads=released)
+    if holds:
+        log.info("orphan_holds_released", holds=holds)
     for thread_id in thread_ids:
         await run_thread.kiq(thread_id)
     return len(thread_ids)
