@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from limits import parse
+from limits.aio.strategies import FixedWindowRateLimiter
 
 from lunogen.auth import ratelimit, ratelimit_file
 from lunogen.auth.ratelimit import Backoff, RateLimiter, create_storage
@@ -102,9 +104,27 @@ async def test_expired_hits_are_pruned(path: Path, monkeypatch: pytest.MonkeyPat
     assert [key for (key,) in rows] == ["LIMITER/new/5/1/minute"]
 
 
-async def test_fixed_window_counters_are_refused(path: Path) -> None:
-    with pytest.raises(NotImplementedError):
-        await SQLiteStorage(path).incr("k", 60)
+async def test_fixed_window_counters_are_shared_and_expire(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`limits`' fixed-window strategy on the file: two storages count one window, which ends
+    `expiry` seconds after its first hit."""
+    first, second = SQLiteStorage(path), SQLiteStorage(path)
+    limiter = FixedWindowRateLimiter(first)
+    other = FixedWindowRateLimiter(second)
+    item = parse("2/minute")
+    assert await limiter.hit(item, "k") and await other.hit(item, "k")
+    assert not await limiter.hit(item, "k") and not await other.hit(item, "k")
+    key = item.key_for("k")
+    # Four hits, two refused: `limits` counts a refused hit too.
+    assert await first.get(key) == 4 and await second.get_expiry(key) > time.time()
+    later = time.time() + 61
+    monkeypatch.setattr(ratelimit_file.time, "time", lambda: later)
+    assert await second.get(key) == 0
+    assert await limiter.hit(item, "k")  # a new window
+    assert await first.incr(key, 60, amount=3) == 4
+    await second.clear(key)
+    assert await first.get(key) == 0
 
 
 def _hammer(path: str, hits: int, start: float, out: multiprocessing.Queue[int]) -> None:

@@ -29,6 +29,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS hits ( key TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ix_hits_key_at ON hits (key, at)",
     "CREATE INDEX IF NOT EXISTS ix_hits_expires ON hits (expires)",
+    "CREATE TABLE IF NOT EXISTS counters ("
+    " key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL)",
 )
 
 
@@ -52,11 +54,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class SQLiteStorage(Storage, MovingWindowSupport):
-    """A `limits` storage for the moving-window strategy, shared through a SQLite file.
-
-    Only what `MovingWindowRateLimiter` uses is stored; the fixed-window counters (`incr`,
-    `get`) refuse, so a strategy this file does not share cannot be used by mistake.
-    """
+    """A `limits` storage shared through a SQLite file: the moving windows the app's limiter
+    uses (`hits`), and the fixed-window counters of `limits`' other strategies (`counters`), so
+    that any strategy put on it counts across processes."""
 
     STORAGE_SCHEME = ["lunogen+sqlite"]
 
@@ -97,6 +97,7 @@ class SQLiteStorage(Storage, MovingWindowSupport):
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY_SECONDS
                 db.execute("DELETE FROM hits WHERE expires < ?", (now,))
+                db.execute("DELETE FROM counters WHERE expires <= ?", (now,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -113,9 +114,11 @@ class SQLiteStorage(Storage, MovingWindowSupport):
 
     async def clear(self, key: str) -> None:
         self.connection.execute("DELETE FROM hits WHERE key = ?", (key,))
+        self.connection.execute("DELETE FROM counters WHERE key = ?", (key,))
 
     async def reset(self) -> int | None:
-        return int(self.connection.execute("DELETE FROM hits").rowcount)
+        hits = self.connection.execute("DELETE FROM hits").rowcount
+        return int(hits + self.connection.execute("DELETE FROM counters").rowcount)
 
     async def check(self) -> bool:
         try:
@@ -125,16 +128,37 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         return True
 
     async def get_expiry(self, key: str) -> float:
-        (expires,) = self.connection.execute(
-            "SELECT max(expires) FROM hits WHERE key = ?", (key,)
+        """When the key's fixed-window counter ends (now when it has none)."""
+        row = self.connection.execute(
+            "SELECT expires FROM counters WHERE key = ? AND expires > ?", (key, time.time())
         ).fetchone()
-        return float(expires) if expires is not None else time.time()
+        return float(row[0]) if row else time.time()
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        raise NotImplementedError("the shared file store keeps moving windows only")
+        """Add `amount` to the key's counter, which starts at 0 and lasts `expiry` seconds from
+        its first increment; returns the new value."""
+        now = time.time()
+        db = self.connection
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM counters WHERE key = ? AND expires <= ?", (key, now))
+            db.execute(
+                "INSERT INTO counters (key, value, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                (key, amount, now + expiry),
+            )
+            (value,) = db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return int(value)
 
     async def get(self, key: str) -> int:
-        raise NotImplementedError("the shared file store keeps moving windows only")
+        row = self.connection.execute(
+            "SELECT value FROM counters WHERE key = ? AND expires > ?", (key, time.time())
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         if self._connection is not None:
