@@ -306,6 +306,17 @@ def _log_superseded(session: AsyncSession, plan: Plan) -> None:
     )
 
 
+def _log_failed(session: AsyncSession, *, agent_id: str, message_id: str, reason: str) -> None:
+    log_event(
+        session,
+        agent_id=agent_id,
+        event="turn.failed",
+        level="error",
+        message=f"Message {message_id} could not be answered: {reason}",
+        details={"message_id": message_id},
+    )
+
+
 async def _end_unanswerable(
     session: AsyncSession, target: Unanswerable, *, lease_token: str
 ) -> Finished:
@@ -328,13 +339,8 @@ async def _end_unanswerable(
                 message=f"Message {inbound.id} not answered: {target.reason}",
             )
         else:
-            log_event(
-                session,
-                agent_id=target.agent_id,
-                event="turn.failed",
-                level="error",
-                message=f"Message {inbound.id} could not be answered: {target.reason}",
-                details={"message_id": inbound.id},
+            _log_failed(
+                session, agent_id=target.agent_id, message_id=inbound.id, reason=target.reason
             )
     await session.execute(service.release_statement(target.thread_id, lease_token))
     following = await service.oldest_pending(session, target.thread_id)
@@ -389,14 +395,7 @@ async def _fail(
     inbound.status = "failed"
     inbound.last_error = reason[:2000]
     inbound.completed_at = utcnow()
-    log_event(
-        session,
-        agent_id=plan.agent_id,
-        event="turn.failed",
-        level="error",
-        message=f"Message {inbound.id} could not be answered: {reason}",
-        details={"message_id": inbound.id},
-    )
+    _log_failed(session, agent_id=plan.agent_id, message_id=inbound.id, reason=reason)
     await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
     await recorded.forget(session, inbound.id)
     await session.flush()
