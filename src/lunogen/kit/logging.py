@@ -24,7 +24,9 @@ _LIBRARIES_AT_WARNING = (
 class _CurrentStderr:
     """Whatever `sys.stderr` is when a line is written, not when logging was configured: a
     stream replaced since (a test's capture, a daemon's redirect) is never written to after
-    it was closed."""
+    it was closed. Each record reaches it as one write with its newline (structlog's WriteLogger,
+    not PrintLogger's two): a record and a thread's or the standard library's line can then never
+    run together on one line, and children appending to one file each write whole lines."""
 
     def write(self, text: str) -> int:
         return sys.stderr.write(text)
@@ -55,6 +57,6 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
