@@ -25,9 +25,9 @@ from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
 from lunogen.billing import endpoints as billing_endpoints
 from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
-from lunogen.channel import endpoints as channel_endpoints
+from lunogen.channel.contract import registered_types
 from lunogen.channel.endpoints import agent_channels_router
-from lunogen.channel.endpoints import router as webhook_channel_router
+from lunogen.channel.inbox import inbound_router
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
@@ -67,7 +67,11 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 ROUTE_BODY_LIMITS = (
     RouteBodyLimit("POST", "/api/v1/skills", skill_endpoints.MAX_BODY_BYTES),
     RouteBodyLimit("PUT", "/api/v1/skills/{skill_id}", skill_endpoints.MAX_BODY_BYTES),
-    RouteBodyLimit("POST", "/hooks/webhook/{channel_id}", channel_endpoints.MAX_BODY_BYTES),
+    *(
+        RouteBodyLimit("POST", f"/hooks/{kind.name}/{{channel_id}}", kind.max_inbound_bytes)
+        for kind in registered_types().values()
+        if kind.inbound_route
+    ),
     RouteBodyLimit("POST", "/webhooks/stripe", billing_endpoints.MAX_WEBHOOK_BYTES),
 )
 
@@ -165,7 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         lifecycle_router,
         conversation_router,
-        webhook_channel_router,
+        inbound_router(),
         agent_channels_router,
         notification_router,
         tool_router,

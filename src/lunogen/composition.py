@@ -12,7 +12,7 @@ from __future__ import annotations
 # Each import registers what its comment says (imported for that effect only).
 from lunogen.agent import workspace  # noqa: F401  job: sandbox.destroy_workspace
 from lunogen.billing import worker_parts as billing_parts  # noqa: F401  periodic: holds, costs
-from lunogen.channel import webhook  # noqa: F401  job: channel.deliver_webhook
+from lunogen.channel import kinds  # noqa: F401  channel types; their jobs and sweeps
 from lunogen.llm import worker_parts as llm_parts  # noqa: F401  model client; catalog refresh
 from lunogen.notification import email  # noqa: F401  job: notification.send_email; sweep
 from lunogen.runlog import logs as runlog  # noqa: F401  resource: log bus; periodic: log purge

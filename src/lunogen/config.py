@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     stripe_webhook_api_version: str = Field(
         default="2026-10-28.endive", pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
     )
+    # Messaging providers' API roots (tests and operators may point them elsewhere; loopback
+    # is reachable only with allow_private_urls). Telegram: <base>/bot<token>/<method>;
+    # WhatsApp: <base>/<api_version>/<path>.
+    telegram_api_base: str = "https://api.telegram.org"
+    whatsapp_api_base: str = "https://graph.facebook.com"
     # LunoEdge: "auto" is bwrap, else gVisor, whichever works here first; `process` (no
     # isolation) is used only when named here.
     sandbox: Literal["auto", "bwrap", "gvisor", "process"] = "auto"

@@ -7,11 +7,18 @@ from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.billing.grants import StarterGrantClaim
 from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, CreditPause
 from lunogen.billing.models_stripe import StripeEvent
+from lunogen.channel.models import (
+    ChannelContact,
+    ChannelUnregistration,
+    Delivery,
+    DeliveryReceipt,
+    PairingCode,
+)
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
 from lunogen.runlog.models import AgentLogEvent
-from lunogen.runtime.models import Delivery, MemoryNote, Message, Thread
+from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
 
 metadata = Base.metadata
@@ -24,17 +31,21 @@ __all__ = [
     "AuditEvent",
     "AuthSession",
     "CatalogModel",
+    "ChannelContact",
+    "ChannelUnregistration",
     "Consent",
     "CreditAccount",
     "CreditEntry",
     "CreditHold",
     "CreditPause",
     "Delivery",
+    "DeliveryReceipt",
     "EmailToken",
     "MemoryNote",
     "Message",
     "Notification",
     "OutboundEmail",
+    "PairingCode",
     "Skill",
     "SkillFile",
     "SkillVersion",

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lunogen.billing.endpoints import MAX_WEBHOOK_BYTES
-from lunogen.channel.endpoints import MAX_BODY_BYTES as HOOK_MAX_BYTES
+from lunogen.channel.webhook import MAX_BODY_BYTES as HOOK_MAX_BYTES
 from lunogen.kit import middleware
 from lunogen.skill import package
 from lunogen.skill.endpoints import MAX_JSON_BYTES, MAX_MULTIPART_BYTES

@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import func, select
 
 from lunogen.channel import webhook
-from lunogen.runtime.models import Delivery
+from lunogen.channel.models import Delivery
 from lunogen.worker import enqueue
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.channel.receiver import Received, Receiver

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import select
 
 from lunogen.audit.models import AuditEvent
-from lunogen.runtime.models import Delivery, Message, Thread
+from lunogen.channel.models import Delivery
+from lunogen.runtime.models import Message, Thread
 from lunogen.worker import enqueue
 from lunogen.worker.sweeps import sweep_registered
 from tests.agent.support import NOT_FOUND, new_dev

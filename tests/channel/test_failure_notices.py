@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from lunogen.channel import endpoints, webhook
-from lunogen.runtime.models import Delivery, Message, Thread
+from lunogen.channel import delivery as delivery_jobs
+from lunogen.channel import webhook
+from lunogen.channel.models import Delivery
+from lunogen.runtime.models import Message, Thread
 from lunogen.worker import enqueue
 from lunogen.worker.sweeps import sweep_registered
 from tests.channel.receiver import Received, Receiver
@@ -104,7 +106,7 @@ async def test_async_model_failure_sends_one_signed_failure_notice(
 async def test_a_sync_caller_that_got_202_gets_the_failure_notice(
     api: Api, openrouter: FakeOpenRouter, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(endpoints, "SYNC_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(webhook, "SYNC_WAIT_SECONDS", 0.05)
     hook = await new_hook(api, mode="sync", callback_url=receiver.url)
     openrouter.fail(502, times=3)  # the first attempt fails; the turn is retried later
     response = await hook.post({"id": "s-1", "from": "ada", "text": "Take your time"})
@@ -151,7 +153,7 @@ async def test_a_message_skipped_by_a_stopped_agent_gets_a_failure_notice(
 async def test_a_failure_notice_is_retried_and_its_410_disables_the_channel(
     api: Api, openrouter: FakeOpenRouter, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(webhook, "BACKOFF_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(delivery_jobs, "BACKOFF_BASE_SECONDS", 0.01)
     receiver.answer(503)
     receiver.answer(410)
     hook = await new_hook(api, mode="async", callback_url=receiver.url)

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from lunogen.channel import webhook
+from lunogen.channel import delivery, webhook
 
 KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -113,10 +113,10 @@ def test_within_five_minutes_is_accepted() -> None:
 
 
 def test_retry_after_and_backoff() -> None:
-    assert webhook.retry_after_seconds("7") == 7.0
-    assert webhook.retry_after_seconds(None) is None
-    assert webhook.retry_after_seconds("soon") is None
-    assert webhook.retry_after_seconds("999999") == webhook.BACKOFF_MAX_SECONDS
+    assert delivery.retry_after_seconds("7") == 7.0
+    assert delivery.retry_after_seconds(None) is None
+    assert delivery.retry_after_seconds("soon") is None
+    assert delivery.retry_after_seconds("999999") == delivery.BACKOFF_MAX_SECONDS
     for attempt in (1, 2, 5):
-        ceiling = webhook.BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)
-        assert ceiling / 2 <= webhook.backoff_seconds(attempt) <= ceiling
+        ceiling = delivery.BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)
+        assert ceiling / 2 <= delivery.backoff_seconds(attempt) <= ceiling

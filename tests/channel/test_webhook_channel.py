@@ -9,10 +9,12 @@ import time
 
 import pytest
 
-from lunogen.channel import endpoints, webhook
+from lunogen.channel import delivery as delivery_jobs
+from lunogen.channel import webhook
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime import waiting
-from lunogen.runtime.models import Delivery, Message, Thread
+from lunogen.channel.models import Delivery
+from lunogen.runtime.models import Message, Thread
 from lunogen.worker import enqueue
 from lunogen.worker.broker import runtime
 from lunogen.worker.sweeps import sweep_registered
@@ -57,7 +59,7 @@ async def test_sync_mode_is_woken_by_the_turn_not_by_polling(
 ) -> None:
     # Were the caller to look at the database only now and then, it would answer after 60 s.
     monkeypatch.setattr(waiting, "CHECK_DATABASE_SECONDS", 60.0)
-    monkeypatch.setattr(endpoints, "SYNC_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(webhook, "SYNC_WAIT_SECONDS", 60.0)
     hook = await new_hook(api, mode="sync")
     openrouter.stall(0.3)  # the caller is already waiting when the reply is stored
     started = time.monotonic()
@@ -201,7 +203,7 @@ async def test_sync_timeout_sends_the_reply_to_the_callback(
     api: Api, openrouter: FakeOpenRouter, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The model fails (the turn is retried later), so the caller's wait runs out first.
-    monkeypatch.setattr(endpoints, "SYNC_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(webhook, "SYNC_WAIT_SECONDS", 0.05)
     hook = await new_hook(api, mode="sync", callback_url=receiver.url)
     openrouter.fail(502, times=3)
     response = await hook.post({"id": "slow-1", "from": "ada", "text": "Take your time"})
@@ -273,7 +275,7 @@ async def test_async_mode_accepts_then_posts_one_signed_reply(
 async def test_a_503_is_retried_with_the_same_webhook_id(
     api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(webhook, "BACKOFF_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(delivery_jobs, "BACKOFF_BASE_SECONDS", 0.01)
     receiver.answer(503)
     receiver.answer(429, retry_after="0")
     hook = await new_hook(api, mode="async", callback_url=receiver.url)
@@ -307,7 +309,7 @@ async def test_a_long_retry_is_left_to_the_sweeper(
     [row] = await all_rows(api, Delivery)
     assert row.status == "queued" and row.next_attempt_at is not None
     # not due yet: the sweeper leaves it alone
-    assert await webhook.requeue_due(api.app.state.sessionmaker) == 0
+    assert await delivery_jobs.requeue_due(api.app.state.sessionmaker) == 0
     async with api.app.state.sessionmaker() as session:
         stored = await session.get(Delivery, row.id)
         assert stored is not None
@@ -327,7 +329,7 @@ async def test_410_disables_and_other_4xx_fail_without_retry(api: Api, receiver:
     assert delivery.last_status_code == 410 and delivery.attempts == 1
     assert len(receiver.received()) == 1
     logs = (await hook.dev.http.get(f"/api/v1/agents/{hook.agent['id']}/logs")).json()["data"]
-    assert any(e["event"] == "webhook.disabled" and "410" in e["message"] for e in logs)
+    assert any(e["event"] == "delivery.disabled" and "410" in e["message"] for e in logs)
 
 
 async def test_a_400_fails_and_is_logged(api: Api, receiver: Receiver) -> None:
@@ -340,20 +342,20 @@ async def test_a_400_fails_and_is_logged(api: Api, receiver: Receiver) -> None:
     await enqueue.drain()
     assert len(receiver.received()) == 1
     logs = (await hook.dev.http.get(f"/api/v1/agents/{hook.agent['id']}/logs")).json()["data"]
-    failed = [e for e in logs if e["event"] == "webhook.failed"]
+    failed = [e for e in logs if e["event"] == "delivery.failed"]
     assert failed and "400" in failed[0]["message"] and failed[0]["level"] == "error"
 
 
 async def test_retries_stop_after_the_last_attempt(
     api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(webhook, "BACKOFF_BASE_SECONDS", 0.001)
-    receiver.answer(502, times=webhook.MAX_ATTEMPTS + 2)
+    monkeypatch.setattr(delivery_jobs, "BACKOFF_BASE_SECONDS", 0.001)
+    receiver.answer(502, times=delivery_jobs.MAX_ATTEMPTS + 2)
     hook = await new_hook(api, mode="async", callback_url=receiver.url)
     await hook.post({"id": "x-1", "from": "bob", "text": "never"})
     delivery = await delivery_in(api, "failed")
-    assert delivery.attempts == webhook.MAX_ATTEMPTS
-    assert len(receiver.received()) == webhook.MAX_ATTEMPTS
+    assert delivery.attempts == delivery_jobs.MAX_ATTEMPTS
+    assert len(receiver.received()) == delivery_jobs.MAX_ATTEMPTS
     assert "gave up" in (delivery.last_error or "")
 
 

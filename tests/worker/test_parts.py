@@ -63,9 +63,15 @@ def test_the_composition_root_registers_every_part() -> None:
         "credit_hold_expiry",
         "log_purge",
     ]
-    assert found["sweeps"] == ["email", "threads", "webhook_deliveries"]
+    assert found["sweeps"] == [
+        "channel_deliveries",
+        "channel_unregistrations",
+        "email",
+        "threads",
+    ]
     assert found["jobs"] == [
-        "channel.deliver_webhook",
+        "channel.deliver",
+        "channel.unregister",
         "notification.send_email",
         "runtime.run_thread",
         "sandbox.destroy_workspace",

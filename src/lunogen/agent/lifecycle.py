@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
@@ -20,6 +21,8 @@ from lunogen.agent.provision import provision
 from lunogen.agent.service import get_agent
 from lunogen.billing import ledger, metering
 from lunogen.billing.units import micro_to_credits_str
+from lunogen.channel import registration
+from lunogen.channel.contract import ChannelView
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.effects import Effects
@@ -168,10 +171,75 @@ async def deploy(
     if problem is not None:
         await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
         return agent, problem
+    views = registration.views_to_register(agent, effects)
+    if views:
+        agent, problem = await _register(session, agent, views, effects)
+        if agent.status != "deploying" or problem is not None:
+            return agent, problem
     if paused_for_credits:
         await ledger.forget_pause(session, agent.id)
     await set_status(session, agent=agent, status="running", effects=effects)
     return agent, None
+
+
+async def _register(
+    session: AsyncSession, agent: Agent, views: list[ChannelView], effects: Effects
+) -> tuple[Agent, str | None]:
+    """Register the agent's channels with their providers, with no transaction open.
+
+    Commits `deploying` first (provider calls never run inside a write transaction), then
+    locks the agent again: if it was stopped or deleted meanwhile, or a provider refused, what
+    was registered is unregistered again. Returns the agent as locked now and the refusal.
+    """
+    agent_id = agent.id
+    await session.commit()
+    registered, refused = await registration.register_channels(session, effects, views)
+    fresh = (
+        await session.execute(
+            select(Agent)
+            .where(Agent.id == agent_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    await session.refresh(fresh, ["channels"])
+    by_id = {view.id: view for view in views}
+    if fresh.status != "deploying" or fresh.deleted_at is not None or refused is not None:
+        why = "the deploy failed" if refused is not None else f"the agent is {fresh.status}"
+        for item in registered:
+            registration.queue_unregistration_of(
+                session,
+                agent=fresh,
+                view=by_id[item.channel_id],
+                registration=item.registration,
+                keyring=effects.keyring,
+                why=why,
+            )
+        if refused is not None and fresh.status == "deploying":
+            reason = str(refused)
+            await set_status(session, agent=fresh, status="error", effects=effects, reason=reason)
+            return fresh, reason
+        return fresh, None
+    orphans = registration.store_registrations(fresh.channels, registered, effects)
+    for item in orphans:  # removed from the agent while we registered it
+        registration.queue_unregistration_of(
+            session,
+            agent=fresh,
+            view=by_id[item.channel_id],
+            registration=item.registration,
+            keyring=effects.keyring,
+            why="the channel was removed",
+        )
+    for item in registered:
+        log_event(
+            session,
+            agent_id=fresh.id,
+            event="channel.registered",
+            message=f"{by_id[item.channel_id].type.capitalize()} channel {item.channel_id} "
+            "registered with its provider",
+            details={"channel_id": item.channel_id, **dict(item.registration.details)},
+        )
+    return fresh, None
 
 
 async def _require_credits(session: AsyncSession, *, agent: Agent, settings: Settings) -> None:
@@ -199,6 +267,8 @@ async def start(
 async def stop(session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects) -> Agent:
     agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action="stop")
     await set_status(session, agent=agent, status="stopped", effects=effects)
+    for row in agent.channels:
+        registration.queue_unregistration(session, agent=agent, row=row, why="the agent stopped")
     return agent
 
 

@@ -52,5 +52,9 @@ class AgentChannel(IdMixin, CreatedMixin, Base):
     # Set when the channel's receiver said it is gone (HTTP 410); no more sends until re-enabled.
     disabled_at: Mapped[datetime | None]
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # Set while the provider knows this channel (deploy registered it; stop unregisters it),
+    # with what the registration told the owner (the bot's username, the phone's name).
+    registered_at: Mapped[datetime | None]
+    registration: Mapped[dict[str, Any] | None]
 
     agent: Mapped[Agent] = relationship(back_populates="channels")

@@ -19,9 +19,11 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lunogen.account.models import User
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
+from lunogen.channel.contract import ChannelView
 from lunogen.channel.schemas import (
     INPUT_MODELS,
     OUTPUT_MODELS,
@@ -31,8 +33,10 @@ from lunogen.channel.schemas import (
     SecretState,
 )
 from lunogen.kit.crypto import KeyRing
+from lunogen.kit.effects import Effects
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
+from lunogen.notification.service import notify
 from lunogen.runlog.logs import log_event
 
 
@@ -50,6 +54,47 @@ class ChannelChanges:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
+
+
+def view_of(row: AgentChannel, *, agent_name: str, keyring: KeyRing) -> ChannelView:
+    """The channel as channel types see it, secrets decrypted."""
+    return ChannelView(
+        id=row.id,
+        agent_id=row.agent_id,
+        agent_name=agent_name,
+        type=row.type,
+        config=dict(row.config),
+        secrets=read_secrets(row, keyring),
+        registration=dict(row.registration or {}),
+    )
+
+
+async def tell_owner(
+    session: AsyncSession,
+    effects: Effects,
+    *,
+    agent_id: str,
+    kind: str,
+    title: str,
+    body: str,
+    dedupe_key: str,
+) -> None:
+    """Notify the agent's owner (in the caller's transaction), once per `dedupe_key`."""
+    agent = await session.get(Agent, agent_id)
+    owner = None if agent is None else await session.get(User, agent.owner_id)
+    if agent is None or owner is None:
+        return
+    await notify(
+        session,
+        user=owner,
+        kind=kind,
+        title=title.format(agent=agent.name),
+        body=body.format(agent=agent.name),
+        dedupe_key=dedupe_key,
+        agent_id=agent_id,
+        settings=effects.settings,
+        keyring=effects.keyring,
+    )
 
 
 def read_secrets(row: AgentChannel, keyring: KeyRing) -> dict[str, str]:

@@ -1,70 +1,58 @@
-"""The webhook channel: Standard Webhooks signatures and the delivery of replies to callbacks.
+"""The webhook channel: anyone holding the channel's `whsec_` secret talks to the agent by
+POSTing signed JSON `{id, from, text}` (Standard Webhooks), and gets the reply in the response
+(`sync` mode) or POSTed, signed, to the channel's `callback_url` (`async` mode, or when a sync
+caller's wait ran out).
 
-Deliveries: a `Delivery` row is keyed by the INBOUND message it answers (`message_id`), so it
-can exist before the reply does and a reply is sent at most once per inbound message. It is
-created `waiting` (async mode: with the inbound message; sync mode: when the caller's wait ran
-out), becomes `queued` when the turn ends (`reply_ready`, or `reply_failed` when no reply will
-come), and ends `delivered`, `failed` or `disabled`. What it sends follows from the stored
-rows (there is no kind column): the reply (`message.reply`) if one exists, else, the inbound
-message being `failed` or `skipped`, a failure notice (`message.failed`) with its `last_error`.
-
-A 410 from the receiver disables the whole channel (`AgentChannel.disabled_at`) in the same
-transaction as the delivery's outcome, and ends the channel's other pending deliveries as
-`disabled`; an attempt on a disabled channel ends `disabled` without a request.
-
-Retries: an attempt claims the row by pushing `next_attempt_at` past the send timeout (a
-conditional UPDATE, so two jobs never send the same attempt). A retryable failure stores the
-next `next_attempt_at` (exponential backoff with jitter, or `Retry-After` if longer); the job
-sleeps and retries in place while the wait is short (the in-process broker ignores delays), and
-the runtime sweeper (`requeue_due`) re-enqueues whatever is due after longer waits or a crash.
+A 410 from the callback disables the channel (see `channel.delivery`); a caller of a disabled
+channel is told so (409) once it has proved it holds the secret.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import json
-import random
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Annotated, Any, ClassVar
 
-import structlog
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from sqlalchemy.exc import IntegrityError
+from starlette.responses import Response
 
-from lunogen.agent.models import Agent, AgentChannel
-from lunogen.channel.service import disable_channel, read_secrets
+from lunogen.channel import delivery
+from lunogen.channel.contract import (
+    AcceptedInbound,
+    ChannelType,
+    ChannelView,
+    Inbound,
+    InboundRejected,
+    InboundRequest,
+    Outgoing,
+    Parsed,
+    ProviderContext,
+    SendOutcome,
+    register_type,
+)
+from lunogen.channel.fields import Storable
+from lunogen.channel.schemas import WebhookChannel as WebhookChannelOut
+from lunogen.channel.schemas import WebhookChannelIn
+from lunogen.errors import LunogenError
 from lunogen.kit.crypto import KeyRing
-from lunogen.kit.http import FetchError, SafeHttp, UnsafeUrlError
-from lunogen.kit.ids import new_id
-from lunogen.kit.time import utcnow
-from lunogen.runlog.logs import log_event
-from lunogen.runtime.models import Delivery, Message
-from lunogen.worker.broker import job, runtime
-from lunogen.worker.enqueue import enqueue
-from lunogen.worker.sweeps import register_sweep
-
-log = structlog.get_logger(__name__)
+from lunogen.kit.http import FetchError, UnsafeUrlError
+from lunogen.runtime import waiting
+from lunogen.runtime.events import TurnEvents
 
 TOLERANCE_SECONDS = 5 * 60
 _UNIX_SECONDS = re.compile(r"[0-9]{1,15}")
-SEND_TIMEOUT_SECONDS = 20.0
-CLAIM = timedelta(seconds=60)  # longer than a send: a claimed row is not swept meanwhile
-MAX_ATTEMPTS = 8
-BACKOFF_BASE_SECONDS = 5.0
-BACKOFF_MAX_SECONDS = 3600.0
-INLINE_RETRY_MAX_SECONDS = 30.0  # longer waits are left to the sweeper
+SYNC_WAIT_SECONDS = 25.0
+MAX_BODY_BYTES = 256_000
 DEDUPE_PREFIX = "webhook:"
-# Inbound statuses after which no reply will come: the waiting deliveries send a failure notice.
-UNANSWERED = ("failed", "skipped")
 
 
 # Standard Webhooks ----------------------------------------------------------------------
@@ -147,352 +135,216 @@ def verify(
     raise SignatureError("webhook-signature does not match the channel's secret")
 
 
-# Deliveries -----------------------------------------------------------------------------
+# The channel type --------------------------------------------------------------------------
+
+
+class WebhookMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200), Storable] = Field(
+        description="Your id for this message; a repeated id is answered without a new turn."
+    )
+    sender: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable
+    ] = Field(alias="from", description="Who is talking; each sender has its own thread.")
+    text: Annotated[str, StringConstraints(min_length=1, max_length=32_000), Storable]
 
 
 def dedupe_key(channel_id: str, payload_id: str) -> str:
     return f"{DEDUPE_PREFIX}{channel_id}:{payload_id}"
 
 
-def channel_key(channel_id: str) -> str:
-    return f"{DEDUPE_PREFIX}{channel_id}"
+def _timestamp_of(outgoing: Outgoing) -> str:
+    return outgoing.created_at.isoformat().replace("+00:00", "Z")
 
 
-def payload_id(inbound: Message) -> str | None:
-    """The caller's `id` of an inbound webhook message (kept in its dedupe key)."""
-    key = inbound.dedupe_key or ""
-    if not key.startswith(DEDUPE_PREFIX):
-        return None
-    return key.removeprefix(DEDUPE_PREFIX).split(":", 1)[-1]
-
-
-def new_delivery(*, inbound: Message, channel_id: str) -> Delivery:
-    return Delivery(
-        id=new_id(),
-        message_id=inbound.id,
-        agent_id=inbound.agent_id,
-        channel_id=channel_id,
-        status="waiting",
-        next_attempt_at=utcnow(),
-    )
-
-
-async def _queue_waiting(session: AsyncSession, *, inbound_id: str) -> list[str]:
-    ids = list(
-        (
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.message_id == inbound_id, Delivery.status == "waiting")
-                .values(status="queued", next_attempt_at=utcnow())
-                .returning(Delivery.id)
-            )
-        ).scalars()
-    )
-    for delivery_id in ids:
-        enqueue(session, deliver_webhook, delivery_id)
-    return ids
-
-
-async def reply_ready(session: AsyncSession, *, inbound_id: str) -> None:
-    """The reply to `inbound_id` is being stored: queue the deliveries waiting for it.
-
-    Called inside the transaction that stores the reply; the jobs start after it commits.
-    """
-    await _queue_waiting(session, inbound_id=inbound_id)
-
-
-async def reply_failed(session: AsyncSession, *, inbound_id: str, reason: str) -> None:
-    """The turn for `inbound_id` failed for good: its waiting deliveries send a failure notice.
-
-    Called inside the transaction that marks the inbound message failed; the notice's `error`
-    is read from the message (`last_error`) when it is sent, like a reply's text.
-    """
-    ids = await _queue_waiting(session, inbound_id=inbound_id)
-    if ids:
-        log.info("webhook_failure_notice_queued", inbound_id=inbound_id, reason=reason[:200])
-
-
-async def queue_if_settled(session: AsyncSession, *, inbound_id: str) -> None:
-    """Queue the waiting deliveries of `inbound_id` if its turn is already over.
-
-    For a delivery row made after the turn may have ended (a sync caller's wait ran out): the
-    turn's `reply_ready`/`reply_failed` found nothing to queue then.
-    """
-    inbound = await session.get(Message, inbound_id)
-    answered = (
-        await session.execute(select(Message.id).where(Message.reply_to_id == inbound_id))
-    ).first()
-    if answered is not None or (inbound is not None and inbound.status in UNANSWERED):
-        await _queue_waiting(session, inbound_id=inbound_id)
-
-
-@register_sweep("webhook_deliveries")
-async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: int = 100) -> int:
-    """For the sweeper: queue waiting deliveries whose turn is over, re-enqueue due ones."""
-    async with sessionmaker() as session:
-        answered = select(Message.reply_to_id).where(Message.reply_to_id.is_not(None))
-        unanswered = select(Message.id).where(Message.status.in_(UNANSWERED))
-        await session.execute(
-            update(Delivery)
-            .where(
-                Delivery.status == "waiting",
-                or_(Delivery.message_id.in_(answered), Delivery.message_id.in_(unanswered)),
-            )
-            .values(status="queued", next_attempt_at=utcnow())
-        )
-        await session.commit()
-        due = list(
-            (
-                await session.execute(
-                    select(Delivery.id)
-                    .where(Delivery.status == "queued", Delivery.next_attempt_at <= utcnow())
-                    .limit(limit)
-                )
-            ).scalars()
-        )
-    for delivery_id in due:
-        await deliver_webhook.kiq(delivery_id)
-    return len(due)
-
-
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with jitter: between half and all of base * 2^(attempt-1)."""
-    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempt - 1, 0))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or an HTTP date), capped; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), BACKOFF_MAX_SECONDS)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    seconds = (when - (now or utcnow())).total_seconds()
-    return min(max(seconds, 0.0), BACKOFF_MAX_SECONDS)
-
-
-@dataclass(frozen=True)
-class _Target:
-    delivery: Delivery
-    inbound: Message
-    reply: Message | None  # None: a failure notice (the turn ended without a reply)
-    channel: AgentChannel
-    agent: Agent
-
-    @property
-    def what(self) -> str:
-        return "reply" if self.reply is not None else "failure notice"
-
-
-@dataclass(frozen=True)
-class _Cancel:
-    """Why no attempt can be made: the delivery ends with `status` and no request."""
-
-    status: str  # failed | disabled
-    reason: str
-
-
-async def _claim(session: AsyncSession, delivery_id: str) -> bool:
-    now = utcnow()
-    result = await session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            Delivery.status == "queued",
-            Delivery.next_attempt_at <= now,
-        )
-        .values(next_attempt_at=now + CLAIM, attempts=Delivery.attempts + 1)
-    )
-    await session.commit()
-    return bool(getattr(result, "rowcount", 0))
-
-
-async def _load(session: AsyncSession, delivery_id: str) -> _Target | _Cancel:
-    """What the attempt needs, or why it cannot be made."""
-    delivery = await session.get(Delivery, delivery_id)
-    assert delivery is not None
-    inbound = await session.get(Message, delivery.message_id)
-    reply = (
-        await session.execute(select(Message).where(Message.reply_to_id == delivery.message_id))
-    ).scalar_one_or_none()
-    channel = await session.get(AgentChannel, delivery.channel_id)
-    agent = await session.get(Agent, delivery.agent_id)
-    if inbound is None or (reply is None and inbound.status not in UNANSWERED):
-        return _Cancel("failed", "the reply no longer exists")
-    if agent is None or agent.deleted_at is not None:
-        return _Cancel("failed", "the agent was deleted")
-    if channel is None or channel.type != "webhook":
-        return _Cancel("failed", "the webhook channel was removed")
-    if channel.disabled_at is not None:
-        return _Cancel("disabled", f"the channel is disabled: {channel.disabled_reason}")
-    if not channel.config.get("callback_url"):
-        return _Cancel("failed", "the channel has no callback_url")
-    return _Target(delivery, inbound, reply, channel, agent)
-
-
-def _timestamp(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _body(target: _Target, keyring: KeyRing) -> bytes:
+def callback_body(channel: ChannelView, outgoing: Outgoing) -> bytes:
     """The callback's JSON: the reply, or (no reply will come) why the turn failed.
 
     Built from stored rows only, so every attempt of a delivery sends the same bytes.
     """
     payload: dict[str, Any] = {
-        "type": "message.reply" if target.reply is not None else "message.failed",
-        "agent_id": target.agent.id,
-        "channel_id": target.channel.id,
-        "reply_to": payload_id(target.inbound),
+        "type": "message.reply" if outgoing.kind == "reply" else "message.failed",
+        "agent_id": outgoing.agent_id,
+        "channel_id": channel.id,
+        "reply_to": outgoing.inbound_payload_id,
     }
-    if target.reply is not None:
-        payload["message_id"] = target.reply.id
-        payload["text"] = keyring.decrypt(target.reply.content)
-        payload["created_at"] = _timestamp(target.reply.created_at)
+    if outgoing.kind == "reply":
+        payload["message_id"] = outgoing.reply_id
+        payload["text"] = outgoing.text
     else:
-        payload["error"] = target.inbound.last_error or "The agent could not answer"
-        payload["created_at"] = _timestamp(
-            target.inbound.completed_at or target.delivery.created_at
-        )
+        payload["error"] = outgoing.text
+    payload["created_at"] = _timestamp_of(outgoing)
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _finish(
-    session: AsyncSession,
-    delivery: Delivery,
-    *,
-    status: str,
-    code: int | None,
-    error: str | None,
-    what: str = "reply",
-) -> None:
-    delivery.status = status
-    delivery.last_status_code = code
-    delivery.last_error = error
-    delivery.next_attempt_at = None
-    if status == "delivered":
-        delivery.delivered_at = utcnow()
-        log_event(
-            session,
-            agent_id=delivery.agent_id,
-            event="reply.sent" if what == "reply" else "failure.sent",
-            message=f"Webhook {what} {delivery.id} accepted ({code})",
-            details={"delivery_id": delivery.id, "status_code": code},
-        )
-        return
-    log_event(
-        session,
-        agent_id=delivery.agent_id,
-        event=f"webhook.{status}",
-        level="warning" if status == "disabled" else "error",
-        message=f"Webhook delivery {delivery.id} {status}: {error}",
-        details={"delivery_id": delivery.id, "status_code": code, "attempts": delivery.attempts},
+class WebhookChannelType(ChannelType):
+    name = "webhook"
+    input_model = WebhookChannelIn
+    output_model = WebhookChannelOut
+    pushes_replies = True
+    inbound_route = True
+    max_inbound_bytes = MAX_BODY_BYTES
+    answers_errors_to_sender: ClassVar[bool] = True
+    openapi_extra: ClassVar[dict[str, Any] | None] = {
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": True,
+                "description": description,
+                "schema": {"type": "string", "minLength": 1},
+            }
+            for name, description in (
+                ("webhook-id", "The sender's message id (stable across its retries)"),
+                ("webhook-timestamp", "Unix seconds; within 5 minutes of our clock"),
+                ("webhook-signature", "`v1,<base64 HMAC-SHA256>` entries, space-separated"),
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": WebhookMessageIn.model_json_schema()}},
+        },
+    }
+    inbound_responses: ClassVar[dict[int | str, dict[str, Any]] | None] = {
+        200: {"description": "sync mode: the reply `{id, reply_to, text}`"},
+        202: {"description": "async mode, or the reply was not ready in time"},
+        401: {"description": "Missing, invalid or stale Standard Webhooks signature"},
+        409: {
+            "description": "The agent is not running (`status` names its state), or the channel "
+            "was disabled after its callback URL answered 410 (`Channel disabled`)"
+        },
+    }
+    inbound_doc: ClassVar[str | None] = (
+        "A message for the agent: JSON `{id, from, text}`, signed with the channel's secret."
     )
 
+    def verify(self, request: InboundRequest, channel: ChannelView) -> None:
+        try:
+            verify(request.headers, request.body, [channel.secrets["secret"]])
+        except SignatureError as exc:
+            raise InboundRejected(401, "Invalid webhook signature", str(exc)) from exc
 
-async def _disable_channel(session: AsyncSession, delivery: Delivery) -> None:
-    """The receiver answered 410: disable the channel and drop its other pending deliveries."""
-    reason = f"its callback URL answered 410 Gone (delivery {delivery.id})"
-    disabled = await disable_channel(
-        session, agent_id=delivery.agent_id, channel_id=delivery.channel_id, reason=reason
-    )
-    if disabled is None:  # already disabled by a concurrent 410
-        return
-    await session.execute(
-        update(Delivery)
-        .where(
-            Delivery.channel_id == delivery.channel_id,
-            Delivery.status.in_(("queued", "waiting")),
-            Delivery.id != delivery.id,
+    def parse(self, request: InboundRequest, channel: ChannelView) -> Parsed:
+        try:
+            data: Any = json.loads(request.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InboundRejected(400, "Bad request", "The body must be a JSON object") from exc
+        try:
+            message = WebhookMessageIn.model_validate(data)
+        except ValidationError as exc:
+            errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
+            raise InboundRejected(422, "Validation error", str(exc), details=errors) from exc
+        inbound = Inbound(
+            contact=message.sender,
+            text=message.text,
+            dedupe_key=dedupe_key(channel.id, message.id),
         )
-        .values(
-            status="disabled",
-            last_error=f"the channel is disabled: {reason}",
-            next_attempt_at=None,
-        )
-    )
+        return Parsed(messages=[inbound])
 
+    async def respond(
+        self,
+        request: Request,
+        channel: ChannelView,
+        accepted: list[AcceptedInbound],
+        commit: Callable[[], Coroutine[Any, Any, None]],
+    ) -> Response:
+        (message,) = accepted
+        if channel.config.get("mode", "sync") == "async":
+            await commit()
+            return _accepted(message.message_id)
+        keyring: KeyRing = request.app.state.keyring
+        events: TurnEvents = request.app.state.turn_events
+        sessionmaker = request.app.state.sessionmaker
+        # Follow the turn before the commit that enqueues it, so that its end cannot be missed.
+        # A duplicate's turn may be over already: `wait_for_reply` reads the database first.
+        async with events.follow(message.message_id) as subscription:
+            await commit()
+            inbound, reply = await waiting.wait_for_reply(
+                sessionmaker, subscription, message.message_id, SYNC_WAIT_SECONDS
+            )
+        if reply is not None:
+            return JSONResponse(
+                {
+                    "id": reply.id,
+                    "reply_to": message.payload_id,
+                    "text": keyring.decrypt(reply.content),
+                }
+            )
+        if inbound.status in delivery.UNANSWERED:
+            raise LunogenError(
+                inbound.last_error or "The agent could not answer",
+                error="Agent failed to answer",
+                status_code=502,
+                extra={"message_id": inbound.id},
+            )
+        if channel.config.get("callback_url") and not message.duplicate:
+            await _deliver_later(
+                request, inbound_id=inbound.id, agent_id=inbound.agent_id, channel_id=channel.id
+            )
+        return _accepted(inbound.id)
 
-async def attempt_delivery(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    keyring: KeyRing,
-    http: SafeHttp,
-    delivery_id: str,
-) -> float | None:
-    """Make one attempt if the delivery is due; return the seconds until a retry, else None."""
-    async with sessionmaker() as session:
-        if not await _claim(session, delivery_id):
-            return None
-        target = await _load(session, delivery_id)
-        if isinstance(target, _Cancel):
-            delivery = await session.get(Delivery, delivery_id)
-            assert delivery is not None
-            _finish(session, delivery, status=target.status, code=None, error=target.reason)
-            await session.commit()
-            return None
-        what = target.what
-        secret = read_secrets(target.channel, keyring)["secret"]
-        url = str(target.channel.config["callback_url"])
-        body = _body(target, keyring)
+    def waits_for_turn(self, channel: ChannelView) -> bool:
+        """Async mode: a delivery waits for every message's turn (sync mode makes one only when
+        the caller's wait runs out)."""
+        return channel.config.get("mode", "sync") == "async"
 
-    headers = {"content-type": "application/json", **signed_headers(secret, delivery_id, body)}
-    code: int | None = None
-    retry_after: float | None = None
-    error: str | None
-    try:
-        result = await http.send("POST", url, headers=headers, content=body, max_bytes=4096)
-    except UnsafeUrlError as exc:
-        outcome, error = "failed", str(exc)
-    except FetchError as exc:
-        outcome, error = "retry", str(exc)
-    else:
+    async def send(
+        self, ctx: ProviderContext, channel: ChannelView, outgoing: Outgoing
+    ) -> SendOutcome:
+        url = channel.config.get("callback_url")
+        if not url:
+            return SendOutcome("failed", error="the channel has no callback_url")
+        body = callback_body(channel, outgoing)
+        headers = {
+            "content-type": "application/json",
+            **signed_headers(channel.secrets["secret"], outgoing.delivery_id, body),
+        }
+        try:
+            result = await ctx.http.send(
+                "POST", str(url), headers=headers, content=body, max_bytes=4096
+            )
+        except UnsafeUrlError as exc:
+            return SendOutcome("failed", error=str(exc))
+        except FetchError as exc:
+            return SendOutcome("retry", error=str(exc))
         code = result.status_code
         error = f"the receiver answered {code}"
         if 200 <= code < 300:
-            outcome, error = "delivered", None
-        elif code == 410:
-            outcome = "disabled"
-        elif code == 429 or code >= 500:
-            outcome = "retry"
-            retry_after = retry_after_seconds(result.headers.get("retry-after"))
-        else:
-            outcome = "failed"
+            return SendOutcome("delivered", status_code=code, parts_sent=1)
+        if code == 410:
+            return SendOutcome(
+                "disable_channel",
+                status_code=code,
+                error=f"its callback URL answered 410 Gone (delivery {outgoing.delivery_id})",
+            )
+        if code == 429 or code >= 500:
+            retry_after = delivery.retry_after_seconds(result.headers.get("retry-after"))
+            return SendOutcome("retry", status_code=code, error=error, retry_after=retry_after)
+        return SendOutcome("failed", status_code=code, error=error)
 
+
+def _accepted(message_id: str) -> JSONResponse:
+    return JSONResponse({"status": "accepted", "message_id": message_id}, status_code=202)
+
+
+async def _deliver_later(
+    request: Request, *, inbound_id: str, agent_id: str, channel_id: str
+) -> None:
+    """The sync caller gave up waiting: send the reply (or failure notice) to the callback."""
+    sessionmaker = request.app.state.sessionmaker
     async with sessionmaker() as session:
-        row = await session.get(Delivery, delivery_id)
-        assert row is not None
-        if outcome == "retry" and row.attempts < MAX_ATTEMPTS:
-            delay = max(backoff_seconds(row.attempts), retry_after or 0.0)
-            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            row.last_status_code = code
-            row.last_error = error
+        session.add(
+            delivery.new_delivery(inbound_id=inbound_id, agent_id=agent_id, channel_id=channel_id)
+        )
+        try:
             await session.commit()
-            log.info("webhook_retry", delivery_id=delivery_id, delay=delay, error=error)
-            return delay
-        if outcome == "retry":
-            error = f"gave up after {row.attempts} attempts; last: {error}"
-            outcome = "failed"
-        if outcome == "disabled":
-            await _disable_channel(session, row)
-        _finish(session, row, status=outcome, code=code, error=error, what=what)
+        except IntegrityError:  # already arranged (a duplicate request timed out first)
+            await session.rollback()
+    # The turn may have ended before our row existed: queue it ourselves then.
+    async with sessionmaker() as session:
+        await delivery.queue_if_settled(session, inbound_id=inbound_id)
         await session.commit()
-    return None
 
 
-@job("channel.deliver_webhook")
-async def deliver_webhook(delivery_id: str) -> None:
-    """POST a reply (or a failure notice) to its channel's callback, signed; short retries here."""
-    rt = runtime()
-    http = SafeHttp(allow_private=rt.settings.allow_private_urls, timeout=SEND_TIMEOUT_SECONDS)
-    for _ in range(MAX_ATTEMPTS):
-        delay = await attempt_delivery(rt.sessionmaker, rt.keyring, http, delivery_id)
-        if delay is None or delay > INLINE_RETRY_MAX_SECONDS:
-            return
-        await asyncio.sleep(delay)
+WEBHOOK = register_type(WebhookChannelType())

@@ -54,6 +54,8 @@ class Message(IdMixin, CreatedMixin, Base):
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="done")
     dedupe_key: Mapped[str | None] = mapped_column(String(300))
+    # The provider's id of an inbound message (a Telegram message id, a WhatsApp wamid).
+    external_id: Mapped[str | None] = mapped_column(String(200))
     reply_to_id: Mapped[str | None] = mapped_column(String(36))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None]
@@ -63,29 +65,6 @@ class Message(IdMixin, CreatedMixin, Base):
     stream: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Why a turn ended unanswered, for machines: {"code": "insufficient_credits", ...}.
     failure: Mapped[dict[str, Any] | None]
-
-
-class Delivery(IdMixin, CreatedMixin, Base):
-    """An outbound send of a reply through a channel (webhook callback, WhatsApp, Telegram).
-
-    `id` is the idempotency key sent to the receiver (`webhook-id`), stable across retries.
-    """
-
-    __tablename__ = "deliveries"
-    __table_args__ = (
-        UniqueConstraint("message_id", "channel_id"),
-        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
-    )
-
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
-    agent_id: Mapped[str] = mapped_column(String(36), index=True)
-    channel_id: Mapped[str] = mapped_column(String(36))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
-    attempts: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
-    last_status_code: Mapped[int | None]
-    last_error: Mapped[str | None] = mapped_column(Text)
-    delivered_at: Mapped[datetime | None]
 
 
 class MemoryNote(IdMixin, CreatedMixin, Base):

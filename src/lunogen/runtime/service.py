@@ -45,6 +45,16 @@ class Accepted:
     message: Message
     thread: Thread
     duplicate: bool
+    reply_id: str | None = None  # answered at once (`InstantAnswer`)
+
+
+@dataclass(frozen=True)
+class InstantAnswer:
+    """A reply stored with the message, without a model turn (a greeting, a refusal)."""
+
+    text: str
+    why: str
+    status: str = "done"  # the inbound message's status: `done`, or `refused` (access policy)
 
 
 async def _numbered_thread(
@@ -116,13 +126,17 @@ async def accept_inbound(
     text: str,
     keyring: KeyRing,
     dedupe_key: str | None = None,
+    external_id: str | None = None,
+    answer: InstantAnswer | None = None,
 ) -> Accepted:
     """Store an inbound message as pending work. A repeated `dedupe_key` is a no-op.
 
-    The caller enqueues `runtime.run_thread` for the thread after commit.
+    The caller enqueues `runtime.run_thread` for the thread after commit. With `answer`, the
+    message is answered at once, without a turn: it is stored with `answer.status` and the
+    answer's text as its reply (`Accepted.reply_id`).
     """
     if dedupe_key is not None:
-        existing = await _by_dedupe_key(session, dedupe_key)
+        existing = await find_by_dedupe_key(session, dedupe_key)
         if existing is not None:
             return Accepted(existing, await _thread(session, existing.thread_id), duplicate=True)
     if agent.status != "running":
@@ -137,9 +151,11 @@ async def accept_inbound(
         seq=seq,
         role="user",
         content=keyring.encrypt(text),
-        status="pending",
+        status="pending" if answer is None else answer.status,
         dedupe_key=dedupe_key,
-        next_attempt_at=utcnow(),
+        external_id=external_id,
+        next_attempt_at=utcnow() if answer is None else None,
+        completed_at=None if answer is None else utcnow(),
     )
     if dedupe_key is None:
         # Nothing can collide (the number is ours under the row lock): the INSERT goes out with
@@ -150,7 +166,7 @@ async def accept_inbound(
             async with session.begin_nested():
                 session.add(message)
         except IntegrityError:
-            existing = await _by_dedupe_key(session, dedupe_key)
+            existing = await find_by_dedupe_key(session, dedupe_key)
             if existing is None:
                 raise
             return Accepted(existing, await _thread(session, existing.thread_id), duplicate=True)
@@ -161,10 +177,31 @@ async def accept_inbound(
         message=f"Message {message.id} from {contact} on {channel_key}",
         details={"message_id": message.id, "thread_id": thread.id, "chars": len(text)},
     )
-    return Accepted(message, thread, duplicate=False)
+    if answer is None:
+        return Accepted(message, thread, duplicate=False)
+    reply = Message(
+        id=new_id(),
+        thread_id=thread.id,
+        agent_id=agent.id,
+        seq=await next_seq(session, thread),
+        role="assistant",
+        content=keyring.encrypt(answer.text),
+        status="done",
+        reply_to_id=message.id,
+        completed_at=utcnow(),
+    )
+    session.add(reply)
+    log_event(
+        session,
+        agent_id=agent.id,
+        event="reply.instant",
+        message=f"Answered {message.id} without a turn ({answer.why})",
+        details={"message_id": message.id, "reply_id": reply.id},
+    )
+    return Accepted(message, thread, duplicate=False, reply_id=reply.id)
 
 
-async def _by_dedupe_key(session: AsyncSession, dedupe_key: str) -> Message | None:
+async def find_by_dedupe_key(session: AsyncSession, dedupe_key: str) -> Message | None:
     query = select(Message).where(Message.dedupe_key == dedupe_key)
     return (await session.execute(query)).scalar_one_or_none()
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from lunogen.runtime import replies
 from lunogen.runtime.turn import plan as planning
 from lunogen.runtime.turn import store
 from lunogen.runtime.turn.deps import (
@@ -112,7 +113,15 @@ async def _answer(
             loop.work.refused = started.refused
             work = loop.work
         else:
-            work = await loop.run(started.hold_id)
+            turn = replies.TurnInProgress(
+                target.inbound_id,
+                target.thread_id,
+                target.channel_key,
+                target.contact,
+                target.stream,
+            )
+            async with replies.answering(turn):  # typing indicators, streamed drafts
+                work = await loop.run(started.hold_id)
     finally:
         if heartbeat is not None:  # stopped before the store: a late renewal would retake it
             heartbeat.cancel()

@@ -43,6 +43,7 @@ class Plan:
 
     inbound_id: str
     thread_id: str
+    channel_key: str
     contact: str | None
     agent_id: str
     owner_id: str
@@ -76,6 +77,7 @@ class Unanswerable:
 
     inbound_id: str
     thread_id: str
+    channel_key: str
     agent_id: str | None
     status: str  # `skipped` (the agent is not running) or `failed`
     reason: str
@@ -97,6 +99,7 @@ async def read(
         Message.content,
         Message.next_attempt_at,
         Thread.contact,
+        Thread.channel_key,
     ).join(Thread, Thread.id == Message.thread_id)
     if inbound_id is not None:
         query = query.where(Message.id == inbound_id)
@@ -120,6 +123,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         return Unanswerable(
             inbound_id=inbound_id,
             thread_id=row.thread_id,
+            channel_key=row.channel_key,
             agent_id=None if agent is None else agent.id,
             status="skipped",
             reason=f"the agent was {state} before it could answer",
@@ -132,6 +136,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         return Unanswerable(
             inbound_id=inbound_id,
             thread_id=row.thread_id,
+            channel_key=row.channel_key,
             agent_id=agent.id,
             status="failed",
             reason=f"model {unpriced[0]!r} is not in the model catalog, so a call to it "
@@ -161,6 +166,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
     return Plan(
         inbound_id=inbound_id,
         thread_id=row.thread_id,
+        channel_key=row.channel_key,
         contact=row.contact,
         agent_id=agent.id,
         owner_id=agent.owner_id,

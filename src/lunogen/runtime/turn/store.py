@@ -36,7 +36,6 @@ from lunogen.agent.models import Agent
 from lunogen.billing import credit_alerts, ledger, metering
 from lunogen.billing.ledger import IdempotencyConflict, InsufficientCredits
 from lunogen.billing.models import CreditAccount
-from lunogen.channel import webhook
 from lunogen.kit.effects import Effects
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
@@ -44,7 +43,7 @@ from lunogen.llm.models import UsageRecord
 from lunogen.llm.provider import ModelCallError, ModelCallResult
 from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
 from lunogen.runlog.logs import log_event
-from lunogen.runtime import recorded, service
+from lunogen.runtime import recorded, replies, service
 from lunogen.runtime.models import Message, RecordedCall, Thread
 from lunogen.runtime.service import Pending
 from lunogen.runtime.turn.deps import CRASH_AFTER_FAILURES, MAX_ATTEMPTS, TurnDeps, TurnOutcome
@@ -274,7 +273,9 @@ async def _store(
         completed_at=now,
     )
     session.add(reply)
-    await webhook.reply_ready(session, inbound_id=inbound.id)  # callbacks waiting for it
+    await replies.turn_ended(  # the channel sends it
+        session, replies.TurnEnd(inbound.id, thread.id, plan.channel_key, answered=True)
+    )
     inbound.status = "done"
     inbound.completed_at = now
     inbound.last_error = None
@@ -306,6 +307,13 @@ def _log_superseded(session: AsyncSession, plan: Plan) -> None:
     )
 
 
+async def _unanswered(session: AsyncSession, plan: Plan, reason: str) -> None:
+    end = replies.TurnEnd(
+        plan.inbound_id, plan.thread_id, plan.channel_key, answered=False, reason=reason
+    )
+    await replies.turn_ended(session, end)
+
+
 def _log_failed(session: AsyncSession, *, agent_id: str, message_id: str, reason: str) -> None:
     log_event(
         session,
@@ -327,7 +335,12 @@ async def _end_unanswerable(
     inbound.last_error = target.reason
     inbound.failure = target.failure
     inbound.completed_at = utcnow()
-    await webhook.reply_failed(session, inbound_id=inbound.id, reason=target.reason)
+    await replies.turn_ended(
+        session,
+        replies.TurnEnd(
+            inbound.id, target.thread_id, target.channel_key, answered=False, reason=target.reason
+        ),
+    )
     await recorded.forget(session, inbound.id)
     if target.agent_id is not None:
         if target.status == "skipped":
@@ -396,7 +409,7 @@ async def _fail(
     inbound.last_error = reason[:2000]
     inbound.completed_at = utcnow()
     _log_failed(session, agent_id=plan.agent_id, message_id=inbound.id, reason=reason)
-    await webhook.reply_failed(session, inbound_id=inbound.id, reason=reason)
+    await _unanswered(session, plan, reason)
     await recorded.forget(session, inbound.id)
     await session.flush()
     crash = await _crash_reason(session, plan=plan, reason=reason, model_gone=model_gone)
@@ -487,7 +500,7 @@ async def _refuse(
         message=f"Message {inbound.id} not answered: {refused}",
         details={"message_id": inbound.id, **refused.extra},
     )
-    await webhook.reply_failed(session, inbound_id=inbound.id, reason=str(refused))
+    await _unanswered(session, plan, str(refused))
     await recorded.forget(session, inbound.id)
     account = await ledger.get_account(session, plan.owner_id)
     await _pause_if_out_of_credits(session, deps, plan, account.balance if account else 0)

@@ -1,0 +1,11 @@
+"""Every channel type and the channels' jobs, imported for what they register: the types with
+the contract's registry, the jobs and sweeps with the worker. Adding a channel type adds its
+import here."""
+
+from __future__ import annotations
+
+from lunogen.channel import (
+    delivery,  # noqa: F401  job: channel.deliver; sweep: channel_deliveries
+    registration,  # noqa: F401  job: channel.unregister; sweep: channel_unregistrations
+    webhook,  # noqa: F401  type: webhook
+)
