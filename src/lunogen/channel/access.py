@@ -40,8 +40,10 @@ class Decision:
 
 
 def policy_of(channel: ChannelView) -> str:
+    """The channel's policy; `pairing` for a channel saved before policies existed (the safe
+    side: nobody reaches the agent unpaired)."""
     access = channel.config.get("access") or {}
-    return str(access.get("policy", "open"))
+    return str(access.get("policy", "pairing"))
 
 
 def _allowlist(channel: ChannelView) -> set[str]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lunogen.channel.schemas import ChannelInBase, ChannelOutBase
     from lunogen.config import Settings
     from lunogen.kit.http import SafeHttp
+    from lunogen.runtime.events import TurnEvents
 
 
 # What a request brings in -----------------------------------------------------------------
@@ -304,7 +305,9 @@ class AnsweringTurn:
     inbound_id: str
     contact: str
     reference: str | None
-    streams: bool
+    streams: bool  # the turn publishes `delta` events as the reply is written
+    events: TurnEvents | None = None  # follow(inbound_id) yields them
+
 
 
 # The registry --------------------------------------------------------------------------------

@@ -250,7 +250,10 @@ async def _load(session: AsyncSession, delivery: Delivery, keyring: KeyRing) -> 
         inbound_id=inbound.id,
         inbound_reference=inbound.external_id,
         inbound_payload_id=_payload_id(inbound, channel.id),
-        contact_wrote_at=inbound.created_at,
+        contact_wrote_at=max(
+            inbound.created_at,
+            contact.last_inbound_at if contact and contact.last_inbound_at else inbound.created_at,
+        ),
         reply_id=reply.id if reply is not None else None,
         created_at=created,
         parts_sent=delivery.parts_sent,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from lunogen.channel import (
     delivery,  # noqa: F401  job: channel.deliver; sweep: channel_deliveries
+    presence,  # noqa: F401  typing indicators and drafts around turns
     registration,  # noqa: F401  job: channel.unregister; sweep: channel_unregistrations
     webhook,  # noqa: F401  type: webhook
 )

@@ -92,6 +92,32 @@ Origin = Annotated[str, StringConstraints(max_length=300), Storable, AfterValida
 
 # Inputs ------------------------------------------------------------------------------------
 
+ContactId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), Storable
+]
+
+
+class AccessPolicy(BaseModel):
+    """Who may talk to the agent on a messaging channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["open", "allowlist", "pairing"] = Field(
+        description="`open`: anyone. `allowlist`: only the contact ids listed. `pairing`: only "
+        "people who sent a pairing code you made "
+        "(`POST /api/v1/agents/{agent_id}/channels/{channel_id}/pairing-codes`). Anyone else "
+        "gets one polite refusal, then silence, and you a notification."
+    )
+    allowlist: list[ContactId] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Contact ids allowed to talk (Telegram chat ids, WhatsApp numbers as wa_id "
+        "digits). With `pairing`, they are let in without a code too.",
+    )
+
+
+_REPLY_TEXT = Annotated[str, StringConstraints(max_length=1000), Storable]
+
 
 class ChannelInBase(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -178,10 +204,25 @@ class WhatsappChannelIn(ChannelInBase):
     api_version: Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,3}\.[0-9]{1,2}$")] = Field(
         default="v21.0", description="Graph API version, e.g. v21.0."
     )
+    access: AccessPolicy = Field(
+        default_factory=lambda: AccessPolicy(policy="open"),
+        description="Who may talk to the agent. Default `open`: a business number serves its "
+        "customers.",
+    )
+    template_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,512}$")] | None = Field(
+        default=None,
+        description="An approved message template sent when a reply is ready more than 24 hours "
+        "after the customer last wrote (WhatsApp allows only templates then). Without one, such "
+        "replies are kept and you are notified.",
+    )
+    template_language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")] = (
+        Field(default="en_US", description="The template's language code, e.g. en_US.")
+    )
 
 
 class TelegramChannelIn(ChannelInBase):
-    """A Telegram bot. Its webhook is registered when the agent is deployed."""
+    """A Telegram bot. Its webhook is registered when the agent is deployed or started and
+    removed when it stops."""
 
     secret_fields: ClassVar[tuple[str, ...]] = ("bot_token",)
 
@@ -192,6 +233,24 @@ class TelegramChannelIn(ChannelInBase):
         default=None,
         description="Secret. The token from @BotFather (`123456789:AA…`); required for a new "
         "channel.",
+    )
+    access: AccessPolicy = Field(
+        default_factory=lambda: AccessPolicy(policy="pairing"),
+        description="Who may talk to the bot. Default `pairing`: a Telegram bot can be found by "
+        "anyone, and every answer costs your credits.",
+    )
+    groups: Literal["mention", "all", "off"] = Field(
+        default="mention",
+        description="In group chats: answer only messages that mention the bot or reply to it "
+        "(`mention`), every message (`all`), or none (`off`).",
+    )
+    greeting: _REPLY_TEXT = Field(
+        default="", description="The answer to /start; empty: a short hello naming the agent."
+    )
+    stream_drafts: bool = Field(
+        default=True,
+        description="In private chats, show the reply as it is written (Telegram's message "
+        "drafts), then send it whole.",
     )
 
 
@@ -209,6 +268,10 @@ class WebchatChannelIn(ChannelInBase):
     ] = Field(default="Chat", description="Shown in the chat window's header.")
     greeting: Annotated[str, StringConstraints(max_length=1000), Storable] = Field(
         default="", description="The first message shown to a visitor, if any."
+    )
+    hide_powered_by: bool = Field(
+        default=False,
+        description='Hide the "Powered by LunoGen" link (Pro plan).',
     )
 
 
@@ -261,6 +324,14 @@ class ChannelOutBase(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    registered_at: datetime | None = Field(
+        default=None,
+        description="When the provider last accepted this channel (deploy or start); null "
+        "while it is not registered.",
+    )
+    registration: dict[str, Any] | None = Field(
+        default=None, description="What the provider told at registration (e.g. the bot's name)."
+    )
 
 
 class WebhookChannel(ChannelOutBase):
@@ -285,14 +356,25 @@ class WhatsappChannel(ChannelOutBase):
     type: Literal["whatsapp"]
     phone_number_id: str
     api_version: str
+    access: AccessPolicy = Field(default_factory=lambda: AccessPolicy(policy="pairing"))
+    template_name: str | None = None
+    template_language: str = "en_US"
     access_token: SecretState
     app_secret: SecretState
     verify_token: SecretState
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
 
 
 class TelegramChannel(ChannelOutBase):
     type: Literal["telegram"]
     bot_token: SecretState
+    access: AccessPolicy = Field(default_factory=lambda: AccessPolicy(policy="pairing"))
+    groups: str = "mention"
+    greeting: str = ""
+    stream_drafts: bool = True
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
 
 
 class WebchatChannel(ChannelOutBase):
@@ -300,6 +382,7 @@ class WebchatChannel(ChannelOutBase):
     allowed_origins: list[str]
     title: str
     greeting: str
+    hide_powered_by: bool = False
 
 
 ChannelOut = Annotated[

@@ -185,6 +185,8 @@ def render_channel(row: AgentChannel, revealed: dict[str, str] | None = None) ->
         "type": row.type,
         "disabled_at": row.disabled_at,
         "disabled_reason": row.disabled_reason,
+        "registered_at": row.registered_at,
+        "registration": row.registration,
     }
     for name in INPUT_MODELS[row.type].all_secret_fields():
         if revealed and name in revealed:
