@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -277,9 +278,7 @@ class GVisorBackend(Backend):
             cgroup.kill_all()
         leftovers = self.state_files(container_id)
         if leftovers and cgroup is not None and not cgroup.pids():
-            for path in leftovers:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            self._remove_state(container_id)
         elif leftovers or cgroup is None:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(  # noqa: S603
@@ -291,6 +290,24 @@ class GVisorBackend(Backend):
         if cgroup is not None:
             cgroup.remove()
         shutil.rmtree(bundle, ignore_errors=True)
+
+
+    def _remove_state(self, container_id: str) -> None:
+        """Remove the container's state files, again if a runsc process that was still exiting
+        (outside the cgroup: the launcher) writes its lock file back: until none reappears for
+        0.2 s, or 3 s have passed."""
+        deadline = time.monotonic() + 3.0
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            leftovers = self.state_files(container_id)
+            if leftovers:
+                for path in leftovers:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 0.2:
+                return
+            time.sleep(0.02)
 
 
 async def _cap_strace_log(directory: Path) -> None:
