@@ -25,9 +25,12 @@ from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
 from lunogen.billing import endpoints as billing_endpoints
 from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
+from lunogen.channel.api import router as api_channel_router
 from lunogen.channel.contract import registered_types
 from lunogen.channel.endpoints import agent_channels_router
 from lunogen.channel.inbox import inbound_router
+from lunogen.channel.openai_compat import endpoints as openai_endpoints
+from lunogen.channel.openai_compat import router as openai_router
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
@@ -73,6 +76,7 @@ ROUTE_BODY_LIMITS = (
         if kind.inbound_route
     ),
     RouteBodyLimit("POST", "/webhooks/stripe", billing_endpoints.MAX_WEBHOOK_BYTES),
+    RouteBodyLimit("POST", "/v1/chat/completions", openai_endpoints.MAX_BODY_BYTES),
 )
 
 API_DESCRIPTION = """The LunoGen developer API.
@@ -168,9 +172,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key_router,
         agent_router,
         lifecycle_router,
+        api_channel_router,
         conversation_router,
         inbound_router(),
         agent_channels_router,
+        openai_router,
         notification_router,
         tool_router,
         agent_tools_router,

@@ -68,11 +68,30 @@ async def test_secrets_are_encrypted_and_never_returned(
         "type": "whatsapp",
         "phone_number_id": "106540352242922",
         "api_version": "v21.0",
+        "access": {"policy": "open", "allowlist": []},
+        "template_name": None,
+        "template_language": "en_US",
         "access_token": CONFIGURED,
         "app_secret": CONFIGURED,
         "verify_token": CONFIGURED,
+        "disabled_at": None,
+        "disabled_reason": None,
+        "registered_at": None,
+        "registration": None,
     }
-    assert tg == {"id": tg["id"], "type": "telegram", "bot_token": CONFIGURED}
+    assert tg == {
+        "id": tg["id"],
+        "type": "telegram",
+        "bot_token": CONFIGURED,
+        "access": {"policy": "pairing", "allowlist": []},
+        "groups": "mention",
+        "greeting": "",
+        "stream_drafts": True,
+        "disabled_at": None,
+        "disabled_reason": None,
+        "registered_at": None,
+        "registration": None,
+    }
     assert hook["mode"] == "async" and hook["callback_url"] == "https://e.x/hook"
     whsec = hook["secret"]["value"]
 

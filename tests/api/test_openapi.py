@@ -85,8 +85,17 @@ async def test_every_private_operation_requires_a_key_or_session(client: httpx.A
     for method, path, op in operations(spec):
         if path.startswith("/hooks/"):  # channel hooks: the sender's signature, not a key
             assert "security" not in op, (method, path)
-            headers = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
-            assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers
+            if method == "get":  # a provider's subscription check, with its verify token
+                assert "403" in op["responses"], (method, path)
+                continue
+            headers = {
+                p["name"].lower()
+                for p in op.get("parameters", [])
+                if p["in"] == "header" and p.get("required")
+            }
+            assert headers, f"{path} must document the header that authenticates its sender"
+            if path.startswith("/hooks/webhook/"):
+                assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers
             assert "401" in op["responses"], (method, path)
             continue
         if path in PUBLIC:

@@ -22,7 +22,7 @@ from lunogen.agent.service import get_agent
 from lunogen.billing import ledger, metering
 from lunogen.billing.units import micro_to_credits_str
 from lunogen.channel import registration
-from lunogen.channel.contract import ChannelView
+from lunogen.channel.contract import ChannelView, channel_type
 from lunogen.config import Settings
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.effects import Effects
@@ -134,6 +134,9 @@ async def deployment_problem(
     for model_id in (agent.model, *agent.fallback_models):
         if await catalog.get_model(session, model_id) is None:
             return f"model {model_id!r} is not in the model catalog"
+    unknown_channels = sorted({row.type for row in agent.channels if not channel_type(row.type)})
+    if unknown_channels:
+        return f"no implementation of the channel type(s) {', '.join(unknown_channels)} here"
     unknown_tools = registry.unknown(agent.tools)
     if unknown_tools:
         return f"unknown tools: {', '.join(unknown_tools)}"

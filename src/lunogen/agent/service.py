@@ -21,6 +21,7 @@ from lunogen.agent import schemas, workspace
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
+from lunogen.channel import registration
 from lunogen.channel.service import ChannelChanges, apply_channels
 from lunogen.errors import ForbiddenError, NotFoundError, ValidationFailedError
 from lunogen.kit.crypto import KeyRing
@@ -265,6 +266,11 @@ async def update_agent(
     for name, value in new.items():
         setattr(agent, name, value)
     if changes.changed:
+        for row in agent.channels:
+            if row.id in changes.removed:  # the provider must forget it too
+                registration.queue_unregistration(
+                    session, agent=agent, row=row, why="the channel was removed"
+                )
         agent.channels = changes.rows
     agent.updated_at = utcnow()
     await session.flush()
@@ -295,9 +301,12 @@ async def delete_agent(session: AsyncSession, *, principal: Principal, agent_id:
     now = utcnow()
     previous_status = agent.status
     if agent.status in _ACTIVE:
-        # The runtime issue enqueues its stop job (channel deregistration) here, after commit.
         agent.status = schemas.AgentStatus.STOPPED.value
         agent.status_changed_at = now
+    for row in agent.channels:
+        registration.queue_unregistration(
+            session, agent=agent, row=row, why="the agent was deleted"
+        )
     agent.deleted_at = now
     agent.purge_after = now + PURGE_AFTER
     agent.updated_at = now

@@ -309,7 +309,6 @@ class AnsweringTurn:
     events: TurnEvents | None = None  # follow(inbound_id) yields them
 
 
-
 # The registry --------------------------------------------------------------------------------
 
 _types: dict[str, ChannelType] = {}

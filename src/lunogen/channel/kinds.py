@@ -5,7 +5,9 @@ import here."""
 from __future__ import annotations
 
 from lunogen.channel import (
+    api,  # noqa: F401  type: api
     delivery,  # noqa: F401  job: channel.deliver; sweep: channel_deliveries
+    openai_compat,  # noqa: F401  type: openai
     presence,  # noqa: F401  typing indicators and drafts around turns
     registration,  # noqa: F401  job: channel.unregister; sweep: channel_unregistrations
     webhook,  # noqa: F401  type: webhook
