@@ -61,6 +61,7 @@ def test_the_composition_root_registers_every_part() -> None:
         "catalog_refresh",
         "cost_reconcile",
         "credit_hold_expiry",
+        "interrupted_deploys",
         "log_purge",
     ]
     assert found["sweeps"] == [

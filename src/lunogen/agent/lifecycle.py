@@ -32,6 +32,8 @@ from lunogen.notification.service import notify
 from lunogen.runlog.logs import log_event
 from lunogen.skill.service import skill_problems
 from lunogen.tool.registry import registry
+from lunogen.worker.broker import JobRuntime
+from lunogen.worker.maintenance import register_periodic
 
 ALLOWED_FROM: dict[str, frozenset[str]] = {
     "deploy": frozenset({"draft", "stopped", "error"}),
@@ -297,3 +299,40 @@ async def status_report(
         uptime_seconds=uptime,
         last_error=agent.last_error,
     )
+
+
+INTERRUPTED_AFTER = timedelta(minutes=2)  # far longer than a deploy's provider calls
+
+
+@register_periodic("interrupted_deploys", every=60)
+async def fail_interrupted_deploys(rt: JobRuntime) -> int:
+    """An agent left `deploying` (its server died while calling a provider) goes to `error`,
+    so that its owner can deploy it again; what it had registered is unregistered."""
+    effects = Effects(settings=rt.settings, keyring=rt.keyring)
+    cutoff = utcnow() - INTERRUPTED_AFTER
+    async with rt.sessionmaker() as session:
+        stuck = list(
+            (
+                await session.execute(
+                    select(Agent)
+                    .where(Agent.status == "deploying", Agent.status_changed_at < cutoff)
+                    .with_for_update()
+                    .limit(100)
+                )
+            ).scalars()
+        )
+        for agent in stuck:
+            for row in agent.channels:
+                registration.queue_unregistration(
+                    session, agent=agent, row=row, why="the deploy was cut off"
+                )
+            await set_status(
+                session,
+                agent=agent,
+                status="error",
+                effects=effects,
+                reason="the deploy was interrupted (the server stopped while registering its "
+                "channels); deploy it again",
+            )
+        await session.commit()
+    return len(stuck)

@@ -12,7 +12,11 @@ from lunogen.kit.time import utcnow
 
 class Agent(IdMixin, CreatedMixin, Base):
     __tablename__ = "agents"
-    __table_args__ = (Index("ix_agents_owner_id_created_at", "owner_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_agents_owner_id_created_at", "owner_id", "created_at"),
+        # Finds deploys left `deploying` by a process that died while calling a provider.
+        Index("ix_agents_status_status_changed_at", "status", "status_changed_at"),
+    )
 
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))

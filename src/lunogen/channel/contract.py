@@ -81,6 +81,10 @@ class StatusUpdate:
     at: datetime | None = None
     error_code: int | None = None
     error: str | None = None
+    # The provider refused the message after accepting it because the contact's service window
+    # had closed (WhatsApp's 131047): the reply did not go out, and is held like one refused
+    # when sent.
+    window_closed: bool = False
 
 
 @dataclass

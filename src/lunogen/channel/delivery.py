@@ -483,12 +483,18 @@ async def deliver(delivery_id: str) -> None:
 
 
 async def apply_statuses(
-    session: AsyncSession, *, channel_id: str, statuses: list[StatusUpdate]
+    session: AsyncSession,
+    *,
+    channel_id: str,
+    statuses: list[StatusUpdate],
+    effects: Effects | None = None,
 ) -> int:
     """Record the provider's news about messages we sent; returns how many were ours.
 
     Out of order is normal: a status only moves a receipt forward (sent → delivered → read),
-    and `failed` never overrides delivered or read.
+    and `failed` never overrides delivered or read. A part failed for a closed service window
+    holds its delivery (`_hold_outside_window`): the owner is told (with `effects`, else the
+    job runtime's).
     """
     matched = 0
     for news in statuses:
@@ -510,17 +516,63 @@ async def apply_statuses(
         if news.status == "failed":
             receipt.error = news.error or (f"error {news.error_code}" if news.error_code else None)
             delivery = await session.get(Delivery, receipt.delivery_id)
-            if delivery is not None:
-                log_event(
-                    session,
-                    agent_id=delivery.agent_id,
-                    event="delivery.failed",
-                    level="error",
-                    message=f"The provider could not deliver part {receipt.part + 1} of "
-                    f"delivery {delivery.id}: {receipt.error}",
-                    details={"delivery_id": delivery.id, "error_code": news.error_code},
-                )
+            if delivery is None:
+                continue
+            if news.window_closed:
+                await _hold_outside_window(session, effects, delivery, receipt)
+                continue
+            log_event(
+                session,
+                agent_id=delivery.agent_id,
+                event="delivery.failed",
+                level="error",
+                message=f"The provider could not deliver part {receipt.part + 1} of "
+                f"delivery {delivery.id}: {receipt.error}",
+                details={"delivery_id": delivery.id, "error_code": news.error_code},
+            )
     return matched
+
+
+async def _hold_outside_window(
+    session: AsyncSession, effects: Effects | None, delivery: Delivery, receipt: DeliveryReceipt
+) -> None:
+    """The provider accepted the reply, then refused it because the contact's service window
+    had closed: the delivery is `held` (the reply stays in the conversation), logged, and the
+    owner told once (the same notification key as a delivery held when sent)."""
+    if delivery.status == "held":  # another part of it failed the same way
+        return
+    reason = f"the provider refused part {receipt.part + 1} after accepting it: {receipt.error}"
+    delivery.status = "held"
+    delivery.last_error = reason
+    delivery.next_attempt_at = None
+    log_event(
+        session,
+        agent_id=delivery.agent_id,
+        event="delivery.held",
+        level="warning",
+        message=f"Delivery {delivery.id} held: {reason}",
+        details={"delivery_id": delivery.id, "external_id": receipt.external_id},
+    )
+    inbound = await session.get(Message, delivery.message_id)
+    thread = None if inbound is None else await session.get(Thread, inbound.thread_id)
+    contact = thread.contact if thread is not None else "a contact"
+    said = f"{contact} is held: {reason}"
+    if effects is None:
+        rt = runtime()
+        effects = Effects(settings=rt.settings, keyring=rt.keyring)
+    await tell_owner(
+        session,
+        effects,
+        agent_id=delivery.agent_id,
+        kind="delivery.held",
+        title="A reply of {agent} could not be sent",
+        body="A reply of your agent {agent!r} to "
+        + said
+        + ". It is kept in the conversation. Once a contact's service window has closed, the "
+        "provider takes only approved templates: set the channel's template_name to send one "
+        "in such cases.",
+        dedupe_key=f"delivery:{delivery.id}:held",
+    )
 
 
 def _moves_forward(current: str, new: str) -> bool:

@@ -125,7 +125,9 @@ async def receive(
     except InboundRejected as exc:
         return _rejected(exc)
     if parsed.statuses:
-        await delivery.apply_statuses(db, channel_id=channel.id, statuses=parsed.statuses)
+        await delivery.apply_statuses(
+            db, channel_id=channel.id, statuses=parsed.statuses, effects=_effects(request)
+        )
     accepted: list[AcceptedInbound] = []
     for message in parsed.messages:
         stored = await _accept(db, kind, view, agent, message, keyring, _effects(request))

@@ -11,4 +11,5 @@ from lunogen.channel import (
     presence,  # noqa: F401  typing indicators and drafts around turns
     registration,  # noqa: F401  job: channel.unregister; sweep: channel_unregistrations
     webhook,  # noqa: F401  type: webhook
+    whatsapp,  # noqa: F401  type: whatsapp
 )

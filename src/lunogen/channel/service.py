@@ -79,17 +79,24 @@ async def tell_owner(
     body: str,
     dedupe_key: str,
 ) -> None:
-    """Notify the agent's owner (in the caller's transaction), once per `dedupe_key`."""
+    """Notify the agent's owner (in the caller's transaction), once per `dedupe_key`.
+
+    `{agent}` in `title` and `body` becomes the agent's name (`{agent!r}` quoted); nothing else
+    is interpreted, so a provider's message with braces in it is shown as it came."""
     agent = await session.get(Agent, agent_id)
     owner = None if agent is None else await session.get(User, agent.owner_id)
     if agent is None or owner is None:
         return
+
+    def named(text: str) -> str:
+        return text.replace("{agent!r}", repr(agent.name)).replace("{agent}", agent.name)
+
     await notify(
         session,
         user=owner,
         kind=kind,
-        title=title.format(agent=agent.name),
-        body=body.format(agent=agent.name),
+        title=named(title),
+        body=named(body),
         dedupe_key=dedupe_key,
         agent_id=agent_id,
         settings=effects.settings,
@@ -143,6 +150,7 @@ def apply_channels(
             stored = {}
 
         supplied = item.supplied_secrets()
+        supplied_changed = any(stored.get(name) != value for name, value in supplied.items())
         merged = {**stored, **supplied}
         generated = {
             name: make() for name, make in item.generated_secrets.items() if name not in merged
@@ -156,8 +164,10 @@ def apply_channels(
 
         config = item.public_config()
         is_new = item.id is None
-        if not is_new and row.config.get("callback_url") != config.get("callback_url"):
-            # A new receiver: the old one's 410 says nothing about it.
+        if not is_new and (
+            row.config.get("callback_url") != config.get("callback_url") or supplied_changed
+        ):
+            # A new receiver or new credentials: why it was disabled says nothing about them.
             row.disabled_at = None
             row.disabled_reason = None
         changed = is_new or row.config != config or row.position != index or merged != stored
@@ -224,8 +234,8 @@ async def disable_channel(
         event="channel.disabled",
         level="warning",
         message=f"Channel {channel_id} disabled: {reason}. Nothing is sent or accepted on it "
-        f"until it is re-enabled (POST {enable_path(agent_id=agent_id, channel_id=channel_id)}, "
-        "or a new callback_url).",
+        f"until it is re-enabled (POST {enable_path(agent_id=agent_id, channel_id=channel_id)}) "
+        "or given new settings (a new callback URL or new credentials).",
         details={"channel_id": channel_id, "reason": reason[:2000]},
     )
     return now

@@ -25,6 +25,7 @@ _WHEN = lunogen.db.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
+    op.create_index("ix_agents_status_status_changed_at", "agents", ["status", "status_changed_at"])
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("parts_sent", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("agent_channels") as batch:
@@ -131,6 +132,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_agents_status_status_changed_at", table_name="agents")
     op.drop_table("channel_unregistrations")
     op.drop_table("pairing_codes")
     op.drop_table("channel_contacts")
