@@ -31,6 +31,8 @@ from lunogen.channel.endpoints import agent_channels_router
 from lunogen.channel.inbox import inbound_router
 from lunogen.channel.openai_compat import endpoints as openai_endpoints
 from lunogen.channel.openai_compat import router as openai_router
+from lunogen.channel.webchat import endpoints as webchat_endpoints
+from lunogen.channel.webchat.endpoints import router as webchat_router
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
@@ -77,6 +79,8 @@ ROUTE_BODY_LIMITS = (
     ),
     RouteBodyLimit("POST", "/webhooks/stripe", billing_endpoints.MAX_WEBHOOK_BYTES),
     RouteBodyLimit("POST", "/v1/chat/completions", openai_endpoints.MAX_BODY_BYTES),
+    RouteBodyLimit("POST", "/chat/{channel_id}/messages", webchat_endpoints.MAX_MESSAGE_BODY_BYTES),
+    RouteBodyLimit("POST", "/chat/{channel_id}/session", webchat_endpoints.MAX_SESSION_BODY_BYTES),
 )
 
 API_DESCRIPTION = """The LunoGen developer API.
@@ -177,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inbound_router(),
         agent_channels_router,
         openai_router,
+        webchat_router,
         notification_router,
         tool_router,
         agent_tools_router,

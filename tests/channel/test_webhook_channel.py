@@ -11,9 +11,9 @@ import pytest
 
 from lunogen.channel import delivery as delivery_jobs
 from lunogen.channel import webhook
+from lunogen.channel.models import Delivery
 from lunogen.llm.models import UsageRecord
 from lunogen.runtime import waiting
-from lunogen.channel.models import Delivery
 from lunogen.runtime.models import Message, Thread
 from lunogen.worker import enqueue
 from lunogen.worker.broker import runtime

@@ -19,6 +19,7 @@ class PlanLimits:
     agents: int
     channels_per_agent: int
     sandbox: SandboxLimits  # each run of an agent's code tools (LunoEdge)
+    hide_powered_by: bool = False  # a web chat may hide its "Powered by LunoGen" link
 
 
 PLAN_LIMITS: dict[str, PlanLimits] = {
@@ -45,6 +46,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
         requests_per_minute=2000,
         agents=100,
         channels_per_agent=20,
+        hide_powered_by=True,
         sandbox=SandboxLimits(
             cpu_seconds=60,
             memory_mb=1024,

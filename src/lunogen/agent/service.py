@@ -8,6 +8,7 @@ that never existed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
 from lunogen.channel import registration
+from lunogen.channel.schemas import ChannelInBase
 from lunogen.channel.service import ChannelChanges, apply_channels
 from lunogen.errors import ForbiddenError, NotFoundError, ValidationFailedError
 from lunogen.kit.crypto import KeyRing
@@ -154,11 +156,18 @@ async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
     await session.execute(select(User.id).where(User.id == owner_id).with_for_update())
 
 
-def _check_channel_quota(limits: PlanLimits, count: int) -> None:
-    if count > limits.channels_per_agent:
+def _check_channel_quota(limits: PlanLimits, channels: Sequence[ChannelInBase]) -> None:
+    if len(channels) > limits.channels_per_agent:
         raise ForbiddenError(
             f"Your {limits.label} plan allows {limits.channels_per_agent} channels per agent; "
             + at_limit_advice(limits, "remove one")
+        )
+    if not limits.hide_powered_by and any(
+        getattr(channel, "hide_powered_by", False) for channel in channels
+    ):
+        raise ForbiddenError(
+            f'Your {limits.label} plan shows the "Powered by LunoGen" link in web chats; '
+            + at_limit_advice(limits, "set hide_powered_by to false")
         )
 
 
@@ -183,7 +192,7 @@ async def create_agent(
             f"Your {limits.label} plan allows {limits.agents} {noun}; "
             + at_limit_advice(limits, "delete one")
         )
-    _check_channel_quota(limits, len(data.channels))
+    _check_channel_quota(limits, data.channels)
     problems = await _reference_problems(
         session, owner_id=owner.id, model=data.model, skills=data.skills, tools=data.tools
     )
@@ -256,7 +265,7 @@ async def update_agent(
     )
     changes = ChannelChanges()
     if data.channels is not None:
-        _check_channel_quota(limits_for(owner.plan), len(data.channels))
+        _check_channel_quota(limits_for(owner.plan), data.channels)
         changes = apply_channels(data.channels, existing=list(agent.channels), keyring=keyring)
         problems += changes.problems
     _raise_problems(problems)

@@ -13,3 +13,4 @@ from lunogen.channel import (
     webhook,  # noqa: F401  type: webhook
     whatsapp,  # noqa: F401  type: whatsapp
 )
+from lunogen.channel.webchat import kind as webchat  # noqa: F401  type: webchat

@@ -54,7 +54,12 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
+                # A response that sets its own CSP (the web chat page) decides who may frame
+                # it with `frame-ancestors`: X-Frame-Options: DENY would contradict it.
+                own_policy = "content-security-policy" in headers
                 for name, value in self.headers.items():
+                    if own_policy and name == "X-Frame-Options":
+                        continue
                     headers.setdefault(name, value)
                 status = scope.get("state", {}).get("rate_limit")
                 if status is not None:

@@ -291,7 +291,6 @@ class GVisorBackend(Backend):
             cgroup.remove()
         shutil.rmtree(bundle, ignore_errors=True)
 
-
     def _remove_state(self, container_id: str) -> None:
         """Remove the container's state files, again if a runsc process that was still exiting
         (outside the cgroup: the launcher) writes its lock file back: until none reappears for
