@@ -51,6 +51,11 @@ def _allowlist(channel: ChannelView) -> set[str]:
     return {str(item) for item in access.get("allowlist", [])}
 
 
+def looks_like_code(text: str) -> bool:
+    """Whether `text` is a pairing code and nothing else (a channel may leave it untouched)."""
+    return _CODE.match(text) is not None
+
+
 def new_code() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(CODE_LENGTH))
 

@@ -119,8 +119,8 @@ class ChannelView:
     agent_name: str
     type: str
     config: Mapping[str, Any]
-    secrets: Mapping[str, str]
-    registration: Mapping[str, Any]
+    secrets: Mapping[str, str] = field(repr=False)
+    registration: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

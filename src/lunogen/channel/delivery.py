@@ -238,8 +238,9 @@ async def _load(session: AsyncSession, delivery: Delivery, keyring: KeyRing) -> 
     view = view_of(channel, agent_name=agent.name, keyring=keyring)
     if reply is not None:
         text, created = keyring.decrypt(reply.content), reply.created_at
-    else:
-        text = inbound.last_error or "The agent could not answer"
+    else:  # what the contact is told: the type's notice, else (a machine caller) the reason
+        notice = kind.failure_notice(view)
+        text = notice if notice is not None else inbound.last_error or "The agent could not answer"
         created = inbound.completed_at or delivery.created_at
     outgoing = Outgoing(
         delivery_id=delivery.id,

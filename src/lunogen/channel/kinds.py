@@ -10,6 +10,7 @@ from lunogen.channel import (
     openai_compat,  # noqa: F401  type: openai
     presence,  # noqa: F401  typing indicators and drafts around turns
     registration,  # noqa: F401  job: channel.unregister; sweep: channel_unregistrations
+    telegram,  # noqa: F401  type: telegram
     webhook,  # noqa: F401  type: webhook
     whatsapp,  # noqa: F401  type: whatsapp
 )
