@@ -25,14 +25,7 @@ from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
 from lunogen.billing import endpoints as billing_endpoints
 from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
-from lunogen.channel.api import router as api_channel_router
-from lunogen.channel.contract import registered_types
-from lunogen.channel.endpoints import agent_channels_router
-from lunogen.channel.inbox import inbound_router
-from lunogen.channel.openai_compat import endpoints as openai_endpoints
-from lunogen.channel.openai_compat import router as openai_router
-from lunogen.channel.webchat import endpoints as webchat_endpoints
-from lunogen.channel.webchat.endpoints import router as webchat_router
+from lunogen.channel import routes as channel_routes
 from lunogen.config import Settings
 from lunogen.dashboard.apidocs import router as apidocs_router
 from lunogen.dashboard.pages import STATIC_DIR
@@ -72,15 +65,8 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 ROUTE_BODY_LIMITS = (
     RouteBodyLimit("POST", "/api/v1/skills", skill_endpoints.MAX_BODY_BYTES),
     RouteBodyLimit("PUT", "/api/v1/skills/{skill_id}", skill_endpoints.MAX_BODY_BYTES),
-    *(
-        RouteBodyLimit("POST", f"/hooks/{kind.name}/{{channel_id}}", kind.max_inbound_bytes)
-        for kind in registered_types().values()
-        if kind.inbound_route
-    ),
+    *channel_routes.body_limits(),
     RouteBodyLimit("POST", "/webhooks/stripe", billing_endpoints.MAX_WEBHOOK_BYTES),
-    RouteBodyLimit("POST", "/v1/chat/completions", openai_endpoints.MAX_BODY_BYTES),
-    RouteBodyLimit("POST", "/chat/{channel_id}/messages", webchat_endpoints.MAX_MESSAGE_BODY_BYTES),
-    RouteBodyLimit("POST", "/chat/{channel_id}/session", webchat_endpoints.MAX_SESSION_BODY_BYTES),
 )
 
 API_DESCRIPTION = """The LunoGen developer API.
@@ -176,12 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key_router,
         agent_router,
         lifecycle_router,
-        api_channel_router,
+        *channel_routes.routers(),
         conversation_router,
-        inbound_router(),
-        agent_channels_router,
-        openai_router,
-        webchat_router,
         notification_router,
         tool_router,
         agent_tools_router,

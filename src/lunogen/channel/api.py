@@ -18,6 +18,7 @@ from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsExecute
 from lunogen.channel.contract import ChannelType, register_type
 from lunogen.channel.fields import Storable
+from lunogen.channel.routes import publish
 from lunogen.db import DbSession
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.crypto import KeyRing
@@ -37,7 +38,7 @@ class ApiChannelType(ChannelType):
 API = register_type(ApiChannelType())
 API_CHANNEL = API.channel_key(None)
 
-router = APIRouter(prefix="/api/v1/agents", tags=["conversations"])
+router = publish(APIRouter(prefix="/api/v1/agents", tags=["conversations"]))
 
 
 class MessageIn(BaseModel):

@@ -18,12 +18,13 @@ from lunogen.audit import service as audit
 from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.channel import access
 from lunogen.channel.models import ChannelContact
+from lunogen.channel.routes import publish
 from lunogen.channel.schemas import ChannelOut, ChannelOutBase
 from lunogen.channel.service import enable_channel, render_channel
 from lunogen.db import DbSession
 from lunogen.errors import ConflictError, NotFoundError
 
-agent_channels_router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+agent_channels_router = publish(APIRouter(prefix="/api/v1/agents", tags=["agents"]))
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {

@@ -29,8 +29,10 @@ from lunogen.auth.scopes import Scope
 from lunogen.channel.contract import ChannelType, register_type
 from lunogen.channel.openai_compat import agents, replies, schemas
 from lunogen.channel.openai_compat.errors import KEY_REQUIRED, OpenAIError, OpenAIRoute
+from lunogen.channel.routes import publish
 from lunogen.db import DbSession
 from lunogen.kit.crypto import KeyRing
+from lunogen.kit.middleware import RouteBodyLimit
 from lunogen.kit.time import as_utc
 from lunogen.runtime import service, waiting
 from lunogen.runtime.events import Subscription, TurnEvent, TurnEvents
@@ -49,7 +51,10 @@ CHANNEL_KEY = OPENAI.channel_key(None)
 MAX_BODY_BYTES = 4 * 1024 * 1024  # clients send the whole history, which is then ignored
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+router = publish(
+    APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute),
+    body_limits=[RouteBodyLimit("POST", "/v1/chat/completions", MAX_BODY_BYTES)],
+)
 _agents_execute = Authenticator(Scope.AGENTS_EXECUTE)
 
 

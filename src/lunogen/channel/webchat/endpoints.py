@@ -32,6 +32,7 @@ from starlette.responses import Response, StreamingResponse
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.auth.ratelimit import RateLimiter
 from lunogen.channel.fields import Storable
+from lunogen.channel.routes import publish
 from lunogen.channel.webchat import token as tokens
 from lunogen.channel.webchat.kind import WEBCHAT
 from lunogen.config import Settings
@@ -45,6 +46,7 @@ from lunogen.errors import (
     validation_response,
 )
 from lunogen.kit.crypto import KeyRing
+from lunogen.kit.middleware import RouteBodyLimit
 from lunogen.kit.web import ClientInfo
 from lunogen.runtime import service, waiting
 from lunogen.runtime.events import TurnEvents
@@ -54,14 +56,20 @@ from lunogen.runtime.tasks import enqueue_thread
 if TYPE_CHECKING:
     from fastapi.templating import Jinja2Templates
 
-router = APIRouter(prefix="/chat", include_in_schema=False)
 
 PACKAGE_DIR = Path(__file__).parent
 STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 
-MAX_MESSAGE_BODY_BYTES = 256_000  # BodyLimitMiddleware caps (app.py ROUTE_BODY_LIMITS)
+MAX_MESSAGE_BODY_BYTES = 256_000  # BodyLimitMiddleware caps (published below)
 MAX_SESSION_BODY_BYTES = 4_096
+router = publish(
+    APIRouter(prefix="/chat", include_in_schema=False),
+    body_limits=[
+        RouteBodyLimit("POST", "/chat/{channel_id}/messages", MAX_MESSAGE_BODY_BYTES),
+        RouteBodyLimit("POST", "/chat/{channel_id}/session", MAX_SESSION_BODY_BYTES),
+    ],
+)
 REPLY_WAIT_SECONDS = 120.0
 HISTORY_DEFAULT = 50
 HISTORY_MAX = 200
