@@ -281,3 +281,18 @@ async def test_a_deploy_cut_off_while_registering_goes_to_error(
     assert await lifecycle.fail_interrupted_deploys(runtime()) == 0
     redeployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
     assert redeployed.status_code == 200, redeployed.text
+
+
+async def test_a_channel_type_without_an_implementation_is_refused_at_deploy(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = await new_dev(api)
+    agent = await create_agent(dev, channels=[{"type": "webchat", "allowed_origins": []}])
+    monkeypatch.delitem(contract._types, "webchat")  # a server built without the web chat
+    deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
+    assert deployed.status_code == 502, deployed.text
+    assert deployed.json()["error"] == (
+        "Deploy failed: no implementation of the channel type(s) webchat here"
+    )
+    status = (await dev.http.get(f"/api/v1/agents/{agent['id']}/status")).json()
+    assert status["status"] == "error"

@@ -240,6 +240,8 @@ async def test_a_message_is_answered_once(
     assert openrouter.last_chat.messages[-1] == {"role": "user", "content": "Hi there"}
     [inbound, _reply] = sorted(await all_rows(api, Message), key=lambda m: m.seq)
     assert inbound.external_id == str(update["message"]["message_id"])
+    assert inbound.sent_at is not None  # Telegram's own time for it
+    assert int(inbound.sent_at.timestamp()) == update["message"]["date"]
     [row] = await all_rows(api, Delivery)
     assert row.status == "delivered" and row.parts_sent == 1
     # in a private chat the reply does not quote the message

@@ -200,6 +200,7 @@ async def _accept(
         keyring=keyring,
         dedupe_key=message.dedupe_key,
         external_id=message.reference,
+        sent_at=message.sent_at,
         answer=answer,
     )
     if accepted.duplicate:  # stored concurrently by the provider's retry

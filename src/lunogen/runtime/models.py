@@ -54,8 +54,10 @@ class Message(IdMixin, CreatedMixin, Base):
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="done")
     dedupe_key: Mapped[str | None] = mapped_column(String(300))
-    # The provider's id of an inbound message (a Telegram message id, a WhatsApp wamid).
+    # The provider's id of an inbound message (a Telegram message id, a WhatsApp wamid), and
+    # when the provider says it was written (it may differ from `created_at`, our arrival time).
     external_id: Mapped[str | None] = mapped_column(String(200))
+    sent_at: Mapped[datetime | None]
     reply_to_id: Mapped[str | None] = mapped_column(String(36))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None]

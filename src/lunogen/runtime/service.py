@@ -127,6 +127,7 @@ async def accept_inbound(
     keyring: KeyRing,
     dedupe_key: str | None = None,
     external_id: str | None = None,
+    sent_at: datetime | None = None,
     answer: InstantAnswer | None = None,
 ) -> Accepted:
     """Store an inbound message as pending work. A repeated `dedupe_key` is a no-op.
@@ -154,6 +155,7 @@ async def accept_inbound(
         status="pending" if answer is None else answer.status,
         dedupe_key=dedupe_key,
         external_id=external_id,
+        sent_at=sent_at,
         next_attempt_at=utcnow() if answer is None else None,
         completed_at=None if answer is None else utcnow(),
     )

@@ -33,6 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("registration", sa.JSON(), nullable=True))
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("external_id", sa.String(200), nullable=True))
+        batch.add_column(sa.Column("sent_at", _WHEN, nullable=True))
 
     op.create_table(
         "delivery_receipts",
@@ -138,6 +139,7 @@ def downgrade() -> None:
     op.drop_table("channel_contacts")
     op.drop_table("delivery_receipts")
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("sent_at")
         batch.drop_column("external_id")
     with op.batch_alter_table("agent_channels") as batch:
         batch.drop_column("registration")
