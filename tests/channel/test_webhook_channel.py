@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+from sqlalchemy import update
 
 from lunogen.channel import delivery as delivery_jobs
 from lunogen.channel import webhook
@@ -371,3 +372,32 @@ async def test_callbacks_to_loopback_are_refused_without_the_setting(
     delivery = await delivery_in(api, "failed")
     assert "loopback" in (delivery.last_error or "")
     assert receiver.received() == []
+
+
+async def test_the_sweeper_sends_a_delivery_left_waiting_after_its_turn_ended(
+    api: Api, openrouter: FakeOpenRouter, receiver: Receiver
+) -> None:
+    """A turn's end queues its deliveries in the transaction that stores the reply; if that
+    was missed (a listener's job lost), the sweeper finds the waiting row by its message."""
+    hook = await new_hook(api, mode="async", callback_url=receiver.url)
+    openrouter.reply("Answered")
+    await hook.post({"id": "s-1", "from": "bob", "text": "Hi"})
+    openrouter.fail(400, "Refused")
+    await hook.post({"id": "s-2", "from": "bob", "text": "Again"})
+    await received(receiver, 2)
+
+    async def both_delivered() -> bool:
+        rows = await all_rows(api, Delivery)
+        return [row.status for row in rows] == ["delivered", "delivered"]
+
+    await until(both_delivered, "both deliveries")
+    async with api.app.state.sessionmaker() as session:  # as if neither had been queued
+        await session.execute(
+            update(Delivery).values(status="waiting", attempts=0, delivered_at=None)
+        )
+        await session.commit()
+    sent = await sweep_registered(api.app.state.sessionmaker)
+    assert sent["channel_deliveries"] == 2
+    kinds = sorted(verified(hook, got)["type"] for got in await received(receiver, 4))
+    assert kinds == ["message.failed", "message.failed", "message.reply", "message.reply"]
+    assert (await sweep_registered(api.app.state.sessionmaker))["channel_deliveries"] == 0

@@ -27,6 +27,7 @@ from email.utils import parsedate_to_datetime
 import structlog
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.channel.contract import (
@@ -123,14 +124,18 @@ async def queue_if_settled(session: AsyncSession, *, inbound_id: str) -> None:
 async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: int = 100) -> int:
     """For the sweeper: queue waiting deliveries whose turn is over, re-enqueue due ones."""
     async with sessionmaker() as session:
-        answered = select(Message.reply_to_id).where(Message.reply_to_id.is_not(None))
-        unanswered = select(Message.id).where(Message.status.in_(UNANSWERED))
+        # Correlated, so that each waiting delivery looks up its own message by index instead
+        # of the sweep reading every message.
+        reply = aliased(Message)
+        answered = select(reply.id).where(reply.reply_to_id == Delivery.message_id).exists()
+        unanswered = (
+            select(Message.id)
+            .where(Message.id == Delivery.message_id, Message.status.in_(UNANSWERED))
+            .exists()
+        )
         await session.execute(
             update(Delivery)
-            .where(
-                Delivery.status == "waiting",
-                or_(Delivery.message_id.in_(answered), Delivery.message_id.in_(unanswered)),
-            )
+            .where(Delivery.status == "waiting", or_(answered, unanswered))
             .values(status="queued", next_attempt_at=utcnow())
         )
         await session.commit()
