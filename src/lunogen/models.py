@@ -12,6 +12,7 @@ from lunogen.channel.models import (
     ChannelUnregistration,
     Delivery,
     DeliveryReceipt,
+    EarlyStatus,
     PairingCode,
 )
 from lunogen.db import Base
@@ -40,6 +41,7 @@ __all__ = [
     "CreditPause",
     "Delivery",
     "DeliveryReceipt",
+    "EarlyStatus",
     "EmailToken",
     "MemoryNote",
     "Message",

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -40,7 +40,7 @@ from lunogen.channel.contract import (
     channel_type,
     type_of_channel_key,
 )
-from lunogen.channel.models import ChannelContact, Delivery, DeliveryReceipt
+from lunogen.channel.models import ChannelContact, Delivery, DeliveryReceipt, EarlyStatus
 from lunogen.channel.service import disable_channel, tell_owner, view_of
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.effects import Effects
@@ -57,7 +57,10 @@ from lunogen.worker.sweeps import register_sweep
 log = structlog.get_logger(__name__)
 
 SEND_TIMEOUT_SECONDS = 20.0
-CLAIM = timedelta(seconds=90)  # longer than an attempt: a claimed row is not swept meanwhile
+# An attempt (every part of a long reply) must end within SEND_BUDGET; its claim lasts longer,
+# so that a claimed row is never taken by a second attempt while the first is still sending.
+SEND_BUDGET_SECONDS = 240.0
+CLAIM = timedelta(seconds=SEND_BUDGET_SECONDS + 60)
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 3600.0
@@ -65,6 +68,7 @@ INLINE_RETRY_MAX_SECONDS = 30.0  # longer waits are left to the sweeper
 # Inbound statuses after which no reply will come: the waiting deliveries send a failure notice.
 UNANSWERED = ("failed", "skipped")
 _RECEIPT_ORDER = {"sent": 0, "delivered": 1, "read": 2}
+EARLY_STATUS_KEPT = timedelta(days=1)
 
 
 def new_delivery(*, inbound_id: str, agent_id: str, channel_id: str) -> Delivery:
@@ -138,6 +142,10 @@ async def requeue_due(sessionmaker: async_sessionmaker[AsyncSession], *, limit: 
             .where(Delivery.status == "waiting", or_(answered, unanswered))
             .values(status="queued", next_attempt_at=utcnow())
         )
+        # News of messages no receipt ever matched (sent by another system, or lost).
+        await session.execute(
+            delete(EarlyStatus).where(EarlyStatus.created_at < utcnow() - EARLY_STATUS_KEPT)
+        )
         await session.commit()
         due = list(
             (
@@ -198,18 +206,33 @@ class _Cancel:
 
 
 async def _claim(session: AsyncSession, delivery_id: str) -> bool:
+    """Take the delivery for one attempt if it is due; one whose attempts are used up (the last
+    ones never stored an outcome: a crashed worker) ends `failed` instead. Commits."""
     now = utcnow()
+    due = (Delivery.id == delivery_id, Delivery.status == "queued", Delivery.next_attempt_at <= now)
     result = await session.execute(
         update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            Delivery.status == "queued",
-            Delivery.next_attempt_at <= now,
-        )
+        .where(*due, Delivery.attempts < MAX_ATTEMPTS)
         .values(next_attempt_at=now + CLAIM, attempts=Delivery.attempts + 1)
     )
+    claimed = bool(getattr(result, "rowcount", 0))
+    if not claimed:
+        spent = (
+            await session.execute(select(Delivery).where(*due, Delivery.attempts >= MAX_ATTEMPTS))
+        ).scalar_one_or_none()
+        if spent is not None:
+            _finish(
+                session,
+                spent,
+                status="failed",
+                code=spent.last_status_code,
+                error=f"gave up after {spent.attempts} attempts (the last did not finish); "
+                f"last: {spent.last_error}",
+                what="reply",
+                channel_type_name="channel",
+            )
     await session.commit()
-    return bool(getattr(result, "rowcount", 0))
+    return claimed
 
 
 async def _load(session: AsyncSession, delivery: Delivery, keyring: KeyRing) -> _Attempt | _Cancel:
@@ -357,8 +380,11 @@ async def _store_outcome(
     name = attempt.kind.name
     row.parts_sent = max(row.parts_sent, outcome.parts_sent)
     first_part = attempt.outgoing.parts_sent
+    receipts: list[DeliveryReceipt] = []
     for index, external_id in enumerate(outcome.external_ids):
-        session.add(
+        if not external_id:  # the provider named no id for this part: nothing to track
+            continue
+        receipts.append(
             DeliveryReceipt(
                 id=new_id(),
                 delivery_id=row.id,
@@ -369,6 +395,7 @@ async def _store_outcome(
                 status_at=utcnow(),
             )
         )
+    session.add_all(receipts)
     result = outcome.result
     error = outcome.error
     if result == "retry" and row.attempts < MAX_ATTEMPTS:
@@ -377,6 +404,8 @@ async def _store_outcome(
         row.last_status_code = outcome.status_code
         row.last_error = error
         log.info("delivery_retry", delivery_id=row.id, delay=delay, error=error)
+        await session.flush()
+        await _apply_early_statuses(session, effects, receipts)
         return delay
     if result == "retry":
         result, error = "failed", f"gave up after {row.attempts} attempts; last: {error}"
@@ -408,6 +437,8 @@ async def _store_outcome(
         what=what,
         channel_type_name=name,
     )
+    await session.flush()
+    await _apply_early_statuses(session, effects, receipts)
     return None
 
 
@@ -459,7 +490,12 @@ async def attempt_delivery(
 
     ctx = ProviderContext(settings=effects.settings, http=http)
     try:
-        outcome = await loaded.kind.send(ctx, loaded.view, loaded.outgoing)
+        async with asyncio.timeout(SEND_BUDGET_SECONDS):
+            outcome = await loaded.kind.send(ctx, loaded.view, loaded.outgoing)
+    except TimeoutError:
+        outcome = SendOutcome(
+            "retry", error=f"the attempt took longer than {SEND_BUDGET_SECONDS:g} seconds"
+        )
     except Exception as exc:  # a bug in a type must not leave the delivery claimed forever
         log.exception("delivery_send_crashed", delivery_id=delivery_id)
         outcome = SendOutcome("retry", error=f"the {loaded.kind.name} sender failed: {exc}")
@@ -498,45 +534,100 @@ async def apply_statuses(
     """Record the provider's news about messages we sent; returns how many were ours.
 
     Out of order is normal: a status only moves a receipt forward (sent → delivered → read),
-    and `failed` never overrides delivered or read. A part failed for a closed service window
-    holds its delivery (`_hold_outside_window`): the owner is told (with `effects`, else the
-    job runtime's).
+    and `failed` never overrides delivered or read. News of a message whose receipt is not
+    written yet (the send that made it is still finishing) is kept (`EarlyStatus`) and applied
+    when it is. A part failed for a closed service window holds its delivery
+    (`_hold_outside_window`): the owner is told (with `effects`, else the job runtime's).
     """
     matched = 0
     for news in statuses:
-        receipt = (
-            await session.execute(
-                select(DeliveryReceipt).where(
-                    DeliveryReceipt.channel_id == channel_id,
-                    DeliveryReceipt.external_id == news.external_id,
+        receipts = list(
+            (
+                await session.execute(
+                    select(DeliveryReceipt).where(
+                        DeliveryReceipt.channel_id == channel_id,
+                        DeliveryReceipt.external_id == news.external_id,
+                    )
+                )
+            ).scalars()
+        )
+        if not receipts:
+            session.add(
+                EarlyStatus(
+                    id=new_id(),
+                    channel_id=channel_id,
+                    external_id=news.external_id[:200],
+                    status=news.status,
+                    at=news.at,
+                    error_code=news.error_code,
+                    error=None if news.error is None else news.error[:2000],
+                    window_closed=news.window_closed,
                 )
             )
-        ).scalar_one_or_none()
-        if receipt is None:
             continue
         matched += 1
-        if not _moves_forward(receipt.status, news.status):
-            continue
-        receipt.status = news.status
-        receipt.status_at = news.at or utcnow()
-        if news.status == "failed":
-            receipt.error = news.error or (f"error {news.error_code}" if news.error_code else None)
-            delivery = await session.get(Delivery, receipt.delivery_id)
-            if delivery is None:
-                continue
-            if news.window_closed:
-                await _hold_outside_window(session, effects, delivery, receipt)
-                continue
-            log_event(
-                session,
-                agent_id=delivery.agent_id,
-                event="delivery.failed",
-                level="error",
-                message=f"The provider could not deliver part {receipt.part + 1} of "
-                f"delivery {delivery.id}: {receipt.error}",
-                details={"delivery_id": delivery.id, "error_code": news.error_code},
-            )
+        for receipt in receipts:
+            await _apply_status(session, effects, receipt, news)
     return matched
+
+
+async def _apply_status(
+    session: AsyncSession, effects: Effects | None, receipt: DeliveryReceipt, news: StatusUpdate
+) -> None:
+    if not _moves_forward(receipt.status, news.status):
+        return
+    receipt.status = news.status
+    receipt.status_at = news.at or utcnow()
+    if news.status != "failed":
+        return
+    receipt.error = news.error or (f"error {news.error_code}" if news.error_code else None)
+    delivery = await session.get(Delivery, receipt.delivery_id)
+    if delivery is None:
+        return
+    if news.window_closed:
+        await _hold_outside_window(session, effects, delivery, receipt)
+        return
+    log_event(
+        session,
+        agent_id=delivery.agent_id,
+        event="delivery.failed",
+        level="error",
+        message=f"The provider could not deliver part {receipt.part + 1} of "
+        f"delivery {delivery.id}: {receipt.error}",
+        details={"delivery_id": delivery.id, "error_code": news.error_code},
+    )
+
+
+async def _apply_early_statuses(
+    session: AsyncSession, effects: Effects, receipts: list[DeliveryReceipt]
+) -> None:
+    """Apply the news that came before these receipts were written, then forget it."""
+    if not receipts:
+        return
+    by_id = {receipt.external_id: receipt for receipt in receipts}
+    early = list(
+        (
+            await session.execute(
+                select(EarlyStatus)
+                .where(
+                    EarlyStatus.channel_id == receipts[0].channel_id,
+                    EarlyStatus.external_id.in_(list(by_id)),
+                )
+                .order_by(EarlyStatus.created_at)
+            )
+        ).scalars()
+    )
+    for row in early:
+        news = StatusUpdate(
+            external_id=row.external_id,
+            status=row.status,  # type: ignore[arg-type]
+            at=row.at,
+            error_code=row.error_code,
+            error=row.error,
+            window_closed=row.window_closed,
+        )
+        await _apply_status(session, effects, by_id[row.external_id], news)
+        await session.delete(row)
 
 
 async def _hold_outside_window(

@@ -49,17 +49,37 @@ class DeliveryReceipt(IdMixin, CreatedMixin, Base):
     """
 
     __tablename__ = "delivery_receipts"
-    __table_args__ = (UniqueConstraint("channel_id", "external_id"),)
-
-    delivery_id: Mapped[str] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "part"),
+        Index("ix_delivery_receipts_channel_id_external_id", "channel_id", "external_id"),
     )
+
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
     channel_id: Mapped[str] = mapped_column(String(36))
     external_id: Mapped[str] = mapped_column(String(200))
     part: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(20), default="sent")
     status_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class EarlyStatus(IdMixin, CreatedMixin, Base):
+    """A provider status that arrived before the receipt it is about (a WhatsApp `delivered`
+    can beat the end of the send that made the message): kept until the receipt is written,
+    then applied to it; dropped after a day if none is."""
+
+    __tablename__ = "early_statuses"
+    __table_args__ = (
+        Index("ix_early_statuses_channel_id_external_id", "channel_id", "external_id"),
+    )
+
+    channel_id: Mapped[str] = mapped_column(String(36))
+    external_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime | None]
+    error_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    window_closed: Mapped[bool] = mapped_column(default=False)
 
 
 class ChannelContact(IdMixin, CreatedMixin, Base):

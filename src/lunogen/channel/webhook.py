@@ -43,6 +43,7 @@ from lunogen.channel.fields import Storable
 from lunogen.channel.schemas import WebhookChannel as WebhookChannelOut
 from lunogen.channel.schemas import WebhookChannelIn
 from lunogen.errors import LunogenError
+from lunogen.kit import jsontext
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.http import FetchError, UnsafeUrlError
 from lunogen.runtime import waiting
@@ -227,8 +228,8 @@ class WebhookChannelType(ChannelType):
 
     def parse(self, request: InboundRequest, channel: ChannelView) -> Parsed:
         try:
-            data: Any = json.loads(request.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data: Any = jsontext.loads(request.body)
+        except ValueError as exc:
             raise InboundRejected(400, "Bad request", "The body must be a JSON object") from exc
         try:
             message = WebhookMessageIn.model_validate(data)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from lunogen.channel.contract import ProviderContext
+from lunogen.kit import jsontext
 from lunogen.kit.http import FetchError, UnsafeUrlError
 
 MAX_ANSWER_BYTES = 256_000
@@ -66,8 +67,8 @@ async def call(
     except FetchError as exc:
         raise FetchError(f"Telegram {method}: {scrub(str(exc), token)}") from None
     try:
-        data = json.loads(answer.content)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = jsontext.loads(answer.content)
+    except ValueError:
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
         raise BotApiError(answer.status_code, f"HTTP {answer.status_code} without a Bot API answer")

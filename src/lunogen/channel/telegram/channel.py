@@ -168,7 +168,8 @@ class TelegramChannelType(ChannelType):
                 kind: SendResult = "failed" if isinstance(exc, UnsafeUrlError) else "retry"
                 return SendOutcome(kind, error=str(exc), parts_sent=index, external_ids=(*sent,))
             message_id = answer.get("message_id") if isinstance(answer, dict) else None
-            sent.append(str(message_id) if message_id is not None else "")
+            # A message id is unique only within its chat: the receipt names both.
+            sent.append(f"{chat}:{message_id}" if message_id is not None else "")
         return SendOutcome(
             "delivered", status_code=200, parts_sent=len(parts), external_ids=tuple(sent)
         )

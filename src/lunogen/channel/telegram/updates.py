@@ -13,7 +13,6 @@ update type are skipped, with the reason logged (so are channel posts forwarded 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from lunogen.channel import access
 from lunogen.channel.contract import Attachment, ChannelView, Inbound, InboundRejected, Parsed
 from lunogen.channel.telegram.api import reference
+from lunogen.kit import jsontext
 
 GROUP_CHATS = ("group", "supergroup")
 _START = re.compile(r"^/start(?:@([A-Za-z0-9_]{1,64}))?(?:\s+(\S.*))?$", re.DOTALL)
@@ -161,8 +161,8 @@ class _Skip(Exception):
 def parse_update(body: bytes, channel: ChannelView) -> Parsed:
     """The messages of one Update; `InboundRejected` (400) when it is not one."""
     try:
-        update: Any = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        update: Any = jsontext.loads(body)
+    except ValueError as exc:
         raise InboundRejected(400, "Bad request", "The body must be a JSON Update") from exc
     update_id = update.get("update_id") if isinstance(update, dict) else None
     if not isinstance(update_id, int) or isinstance(update_id, bool):

@@ -45,6 +45,7 @@ from lunogen.errors import (
     UnauthorizedError,
     validation_response,
 )
+from lunogen.kit import jsontext
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.middleware import RouteBodyLimit
 from lunogen.kit.web import ClientInfo
@@ -307,8 +308,8 @@ async def _spend(request: Request, key: str, per_minute: int, refusal: str) -> N
 
 def _parse(model: type[_Body], body: bytes) -> _Body | Response:
     try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data: Any = jsontext.loads(body)
+    except ValueError:
         return JSONResponse(
             {"error": "Bad request", "message": "The body must be a JSON object"}, status_code=400
         )

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from lunogen.channel.contract import ChannelView, ProviderContext
+from lunogen.kit import jsontext
 
 MAX_ANSWER_BYTES = 64_000
 # Graph's generic server-side codes: 1 unknown error, 2 service unavailable; WhatsApp's 131000
@@ -126,8 +127,8 @@ async def call(
         max_bytes=MAX_ANSWER_BYTES,
     )
     try:
-        answer: Any = json.loads(result.content) if result.content else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        answer: Any = jsontext.loads(result.content) if result.content else None
+    except ValueError:
         answer = None
     if 200 <= result.status_code < 300 and isinstance(answer, dict) and "error" not in answer:
         return answer

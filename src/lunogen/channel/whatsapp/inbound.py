@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from lunogen.channel.contract import (
     Parsed,
     StatusUpdate,
 )
+from lunogen.kit import jsontext
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DEDUPE_PREFIX = "whatsapp:"
@@ -124,8 +124,8 @@ def _time(value: Any) -> datetime | None:
 
 def parse(request: InboundRequest, channel: ChannelView) -> Parsed:
     try:
-        envelope: Any = json.loads(request.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        envelope: Any = jsontext.loads(request.body)
+    except ValueError as exc:
         raise InboundRejected(400, "Bad request", "The body must be a JSON object") from exc
     if not isinstance(envelope, dict):
         raise InboundRejected(400, "Bad request", "The body must be a JSON object")

@@ -54,10 +54,31 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_delivery_receipts")),
         sa.UniqueConstraint(
-            "channel_id", "external_id", name=op.f("uq_delivery_receipts_channel_id_external_id")
+            "delivery_id", "part", name=op.f("uq_delivery_receipts_delivery_id_part")
         ),
     )
-    op.create_index(op.f("ix_delivery_receipts_delivery_id"), "delivery_receipts", ["delivery_id"])
+    op.create_index(
+        "ix_delivery_receipts_channel_id_external_id",
+        "delivery_receipts",
+        ["channel_id", "external_id"],
+    )
+
+    op.create_table(
+        "early_statuses",
+        sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("channel_id", sa.String(36), nullable=False),
+        sa.Column("external_id", sa.String(200), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("at", _WHEN, nullable=True),
+        sa.Column("error_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("window_closed", sa.Boolean(), nullable=False),
+        sa.Column("created_at", _WHEN, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_early_statuses")),
+    )
+    op.create_index(
+        "ix_early_statuses_channel_id_external_id", "early_statuses", ["channel_id", "external_id"]
+    )
 
     op.create_table(
         "channel_contacts",
@@ -137,6 +158,7 @@ def downgrade() -> None:
     op.drop_table("channel_unregistrations")
     op.drop_table("pairing_codes")
     op.drop_table("channel_contacts")
+    op.drop_table("early_statuses")
     op.drop_table("delivery_receipts")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("sent_at")
