@@ -272,7 +272,7 @@ async def test_a_deploy_cut_off_while_registering_goes_to_error(
         await session.execute(
             update(Agent)
             .where(Agent.id == agent["id"])
-            .values(status="deploying", status_changed_at=utcnow() - timedelta(minutes=3))
+            .values(status="deploying", status_changed_at=utcnow() - timedelta(minutes=21))
         )
         await session.commit()
     assert await lifecycle.fail_interrupted_deploys(runtime()) == 1
@@ -296,3 +296,44 @@ async def test_a_channel_type_without_an_implementation_is_refused_at_deploy(
     )
     status = (await dev.http.get(f"/api/v1/agents/{agent['id']}/status")).json()
     assert status["status"] == "error"
+
+
+async def test_a_stop_during_a_deploy_waits_for_it(api: Api, provider: Scripted) -> None:
+    dev = await new_dev(api)
+    agent = await agent_with(dev)
+    answers: list[int] = []
+
+    async def stop_meanwhile() -> None:
+        stopped = await dev.http.post(f"/api/v1/agents/{agent['id']}/stop")
+        answers.append(stopped.status_code)
+        assert stopped.json()["error"] == "Agent is deploying"
+
+    provider.during_register = stop_meanwhile
+    deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
+    assert deployed.status_code == 200 and deployed.json()["status"] == "running"
+    assert answers == [409]
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/stop")).status_code == 200
+
+
+async def test_a_deploy_overtaken_by_a_later_one_leaves_the_provider_to_it(
+    api: Api, provider: Scripted
+) -> None:
+    dev = await new_dev(api)
+    agent = await agent_with(dev)
+
+    async def declared_interrupted_then_deployed_again() -> None:
+        async with api.app.state.sessionmaker() as session:
+            await session.execute(
+                update(Agent)
+                .where(Agent.id == agent["id"])
+                .values(status="running", status_changed_at=utcnow() + timedelta(seconds=1))
+            )
+            await session.commit()
+
+    provider.during_register = declared_interrupted_then_deployed_again
+    deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
+    assert deployed.status_code == 409, deployed.text
+    assert deployed.json()["error"] == "Agent is running"
+    await settle()
+    assert [call for call, _ in provider.calls] == ["register"]  # nothing undone
+    assert await tasks(api) == []

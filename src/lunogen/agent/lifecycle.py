@@ -55,6 +55,18 @@ class DeployFailedError(LunogenError):
         super().__init__(None, error=f"Deploy failed: {reason}")
 
 
+class DeployOvertakenError(ConflictError):
+    """The agent changed state while its deploy was calling the channels' providers."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(
+            f"The agent was {status} while this deploy registered its channels; the deploy "
+            "did not take effect. Check its status and deploy again if needed.",
+            error=f"Agent is {status}",
+            extra={"status": status},
+        )
+
+
 class OutOfCreditsError(LunogenError):
     """An agent paused for lack of credits cannot run again until they pay for one call."""
 
@@ -179,7 +191,7 @@ async def deploy(
     views = registration.views_to_register(agent, effects)
     if views:
         agent, problem = await _register(session, agent, views, effects)
-        if agent.status != "deploying" or problem is not None:
+        if problem is not None:
             return agent, problem
     if paused_for_credits:
         await ledger.forget_pause(session, agent.id)
@@ -197,6 +209,7 @@ async def _register(
     was registered is unregistered again. Returns the agent as locked now and the refusal.
     """
     agent_id = agent.id
+    deploying_since = agent.status_changed_at  # this deploy's mark: a later one moves it
     await session.commit()
     registered, refused = await registration.register_channels(session, effects, views)
     fresh = (
@@ -209,6 +222,11 @@ async def _register(
     ).scalar_one()
     await session.refresh(fresh, ["channels"])
     by_id = {view.id: view for view in views}
+    overtaken = fresh.status_changed_at != deploying_since and fresh.deleted_at is None
+    if overtaken and fresh.status in ("deploying", "running"):
+        # Declared interrupted, then deployed again: the later deploy registered the same
+        # channels and owns them at the provider now; undoing ours would undo theirs.
+        raise DeployOvertakenError(fresh.status)
     if fresh.status != "deploying" or fresh.deleted_at is not None or refused is not None:
         why = "the deploy failed" if refused is not None else f"the agent is {fresh.status}"
         for item in registered:
@@ -224,7 +242,8 @@ async def _register(
             reason = str(refused)
             await set_status(session, agent=fresh, status="error", effects=effects, reason=reason)
             return fresh, reason
-        return fresh, None
+        await session.commit()  # the unregistrations stay, whatever the caller answers
+        raise DeployOvertakenError("deleted" if fresh.deleted_at else fresh.status)
     orphans = registration.store_registrations(fresh.channels, registered, effects)
     for item in orphans:  # removed from the agent while we registered it
         registration.queue_unregistration_of(
@@ -271,6 +290,13 @@ async def start(
 
 async def stop(session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects) -> Agent:
     agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action="stop")
+    if agent.status == "deploying" and utcnow() - agent.status_changed_at < INTERRUPTED_AFTER:
+        # A deploy is calling the channels' providers: stopping now would race it there.
+        raise ConflictError(
+            "The agent is being deployed; stop it once the deploy has finished",
+            error="Agent is deploying",
+            extra={"status": agent.status},
+        )
     await set_status(session, agent=agent, status="stopped", effects=effects)
     for row in agent.channels:
         registration.queue_unregistration(session, agent=agent, row=row, why="the agent stopped")
@@ -301,7 +327,8 @@ async def status_report(
     )
 
 
-INTERRUPTED_AFTER = timedelta(minutes=2)  # far longer than a deploy's provider calls
+# Longer than any deploy's provider calls (two calls of at most 15 s per channel, 20 channels).
+INTERRUPTED_AFTER = timedelta(minutes=20)
 
 
 @register_periodic("interrupted_deploys", every=60)

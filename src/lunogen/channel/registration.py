@@ -46,9 +46,10 @@ from lunogen.worker.sweeps import register_sweep
 log = structlog.get_logger(__name__)
 
 PROVIDER_TIMEOUT_SECONDS = 15.0
-CLAIM = timedelta(seconds=60)
+UNREGISTER_BUDGET_SECONDS = 40.0  # every call of one unregistration
+CLAIM = timedelta(seconds=UNREGISTER_BUDGET_SECONDS + 20)
 MAX_ATTEMPTS = 8
-WAIT_FOR_IN_FLIGHT_SECONDS = 10.0
+WAIT_FOR_IN_FLIGHT_SECONDS = UNREGISTER_BUDGET_SECONDS + 5
 
 
 def needs_registration(row: AgentChannel) -> bool:
@@ -104,6 +105,9 @@ async def register_channels(
             return done, RegistrationProblem(
                 view.id, view.type, f"the provider is unreachable: {exc}"
             )
+        except Exception as exc:  # a bug in a type: the deploy fails, it does not hang
+            log.exception("channel_register_crashed", channel_id=view.id)
+            return done, RegistrationProblem(view.id, view.type, f"unexpected error: {exc}")
         done.append(Registered(view.id, registration))
     return done, None
 
@@ -268,9 +272,15 @@ async def attempt_unregistration(
     error: str | None = None
     if kind is not None:
         try:
-            await kind.unregister(provider_context(effects), view)
+            async with asyncio.timeout(UNREGISTER_BUDGET_SECONDS):
+                await kind.unregister(provider_context(effects), view)
         except (RegistrationFailed, FetchError) as exc:
             error = str(exc)
+        except TimeoutError:
+            error = f"the provider did not answer within {UNREGISTER_BUDGET_SECONDS:g} seconds"
+        except Exception as exc:  # a bug in a type: retried, then failed, never stuck
+            log.exception("channel_unregister_crashed", task_id=task_id)
+            error = f"unexpected error: {exc}"
     async with sessionmaker() as session:
         task = await session.get(ChannelUnregistration, task_id)
         assert task is not None
