@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -67,3 +68,52 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
 )
 def test_postgres_schema_matches_models(migrated_template: Path | None) -> None:
     command.check(alembic_config(os.environ["LUNOGEN_TEST_DATABASE_URL"]))
+
+
+def test_channels_saved_before_access_policies_get_the_defaults(tmp_path: Path) -> None:
+    url = _fresh_url(tmp_path)
+    config = alembic_config(url)
+    command.upgrade(config, "0010")
+
+    async def sql(statement: str) -> list[tuple[object, ...]]:
+        engine = create_engine(url)
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement))
+            rows = [tuple(row) for row in result] if result.returns_rows else []
+        await engine.dispose()
+        return rows
+
+    now = "2026-12-01 00:00:00"
+    asyncio.run(
+        sql(
+            "insert into users (id, email, name, password_hash, role, plan, created_at) values "
+            f"('u1', 'a@example.com', 'A', 'x', 'user', 'free', '{now}')"
+        )
+    )
+    asyncio.run(
+        sql(
+            "insert into agents (id, owner_id, name, description, model, instructions, status, "
+            "status_changed_at, skills, tools, updated_at, fallback_models, max_output_tokens, "
+            f"created_at) values ('a1', 'u1', 'A', '', 'm', '', 'draft', '{now}', '[]', '[]', "
+            f"'{now}', '[]', 1024, '{now}')"
+        )
+    )
+    for channel_id, kind, stored in (
+        ("c1", "telegram", "{}"),
+        ("c2", "whatsapp", '{"phone_number_id": "1"}'),
+        ("c3", "telegram", '{"access": {"policy": "open", "allowlist": []}}'),
+        ("c4", "webhook", '{"mode": "sync"}'),
+    ):
+        asyncio.run(
+            sql(
+                "insert into agent_channels (id, agent_id, position, type, config, created_at) "
+                f"values ('{channel_id}', 'a1', 0, '{kind}', '{stored}', '{now}')"
+            )
+        )
+    upgrade(url)
+    rows = dict(asyncio.run(sql("select id, config from agent_channels order by id")))
+    configs = {key: json.loads(str(value)) for key, value in rows.items()}
+    assert configs["c1"]["access"]["policy"] == "pairing"
+    assert configs["c2"] == {"phone_number_id": "1", "access": {"policy": "open", "allowlist": []}}
+    assert configs["c3"]["access"]["policy"] == "open"  # kept as saved
+    assert "access" not in configs["c4"]

@@ -684,6 +684,46 @@ async def test_allowlist_lets_in_only_the_listed(
     assert len(await _refused_notes(tg.dev)) == 1
 
 
+async def test_a_pairing_can_be_revoked_and_does_not_pass_an_allowlist(
+    api: Api, telegram: FakeTelegram, openrouter: FakeOpenRouter
+) -> None:
+    tg = await new_agent(api, telegram, access={"policy": "pairing"})
+    user = telegram.new_user(first_name="Grace")
+    chat = user["id"]
+    client = api.new_client()
+    codes = f"/api/v1/agents/{tg.agent_id}/channels/{tg.channel_id}/pairing-codes"
+    code = (await tg.dev.http.post(codes)).json()["code"]
+    pairing = telegram.private_text(tg.bot, text=code, user=user)
+    assert await telegram.deliver(tg.bot, pairing, client=client) == 200
+    assert "paired" in (await sent(telegram, chat, 1))[0]
+    # switched to an allowlist that does not list them: their pairing no longer lets them in
+    agent = (await tg.dev.http.get(f"/api/v1/agents/{tg.agent_id}")).json()
+    [channel] = agent["channels"]
+    listed = {"type": "telegram", "id": channel["id"], "access": {"policy": "allowlist"}}
+    patched = await tg.dev.http.patch(f"/api/v1/agents/{tg.agent_id}", json={"channels": [listed]})
+    assert patched.status_code == 200, patched.text
+    later = telegram.private_text(tg.bot, text="Still there?", user=user)
+    assert await telegram.deliver(tg.bot, later, client=client) == 200
+    await settled(api)
+    assert openrouter.chat_requests == []
+    # back to pairing, and the owner revokes the pairing: refused (once) again
+    back = {**listed, "access": {"policy": "pairing"}}
+    assert (
+        await tg.dev.http.patch(f"/api/v1/agents/{tg.agent_id}", json={"channels": [back]})
+    ).status_code == 200
+    unpair = f"/api/v1/agents/{tg.agent_id}/channels/{tg.channel_id}/contacts/{chat}/pairing"
+    assert (await tg.dev.http.delete(unpair)).status_code == 204
+    assert (await tg.dev.http.delete(unpair)).status_code == 404
+    again = telegram.private_text(tg.bot, text="Hello?", user=user)
+    assert await telegram.deliver(tg.bot, again, client=client) == 200
+    await settled(api)
+    assert openrouter.chat_requests == []
+    assert "pairing code" in telegram.sent_messages(chat)[-1]
+    other = await new_dev(api)
+    elsewhere = await other.http.delete(unpair)
+    assert elsewhere.status_code == 404  # another tenant's channel is not found
+
+
 # Units: parsing and cutting -------------------------------------------------------------------
 
 

@@ -529,3 +529,7 @@ async def test_only_pro_may_hide_the_powered_by_link(api: Api) -> None:
     pro = await new_dev(api, plan="pro")
     allowed = await pro.http.post("/api/v1/agents", json=agent_body(channels=[hidden]))
     assert allowed.status_code == 201, allowed.text
+    page = f"/chat/{allowed.json()['channels'][0]['id']}"
+    assert "Powered by LunoGen" not in (await pro.http.get(page)).text
+    await api.set_plan(pro.person, "free")  # a downgrade shows the link again
+    assert "Powered by LunoGen" in (await pro.http.get(page)).text

@@ -133,7 +133,7 @@ async def back_date(api: Api, *, hours: float) -> None:
     """Every inbound message and contact row as if the contact wrote `hours` ago."""
     then = datetime.now(UTC) - timedelta(hours=hours)
     async with api.app.state.sessionmaker() as session:
-        await session.execute(update(Message).values(created_at=then))
+        await session.execute(update(Message).values(created_at=then, sent_at=then))
         await session.execute(update(ChannelContact).values(last_inbound_at=then))
         await session.commit()
 
@@ -343,6 +343,21 @@ async def test_a_reply_ready_25_hours_later_goes_as_the_template_or_is_held(
     assert logged["level"] == "warning"
     # the reply is kept in the conversation
     assert [role for role, _ in await message_texts(api, ADA)] == ["user", "assistant"]
+
+
+async def test_a_message_redelivered_after_an_outage_is_timed_by_when_it_was_written(
+    api: Api, whatsapp: FakeWhatsApp, openrouter: FakeOpenRouter
+) -> None:
+    """Meta retries for days: a message written 25 hours ago and delivered now is outside the
+    window, though it reached us a moment ago."""
+    wa = await new_wa(api, whatsapp)
+    openrouter.reply("Sorry for the wait")
+    written = time.time() - 25 * 3600
+    whatsapp.set_last_inbound(wa.number, ADA, written)
+    await wa.deliver(whatsapp.text_message(wa.number, text="Hello?", wa_id=ADA, timestamp=written))
+    delivery = await delivery_in(api, "held")
+    assert "no approved template" in (delivery.last_error or "")
+    assert whatsapp.sent(wa.number) == []
 
 
 async def test_131047_in_a_failed_status_holds_the_delivery_and_tells_the_owner_once(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,9 +41,13 @@ class Decision:
 
 
 def policy_of(channel: ChannelView) -> str:
-    """The channel's policy; `pairing` for a channel saved before policies existed (the safe
-    side: nobody reaches the agent unpaired)."""
-    access = channel.config.get("access") or {}
+    return config_policy(channel.config)
+
+
+def config_policy(config: Mapping[str, Any]) -> str:
+    """The policy of a channel's config; `pairing` for one saved without a policy (the safe
+    side: nobody reaches the agent unpaired; the 0011 migration gave the old rows theirs)."""
+    access = config.get("access") or {}
     return str(access.get("policy", "pairing"))
 
 
@@ -62,6 +67,20 @@ def new_code() -> str:
 
 def code_hash(code: str) -> str:
     return hashlib.sha256(code.strip().upper().encode()).hexdigest()
+
+
+async def unpair(session: AsyncSession, *, channel_id: str, contact: str) -> bool:
+    """Forget the contact's pairing (they get the refusal again, once); False if not paired."""
+    result = await session.execute(
+        update(ChannelContact)
+        .where(
+            ChannelContact.channel_id == channel_id,
+            ChannelContact.contact == contact,
+            ChannelContact.paired_at.is_not(None),
+        )
+        .values(paired_at=None, refused_at=None)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def make_pairing_code(session: AsyncSession, *, channel_id: str) -> tuple[str, datetime]:
@@ -101,7 +120,9 @@ async def contact_row(
                 session.add(row)
         except IntegrityError:  # the contact's first two messages arrived together
             return await contact_row(session, channel, message)
-    row.last_inbound_at = now
+    # When they wrote (the provider's time: a delivery redelivered after an outage is old news),
+    # which starts a provider's service window.
+    row.last_inbound_at = min(message.sent_at, now) if message.sent_at else now
     row.blocked_at = None
     if message.contact_name:
         row.name = message.contact_name[:255]
@@ -112,9 +133,12 @@ async def decide(session: AsyncSession, channel: ChannelView, message: Inbound) 
     """Whether `message` may reach the agent under the channel's policy."""
     contact = await contact_row(session, channel, message)
     policy = policy_of(channel)
-    if policy == "open" or contact.paired_at is not None:
+    listed = message.contact in _allowlist(channel)
+    if policy == "open" or listed:
         return Decision("allowed", contact)
-    if policy == "allowlist" and message.contact in _allowlist(channel):
+    # A pairing counts under the pairing policy only: switching to an allowlist shuts out
+    # whoever is not listed, paired or not.
+    if policy == "pairing" and contact.paired_at is not None:
         return Decision("allowed", contact)
     if policy == "pairing" and await _redeem(session, channel, message):
         contact.paired_at = utcnow()

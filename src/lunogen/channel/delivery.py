@@ -175,8 +175,8 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), BACKOFF_MAX_SECONDS)
+    if value.isascii() and value.isdigit():
+        return min(float(value[:12]), BACKOFF_MAX_SECONDS)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -279,9 +279,12 @@ async def _load(session: AsyncSession, delivery: Delivery, keyring: KeyRing) -> 
         inbound_id=inbound.id,
         inbound_reference=inbound.external_id,
         inbound_payload_id=_payload_id(inbound, channel.id),
+        # The provider's time where it gave one: a message redelivered late was written earlier.
         contact_wrote_at=max(
-            inbound.created_at,
-            contact.last_inbound_at if contact and contact.last_inbound_at else inbound.created_at,
+            inbound.sent_at or inbound.created_at,
+            contact.last_inbound_at
+            if contact and contact.last_inbound_at
+            else inbound.sent_at or inbound.created_at,
         ),
         reply_id=reply.id if reply is not None else None,
         created_at=created,
@@ -399,7 +402,9 @@ async def _store_outcome(
     result = outcome.result
     error = outcome.error
     if result == "retry" and row.attempts < MAX_ATTEMPTS:
-        delay = max(backoff_seconds(row.attempts), outcome.retry_after or 0.0)
+        delay = max(
+            backoff_seconds(row.attempts), min(outcome.retry_after or 0.0, BACKOFF_MAX_SECONDS)
+        )
         row.next_attempt_at = utcnow() + timedelta(seconds=delay)
         row.last_status_code = outcome.status_code
         row.last_error = error

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from starlette.responses import Response
 
 from lunogen.agent.models import AgentChannel
 from lunogen.agent.service import get_agent
@@ -93,7 +94,7 @@ async def create_pairing_code(
     """A one-use 8-character code for a `pairing` channel, valid for one hour. Scope:
     `agents:write`. The person sends it to the agent on the channel to be paired."""
     channel = await _owned_channel(db, principal.user.id, agent_id, channel_id)
-    policy = (channel.config.get("access") or {}).get("policy", "open")
+    policy = access.config_policy(channel.config)
     if policy != "pairing":
         raise ConflictError(
             f"This channel's access policy is {policy!r}; pairing codes are for channels whose "
@@ -155,3 +156,29 @@ async def list_channel_contacts(
         )
         for row in rows
     ]
+
+
+@agent_channels_router.delete(
+    "/{agent_id}/channels/{channel_id}/contacts/{contact}/pairing",
+    status_code=204,
+    responses={**_NOT_FOUND, 404: {"description": "No such channel, or the contact is not paired"}},
+)
+async def unpair_contact(
+    agent_id: str, channel_id: str, contact: str, principal: AgentsWrite, db: DbSession
+) -> Response:
+    """Revoke a contact's pairing: their next message gets the polite refusal again, then
+    silence. Scope: `agents:write`."""
+    channel = await _owned_channel(db, principal.user.id, agent_id, channel_id)
+    if not await access.unpair(db, channel_id=channel.id, contact=contact):
+        raise NotFoundError("This contact is not paired on this channel", error="Not paired")
+    audit.record(
+        db,
+        action="agent.contact_unpaired",
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent_id,
+        details={"channel_id": channel.id, "contact": contact},
+    )
+    return Response(status_code=204)

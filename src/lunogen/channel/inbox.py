@@ -188,7 +188,6 @@ async def _accept(
             answer = InstantAnswer(
                 access.refusal_text(channel), why="access policy", status="refused"
             )
-            await _tell_owner_of_refusal(db, effects, channel, message)
         elif decision.verdict == "paired":
             answer = InstantAnswer(access.paired_text(channel), why="paired with a code")
     accepted = await service.accept_inbound(
@@ -207,6 +206,8 @@ async def _accept(
         return AcceptedInbound(
             accepted.message.id, accepted.thread.id, duplicate=True, payload_id=payload_id
         )
+    if answer is not None and answer.status == "refused":  # told once, for a message kept
+        await _tell_owner_of_refusal(db, effects, channel, message)
     accepted.message.stream = message.stream
     if kind.pushes_replies and (answer is not None or kind.waits_for_turn(channel)):
         row = delivery.new_delivery(

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from lunogen.channel import access
 from lunogen.channel.contract import Attachment, ChannelView, Inbound, InboundRejected, Parsed
@@ -154,6 +154,11 @@ def _when(date: Any) -> datetime | None:
         return None
 
 
+def _is_int64(value: Any) -> TypeGuard[int]:
+    """Telegram's ids are signed 64-bit integers; anything else is not an id of theirs."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 class _Skip(Exception):
     """This message is not for the agent; the text says why (logged)."""
 
@@ -165,7 +170,7 @@ def parse_update(body: bytes, channel: ChannelView) -> Parsed:
     except ValueError as exc:
         raise InboundRejected(400, "Bad request", "The body must be a JSON Update") from exc
     update_id = update.get("update_id") if isinstance(update, dict) else None
-    if not isinstance(update_id, int) or isinstance(update_id, bool):
+    if not _is_int64(update_id):
         raise InboundRejected(400, "Bad request", "The body must be an Update with an update_id")
     kind = next((key for key in update if key != "update_id"), "nothing")
     if kind != "message":
@@ -187,11 +192,7 @@ def parse_update(body: bytes, channel: ChannelView) -> Parsed:
 def _inbound(message: Mapping[str, Any], update_id: int, channel: ChannelView) -> Inbound:
     chat = message.get("chat")
     message_id = message.get("message_id")
-    if (
-        not isinstance(chat, dict)
-        or not isinstance(chat.get("id"), int)
-        or not isinstance(message_id, int)
-    ):
+    if not isinstance(chat, dict) or not _is_int64(chat.get("id")) or not _is_int64(message_id):
         raise InboundRejected(400, "Bad request", "message needs message_id and chat.id")
     chat_type = chat.get("type")
     sender = message.get("from") if isinstance(message.get("from"), dict) else None

@@ -29,6 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response, StreamingResponse
 
+from lunogen.account.models import User
+from lunogen.account.plans import limits_for
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.auth.ratelimit import RateLimiter
 from lunogen.channel.fields import Storable
@@ -370,6 +372,11 @@ async def chat_stylesheet() -> Response:
     return _asset_response("chat.css")
 
 
+async def _plan_hides_powered_by(db: AsyncSession, owner_id: str) -> bool:
+    owner = await db.get(User, owner_id)
+    return owner is not None and limits_for(owner.plan).hide_powered_by
+
+
 @router.get("/{channel_id}")
 async def chat_page(
     channel_id: str,
@@ -396,7 +403,9 @@ async def chat_page(
         "embed": embed,
         # Where the page may post its `ready`/`close` notes: the framing site, if allowed.
         "host_origin": host_origin if host_origin in origins else "",
-        "hide_powered_by": bool(channel.config.get("hide_powered_by", False)),
+        # Hidden only while the owner's plan allows it (a downgrade shows it again).
+        "hide_powered_by": bool(channel.config.get("hide_powered_by", False))
+        and await _plan_hides_powered_by(db, agent.owner_id),
         # This LunoGen's own home page: the page links to no other host.
         "powered_by_url": settings.public_url + "/",
     }

@@ -116,9 +116,15 @@ def _text(value: Any, limit: int = 4096) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
 
 
+_DIGITS = re.compile(r"[0-9]{1,11}")  # unix seconds (ASCII digits: "²".isdigit() is true)
+
+
 def _time(value: Any) -> datetime | None:
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
-        return datetime.fromtimestamp(int(value), UTC)
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        try:
+            return datetime.fromtimestamp(int(value), UTC)
+        except (OverflowError, OSError, ValueError):  # past the year 9999
+            return None
     return None
 
 

@@ -26,6 +26,7 @@ _WHEN = lunogen.db.UTCDateTime(timezone=True)
 
 def upgrade() -> None:
     op.create_index("ix_agents_status_status_changed_at", "agents", ["status", "status_changed_at"])
+    _give_old_channels_a_policy()
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("parts_sent", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("agent_channels") as batch:
@@ -151,6 +152,30 @@ def upgrade() -> None:
         "channel_unregistrations",
         ["status", "next_attempt_at"],
     )
+
+
+def _give_old_channels_a_policy() -> None:
+    """Telegram and WhatsApp channels saved before access policies get the defaults a new one
+    gets: Telegram `pairing` (a bot anyone can find), WhatsApp `open` (a business number)."""
+    channels = sa.table(
+        "agent_channels",
+        sa.column("id", sa.String),
+        sa.column("type", sa.String),
+        sa.column("config", sa.JSON),
+    )
+    defaults = {"telegram": "pairing", "whatsapp": "open"}
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.select(channels.c.id, channels.c.type, channels.c.config).where(
+            channels.c.type.in_(list(defaults))
+        )
+    ).all()
+    for row in rows:
+        config = dict(row.config or {})
+        if "access" in config:
+            continue
+        config["access"] = {"policy": defaults[row.type], "allowlist": []}
+        bind.execute(channels.update().where(channels.c.id == row.id).values(config=config))
 
 
 def downgrade() -> None:
