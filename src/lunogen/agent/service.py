@@ -162,13 +162,11 @@ def _check_channel_quota(limits: PlanLimits, channels: Sequence[ChannelInBase]) 
             f"Your {limits.label} plan allows {limits.channels_per_agent} channels per agent; "
             + at_limit_advice(limits, "remove one")
         )
-    if not limits.hide_powered_by and any(
-        getattr(channel, "hide_powered_by", False) for channel in channels
-    ):
-        raise ForbiddenError(
-            f'Your {limits.label} plan shows the "Powered by LunoGen" link in web chats; '
-            + at_limit_advice(limits, "set hide_powered_by to false")
-        )
+    for channel in channels:
+        refused = channel.plan_problem(limits)
+        if refused is not None:
+            problem, remedy = refused
+            raise ForbiddenError(f"{problem}; {at_limit_advice(limits, remedy)}")
 
 
 async def create_agent(

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lunogen.account.plans import PlanLimits
 from lunogen.channel.fields import Storable, invalid, secret_rule
 
 CHANNEL_TYPES = ("webhook", "whatsapp", "telegram", "webchat")
@@ -151,6 +152,10 @@ class ChannelInBase(BaseModel):
     def all_secret_fields(cls) -> tuple[str, ...]:
         return (*cls.secret_fields, *cls.generated_secrets)
 
+    def plan_problem(self, limits: PlanLimits) -> tuple[str, str] | None:
+        """Why the owner's plan does not allow this configuration, and what to change, or None."""
+        return None
+
 
 class WebhookChannelIn(ChannelInBase):
     """Standard Webhooks. The platform generates the `whsec_…` signing secret."""
@@ -273,6 +278,12 @@ class WebchatChannelIn(ChannelInBase):
         default=False,
         description='Hide the "Powered by LunoGen" link (Pro plan).',
     )
+
+    def plan_problem(self, limits: PlanLimits) -> tuple[str, str] | None:
+        if self.hide_powered_by and not limits.hide_powered_by:
+            problem = f'Your {limits.label} plan shows the "Powered by LunoGen" link in web chats'
+            return problem, "set hide_powered_by to false"
+        return None
 
 
 def _known_type(value: Any) -> Any:
