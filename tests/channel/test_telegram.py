@@ -28,8 +28,8 @@ from lunogen.channel.contract import (
 from lunogen.channel.models import ChannelContact, ChannelUnregistration, Delivery, PairingCode
 from lunogen.channel.registration import provider_context
 from lunogen.channel.telegram.channel import FAILURE_NOTICE
-from lunogen.channel.telegram.text import split_message, utf16_len
 from lunogen.channel.telegram.updates import ONLY_TEXT, parse_update
+from lunogen.channel.text import split_text, utf16_length
 from lunogen.kit.effects import Effects
 from lunogen.kit.time import utcnow
 from lunogen.runtime import events as turn_events
@@ -507,7 +507,7 @@ async def test_a_send_resumes_after_the_parts_already_sent(
     assert (limited.result, limited.retry_after, limited.parts_sent) == ("retry", 2, 1)
     done = await telegram_channel.TELEGRAM.send(ctx, view, outgoing)
     assert done.result == "delivered" and done.parts_sent == 3 and len(done.external_ids) == 2
-    assert telegram.sent_messages(chat) == split_message(text)[1:]
+    assert telegram.sent_messages(chat) == split_text(text)[1:]
     # a token nobody can read in an error: the network failure names the method only
     unreachable = provider_context(
         Effects(
@@ -823,14 +823,14 @@ def test_verify_compares_the_secret() -> None:
 
 def test_split_message_keeps_every_character_within_the_limit() -> None:
     assert (
-        split_message("") == [] and split_message("  \n ") == [] and split_message("hi") == ["hi"]
+        split_text("") == [] and split_text("  \n ") == [] and split_text("hi") == ["hi"]
     )
     word = "x" * 9000
-    assert [len(p) for p in split_message(word)] == [4096, 4096, 808]
+    assert [len(p) for p in split_text(word)] == [4096, 4096, 808]
     emoji = "👍🏽" * 3000  # two code points, four UTF-16 units each
-    parts = split_message(emoji)
-    assert "".join(parts) == emoji and all(utf16_len(p) <= 4096 for p in parts)
+    parts = split_text(emoji)
+    assert "".join(parts) == emoji and all(utf16_length(p) <= 4096 for p in parts)
     assert all(p.startswith("👍") for p in parts)  # no tone modifier cut from its hand
     lines = "\n".join(f"line {i} " + "y" * 50 for i in range(200))
-    cut = split_message(lines)
+    cut = split_text(lines)
     assert all(p.startswith("line ") for p in cut) and "\n".join(cut) == lines

@@ -16,8 +16,8 @@ from sqlalchemy import select, update
 from lunogen.channel import delivery as delivery_jobs
 from lunogen.channel.contract import ChannelView, InboundRequest, Outgoing, ProviderContext
 from lunogen.channel.models import ChannelContact, DeliveryReceipt
+from lunogen.channel.text import split_text, utf16_length
 from lunogen.channel.whatsapp import WHATSAPP, inbound
-from lunogen.channel.whatsapp.text import split_text, utf16_length
 from lunogen.config import Settings
 from lunogen.kit.http import SafeHttp
 from lunogen.runtime.models import Message, Thread

@@ -41,8 +41,8 @@ from lunogen.channel.schemas import TelegramChannel, TelegramChannelIn
 from lunogen.channel.telegram import api
 from lunogen.channel.telegram.api import BotApiError, chat_id_of, is_private, parse_reference
 from lunogen.channel.telegram.presence import Drafts, draft_id_of, keep_typing
-from lunogen.channel.telegram.text import split_message
 from lunogen.channel.telegram.updates import parse_update
+from lunogen.channel.text import split_text
 from lunogen.kit.http import FetchError, UnsafeUrlError
 
 log = structlog.get_logger(__name__)
@@ -145,7 +145,7 @@ class TelegramChannelType(ChannelType):
         if not token:
             return SendOutcome("failed", error="the channel has no bot token")
         text = outgoing.text if outgoing.kind == "reply" else self.failure_notice(channel) or ""
-        parts = split_message(text)
+        parts = split_text(text)
         if not parts:
             return SendOutcome("failed", error="the reply is empty; Telegram sends no empty text")
         chat = chat_id_of(outgoing.contact)

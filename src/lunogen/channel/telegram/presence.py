@@ -14,7 +14,7 @@ import structlog
 from lunogen.channel.contract import ProviderContext
 from lunogen.channel.telegram import api
 from lunogen.channel.telegram.api import BotApiError
-from lunogen.channel.telegram.text import split_message
+from lunogen.channel.text import split_text
 from lunogen.kit.http import FetchError
 from lunogen.runtime.events import Subscription
 
@@ -110,7 +110,7 @@ class Drafts:
 
     async def _show(self) -> bool:
         """Send the draft; False when Telegram will not take drafts for this chat."""
-        parts = split_message(self.text)
+        parts = split_text(self.text)
         params = {"chat_id": self.chat, "draft_id": self.draft_id, "text": parts[-1]}
         loop = asyncio.get_running_loop()
         self.next_at = loop.time() + DRAFT_EVERY_SECONDS

@@ -39,9 +39,9 @@ from lunogen.channel.contract import (
     register_type,
 )
 from lunogen.channel.schemas import WhatsappChannel, WhatsappChannelIn
+from lunogen.channel.text import split_text
 from lunogen.channel.whatsapp import inbound
 from lunogen.channel.whatsapp.graph import GraphError, call
-from lunogen.channel.whatsapp.text import split_text
 from lunogen.kit.http import FetchError, UnsafeUrlError
 from lunogen.kit.time import utcnow
 

@@ -1,4 +1,5 @@
-"""Splitting a reply into messages of at most 4,096 characters (WhatsApp's text limit).
+"""Splitting a reply into messages of at most `limit` characters (Telegram's and WhatsApp's
+limit is 4,096), for every channel type that sends text in parts.
 
 Lengths are counted in UTF-16 code units, which is never less than Meta's count whichever way
 it counts (an emoji outside the BMP is one code point and two units). A part ends at the last
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-MAX_TEXT = 4096
+MAX_TEXT = 4096  # Telegram's `sendMessage` and WhatsApp's text body
 # A sentence's end (ASCII, ellipsis, CJK full stops), its closing quotes or brackets, a space.
 _SENTENCE_END = re.compile("[.!?\u2026\u3002\uff01\uff1f][\"')\\]\u00bb\u201d\u2019]*\\s")
 _ZWJ = "\u200d"
