@@ -27,9 +27,8 @@ from lunogen.billing import endpoints as billing_endpoints
 from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
 from lunogen.channel import routes as channel_routes
 from lunogen.config import Settings
-from lunogen.dashboard.apidocs import router as apidocs_router
+from lunogen.dashboard import site as dashboard
 from lunogen.dashboard.pages import STATIC_DIR
-from lunogen.dashboard.pages import router as pages_router
 from lunogen.dashboard.render import templates
 from lunogen.errors import install_error_handlers
 from lunogen.health import router as health_router
@@ -176,8 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_credits_router,
         stripe_webhook_router,
         audit_router,
-        apidocs_router,
-        pages_router,
+        *dashboard.routers(),
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -86,7 +86,7 @@ async def test_consent_form_error_rerenders_then_succeeds(api: Api) -> None:
         },
     )
     assert accepted.status_code == 303
-    assert accepted.headers["location"] == "/account"
+    assert accepted.headers["location"] == "/home"
     assert (await browser.get("/account")).status_code == 200
 
 

@@ -85,7 +85,7 @@ async def test_browser_flow_register_verify_sign_in_account_sign_out(api: Api) -
         },
     )
     assert signed_in.status_code == 303
-    assert signed_in.headers["location"] == "/account"
+    assert signed_in.headers["location"] == "/home"
     account = await browser.get("/account")
     assert account.status_code == 200
     assert "grace@example.com" in account.text

@@ -226,7 +226,7 @@ async def test_new_google_account_needs_consent_then_works(
     # Signing in again (another browser) with the same Google account: same user, no onboarding.
     second = api.new_client()
     response = await google_sign_in(second, provider)
-    assert_signed_in(response, "/account")
+    assert_signed_in(response, "/home")
     assert (await second.get("/api/v1/me")).json()["id"] == user.id
     assert await user_count(api) == 1
     assert len(await audit_rows(api, "account.registered")) == 1
@@ -247,7 +247,7 @@ async def test_links_existing_password_account_with_verified_email(
     )
     client = api.new_client()
     response = await google_sign_in(client, provider)
-    assert_signed_in(response, "/account")  # consent was given at registration
+    assert_signed_in(response, "/home")  # consent was given at registration
     me = (await client.get("/api/v1/me")).json()
     assert me["id"] == person.id
     assert me["google_linked"] is True

@@ -822,9 +822,7 @@ def test_verify_compares_the_secret() -> None:
 
 
 def test_split_message_keeps_every_character_within_the_limit() -> None:
-    assert (
-        split_text("") == [] and split_text("  \n ") == [] and split_text("hi") == ["hi"]
-    )
+    assert split_text("") == [] and split_text("  \n ") == [] and split_text("hi") == ["hi"]
     word = "x" * 9000
     assert [len(p) for p in split_text(word)] == [4096, 4096, 808]
     emoji = "👍🏽" * 3000  # two code points, four UTF-16 units each

@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from sqlalchemy import select
 
 from lunogen.config import Settings
 from lunogen.db import create_engine, create_sessionmaker
 from lunogen.kit.crypto import load_keyring
 from lunogen.notification.models import OutboundEmail
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is required for browser tests: apt-get install chromium")
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield instance
-        await instance.close()
 
 
 async def _emailed_token(settings: Settings, to: str) -> str:
@@ -86,9 +61,12 @@ async def test_register_verify_sign_in_sign_out(
     await page.fill("input[name=email]", email)
     await page.fill("input[name=password]", "a long browser password")
     await page.click("button[type=submit]")
-    await expect(page).to_have_url(f"{live_server}/account")
+    await expect(page).to_have_url(f"{live_server}/home")
+    await expect(page.locator("h1")).to_have_text("Welcome, Browser Person")
+    await expect(page.locator("main")).to_contain_text("Create an agent")
+    await page.screenshot(path=str(tmp_path / "home.png"))
+    await page.goto(f"{live_server}/account")
     await expect(page.locator("main")).to_contain_text(email)
-    await page.screenshot(path=str(tmp_path / "account.png"))
 
     cookies = {c["name"]: c for c in await page.context.cookies()}
     assert set(cookies) == {"lg_session", "lg_csrf"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from lunogen.account.plans import PlanName
 from lunogen.account.roles import Role
@@ -27,9 +27,22 @@ class RegisterIn(ConsentIn):
     password: str = Field(max_length=256)
 
 
+def _local_path(value: str) -> str:
+    """A path on this site: `/…`, never `//host` or `/\\host` (browsers read those as hosts)."""
+    if (
+        not value.startswith("/")
+        or value.startswith(("//", "/\\"))
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise ValueError("must be a path on this site, such as /agents")
+    return value
+
+
 class LoginIn(StrictModel):
     email: EmailStr
     password: str = Field(max_length=256)
+    # Browser forms only: the dashboard page to return to (a path on this site).
+    next: Annotated[str, AfterValidator(_local_path)] | None = Field(default=None, max_length=300)
 
 
 class EmailIn(StrictModel):

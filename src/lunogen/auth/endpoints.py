@@ -308,7 +308,9 @@ async def sign_in(request: Request, db: DbSession) -> Response:
         await limiter.clear_failures(pair_key, pair_backoff)
         row, token = await create_session(db, user=user, client=client, settings=settings)
         if is_form(request):
-            target = "/account" if accounts.setup_problem(user) is None else "/onboarding"
+            target = (
+                (data.next or "/home") if accounts.setup_problem(user) is None else "/onboarding"
+            )
             response: Response = RedirectResponse(target, status_code=303)
         else:
             response = JSONResponse(accounts.me_out(user).model_dump(mode="json"))
@@ -374,7 +376,7 @@ async def give_consent(request: Request, principal: SetupUser, db: DbSession) ->
             db, user=principal.user, data=data, client=principal.client
         )
         if is_form(request):
-            return RedirectResponse("/account", status_code=303)
+            return RedirectResponse("/home", status_code=303)
         return JSONResponse(accounts.me_out(user).model_dump(mode="json"))
 
     return await _form_or_json(

@@ -146,7 +146,7 @@ async def google_callback(request: Request, db: DbSession) -> Response:
     row, session_token = await create_session(
         db, user=user, client=ClientInfo.from_request(request), settings=settings
     )
-    target = "/account" if accounts.setup_problem(user) is None else "/onboarding"
+    target = "/home" if accounts.setup_problem(user) is None else "/onboarding"
     response = RedirectResponse(target, status_code=303)
     set_session_cookies(response, token=session_token, csrf_token=row.csrf_token, settings=settings)
     return response

@@ -46,7 +46,7 @@ def _google_enabled(request: Request) -> bool:
 @router.get("/")
 async def home(request: Request, db: DbSession) -> Response:
     if await _signed_in(request, db):
-        return RedirectResponse("/account", status_code=303)
+        return RedirectResponse("/home", status_code=303)
     return render(request, "home.html")
 
 
@@ -62,8 +62,10 @@ async def register_page(request: Request) -> Response:
 
 
 @router.get("/login")
-async def login_page(request: Request) -> Response:
-    return render(request, "login.html", google=_google_enabled(request))
+async def login_page(request: Request, next: str = "") -> Response:
+    # Only a path on this site is carried through the form (LoginIn checks it again).
+    back = next if next.startswith("/") and not next.startswith(("//", "/\\")) else ""
+    return render(request, "login.html", google=_google_enabled(request), next=back[:300])
 
 
 @router.get("/verify")
@@ -88,7 +90,7 @@ async def onboarding_page(request: Request, db: DbSession) -> Response:
         return RedirectResponse("/login", status_code=303)
     user, row = current
     if setup_problem(user) is None:
-        return RedirectResponse("/account", status_code=303)
+        return RedirectResponse("/home", status_code=303)
     return render(
         request,
         "onboarding.html",

@@ -1,0 +1,12 @@
+"""Every dashboard module with pages, for the app to mount (a new page module adds its router
+here)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from lunogen.dashboard import apidocs, home, pages
+
+
+def routers() -> list[APIRouter]:
+    return [home.router, apidocs.router, pages.router]
