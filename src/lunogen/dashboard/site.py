@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lunogen.dashboard import apidocs, home, pages
+from lunogen.dashboard import apidocs, conversations, home, pages
 
 
 def routers() -> list[APIRouter]:
-    return [home.router, apidocs.router, pages.router]
+    return [home.router, conversations.router, apidocs.router, pages.router]

@@ -8,15 +8,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from starlette.responses import Response
 
 from lunogen.agent.service import get_agent
-from lunogen.auth.dependencies import AgentsRead
+from lunogen.audit import service as audit
+from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.db import DbSession
-from lunogen.errors import NotFoundError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.pagination import Page, PageParams, page_params
-from lunogen.runtime.models import Message, Thread
+from lunogen.runtime import conversations
 from lunogen.runtime.schemas import MessageOut, message_out
 
 router = APIRouter(prefix="/api/v1/agents", tags=["conversations"])
@@ -40,33 +40,20 @@ async def list_threads(
 ) -> Page[ThreadOut]:
     """The agent's conversations, most recently active first."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    base = select(Thread).where(Thread.agent_id == agent.id)
-    total = int((await db.execute(select(func.count()).select_from(base.subquery()))).scalar_one())
-    counts = (
-        select(Message.thread_id, func.count().label("n"))
-        .where(Message.agent_id == agent.id)
-        .group_by(Message.thread_id)
-        .subquery()
-    )
-    rows = await db.execute(
-        select(Thread, counts.c.n)
-        .outerjoin(counts, counts.c.thread_id == Thread.id)
-        .where(Thread.agent_id == agent.id)
-        .order_by(Thread.last_message_at.desc(), Thread.id)
-        .limit(page.limit)
-        .offset(page.offset)
+    found, total = await conversations.list_threads(
+        db, agent=agent, limit=page.limit, offset=page.offset
     )
     return Page(
         data=[
             ThreadOut(
-                id=t.id,
-                channel=t.channel_key,
-                contact=t.contact,
-                created_at=t.created_at,
-                last_message_at=t.last_message_at,
-                messages=n or 0,
+                id=item.thread.id,
+                channel=item.thread.channel_key,
+                contact=item.thread.contact,
+                created_at=item.thread.created_at,
+                last_message_at=item.thread.last_message_at,
+                messages=item.messages,
             )
-            for t, n in rows.all()
+            for item in found
         ],
         total=total,
         **page.model_dump(),
@@ -85,16 +72,44 @@ async def list_thread_messages(
 ) -> Page[MessageOut]:
     """A thread's messages in arrival order (`order=desc` for newest first)."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    thread = await db.get(Thread, thread_id)
-    if thread is None or thread.agent_id != agent.id:
-        raise NotFoundError(error="Thread not found")
-    base = select(Message).where(Message.thread_id == thread.id)
-    total = int((await db.execute(select(func.count()).select_from(base.subquery()))).scalar_one())
-    ordering = Message.seq.asc() if order == "asc" else Message.seq.desc()
-    rows = await db.execute(base.order_by(ordering).limit(page.limit).offset(page.offset))
+    thread = await conversations.get_thread(db, agent=agent, thread_id=thread_id)
+    messages, total = await conversations.thread_messages(
+        db, thread=thread, limit=page.limit, offset=page.offset, newest_first=order == "desc"
+    )
     keyring: KeyRing = request.app.state.keyring
     return Page(
-        data=[message_out(m, keyring) for m in rows.scalars()],
+        data=[message_out(m, keyring) for m in messages],
         total=total,
         **page.model_dump(),
     )
+
+
+@router.delete(
+    "/{agent_id}/threads/{thread_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        404: {"description": "No such agent or thread visible to you"},
+        409: {"description": "The agent is answering in this conversation"},
+    },
+)
+async def delete_thread(
+    agent_id: str, thread_id: str, principal: AgentsWrite, db: DbSession
+) -> Response:
+    """Forget a conversation: the thread and all its messages. Scope: `agents:write`. The
+    agent's memory notes about the contact stay (delete them under `/memory`)."""
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    thread = await conversations.get_thread(db, agent=agent, thread_id=thread_id)
+    channel = thread.channel_key
+    removed = await conversations.delete_thread(db, thread=thread)
+    audit.record(
+        db,
+        action="agent.thread_deleted",
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details={"thread_id": thread_id, "channel": channel, "messages": removed},
+    )
+    return Response(status_code=204)

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 from starlette.responses import Response
 
 from lunogen.agent.endpoints import Keys
@@ -15,9 +14,8 @@ from lunogen.agent.service import get_agent
 from lunogen.audit import service as audit
 from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.db import DbSession
-from lunogen.errors import NotFoundError
 from lunogen.kit.pagination import Page, PageParams, page_params
-from lunogen.runtime.models import MemoryNote
+from lunogen.runtime import conversations
 
 router = APIRouter(prefix="/api/v1/agents", tags=["memory"])
 
@@ -51,18 +49,8 @@ async def list_memory(
 ) -> Page[MemoryNoteOut]:
     """The notes the agent keeps (via `remember`), newest first. Scope: `agents:read`."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    query = select(MemoryNote).where(MemoryNote.agent_id == agent.id)
-    if contact is not None:
-        query = query.where(MemoryNote.contact == contact)
-    if about == "agent":
-        query = query.where(MemoryNote.contact.is_(None))
-    elif about == "contact":
-        query = query.where(MemoryNote.contact.is_not(None))
-    total = int((await db.execute(select(func.count()).select_from(query.subquery()))).scalar_one())
-    rows = await db.execute(
-        query.order_by(MemoryNote.created_at.desc(), MemoryNote.id.desc())
-        .limit(page.limit)
-        .offset(page.offset)
+    notes, total = await conversations.memory_notes(
+        db, agent=agent, limit=page.limit, offset=page.offset, contact=contact, about=about
     )
     data = [
         MemoryNoteOut(
@@ -72,7 +60,7 @@ async def list_memory(
             text=keyring.decrypt(row.content),
             created_at=row.created_at,
         )
-        for row in rows.scalars()
+        for row in notes
     ]
     return Page(data=data, total=total, **page.model_dump())
 
@@ -85,14 +73,7 @@ async def delete_memory_note(
 ) -> Response:
     """Delete one note. Scope: `agents:write`."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    note = (
-        await db.execute(
-            select(MemoryNote).where(MemoryNote.id == note_id, MemoryNote.agent_id == agent.id)
-        )
-    ).scalar_one_or_none()
-    if note is None:
-        raise NotFoundError(error="Memory note not found")
-    await db.delete(note)
+    note = await conversations.delete_memory_note(db, agent=agent, note_id=note_id)
     audit.record(
         db,
         action="agent.memory_note_deleted",
@@ -101,7 +82,6 @@ async def delete_memory_note(
         client=principal.client,
         target_type="agent",
         target_id=agent.id,
-        details={"note_id": note.id, "about": "agent" if note.contact is None else "contact"},
+        details={"note_id": note.id, "about": conversations.about_of(note)},
     )
-    await db.flush()
     return Response(status_code=204)
