@@ -51,6 +51,7 @@ class NavItem:
 NAV: tuple[NavItem, ...] = (
     NavItem("/home", "Home", "home"),
     NavItem("/agents", "Agents", "agents"),
+    NavItem("/skills", "Skills", "skills"),
     NavItem("/usage", "Usage", "usage"),
     NavItem("/billing", "Billing", "billing"),
     NavItem("/keys", "API keys", "keys"),

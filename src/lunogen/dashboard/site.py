@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lunogen.dashboard import apidocs, conversations, home, pages
+from lunogen.dashboard import apidocs, conversations, home, pages, skills_pages
 
 
 def routers() -> list[APIRouter]:
-    return [home.router, conversations.router, apidocs.router, pages.router]
+    return [home.router, conversations.router, skills_pages.router, apidocs.router, pages.router]

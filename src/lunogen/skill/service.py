@@ -143,6 +143,26 @@ async def file_sizes(session: AsyncSession, *, version_id: str) -> list[tuple[st
     return [(path, size) for path, size in rows.all()]
 
 
+async def file_texts(
+    session: AsyncSession, *, version_id: str
+) -> tuple[dict[str, str], list[str]]:
+    """A version's files for an editor: the UTF-8 text ones by path, and the paths of the others
+    (binary assets, which only a zip can replace)."""
+    rows = await session.execute(
+        select(SkillFile.path, SkillFile.content)
+        .where(SkillFile.version_id == version_id)
+        .order_by(SkillFile.path)
+    )
+    texts: dict[str, str] = {}
+    binary: list[str] = []
+    for path, content in rows:
+        try:
+            texts[path] = bytes(content).decode("utf-8")
+        except UnicodeDecodeError:
+            binary.append(path)
+    return texts, binary
+
+
 async def list_versions(session: AsyncSession, *, skill_id: str) -> list[SkillVersion]:
     """The stored versions, newest first, without their bodies."""
     rows = await session.execute(
