@@ -86,7 +86,9 @@ async def test_browser_flow_register_verify_sign_in_account_sign_out(api: Api) -
     )
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/home"
-    account = await browser.get("/account")
+    moved = await browser.get("/account")
+    assert moved.status_code == 303 and moved.headers["location"] == "/settings"
+    account = await browser.get("/settings")
     assert account.status_code == 200
     assert "grace@example.com" in account.text
     assert "Grace Hopper" in account.text
@@ -95,9 +97,9 @@ async def test_browser_flow_register_verify_sign_in_account_sign_out(api: Api) -
     assert match
     signed_out = await browser.post("/api/v1/auth/logout", data={"csrf_token": match.group(1)})
     assert signed_out.status_code == 303
-    after = await browser.get("/account")
+    after = await browser.get("/settings")
     assert after.status_code == 303
-    assert after.headers["location"] == "/login"
+    assert after.headers["location"] == "/login?next=/settings"
 
 
 async def test_form_errors_rerender_the_page_never_json(api: Api) -> None:

@@ -24,6 +24,7 @@ FIELDS = {
     "name",
     "description",
     "model",
+    "fallback_models",
     "instructions",
     "status",
     "status_changed_at",
@@ -234,3 +235,30 @@ async def test_deleted_agent_is_gone_for_every_verb(api: Api) -> None:
     page = (await dev.http.get("/api/v1/agents")).json()
     assert [a["id"] for a in page["data"]] == [keep["id"]]
     assert page["total"] == 1
+
+
+async def test_fallback_models_are_set_checked_and_never_the_main_model(api: Api) -> None:
+    dev = await new_dev(api)
+    models = [m["id"] for m in (await dev.http.get("/api/v1/models")).json()["data"]]
+    main, first, second = models[0], models[1], models[2]
+    created = await dev.http.post(
+        "/api/v1/agents",
+        json=agent_body(model=main, fallback_models=[first, main, second]),
+    )
+    assert created.status_code == 201, created.text
+    agent = created.json()
+    assert agent["fallback_models"] == [first, second]
+    unknown = await dev.http.patch(
+        f"/api/v1/agents/{agent['id']}", json={"fallback_models": ["openai/no-such-model"]}
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["details"][0]["field"] == "fallback_models"
+    too_many = await dev.http.patch(
+        f"/api/v1/agents/{agent['id']}", json={"fallback_models": models[1:5]}
+    )
+    assert too_many.status_code == 422
+    # The main model becoming a fallback's model drops it from the fallbacks.
+    moved = await dev.http.patch(f"/api/v1/agents/{agent['id']}", json={"model": first})
+    assert moved.status_code == 200 and moved.json()["fallback_models"] == [second]
+    cleared = await dev.http.patch(f"/api/v1/agents/{agent['id']}", json={"fallback_models": []})
+    assert cleared.json()["fallback_models"] == []

@@ -133,9 +133,10 @@ async def test_browser_sign_up_by_forms_sets_only_session_and_csrf(
         data={"csrf_token": csrf_field(login_page), "email": email, "password": PASSWORD},
     )
     assert signed_in.status_code == 303, signed_in.text
-    account = await client.get("/account")
+    assert (await client.get("/account")).status_code == 303  # the old page: on to /settings
+    account = await client.get("/settings")
     assert account.status_code == 200
-    assert (await client.get("/")).status_code == 303  # signed in: on to /account
+    assert (await client.get("/")).status_code == 303  # signed in: on to /home
     for path in ("/terms", "/privacy", "/forgot", "/api/docs", "/healthz"):
         assert (await client.get(path)).status_code == 200, path
     signed_out = await client.post("/api/v1/auth/logout", data={"csrf_token": csrf_field(account)})

@@ -231,7 +231,7 @@ async def test_new_google_account_needs_consent_then_works(
     assert await user_count(api) == 1
     assert len(await audit_rows(api, "account.registered")) == 1
     assert len(await audit_rows(api, "auth.sign_in")) == 2
-    account = await second.get("/account")
+    account = await second.get("/settings")
     assert account.status_code == 200
 
 

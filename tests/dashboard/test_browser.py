@@ -66,6 +66,7 @@ async def test_register_verify_sign_in_sign_out(
     await expect(page.locator("main")).to_contain_text("Create an agent")
     await page.screenshot(path=str(tmp_path / "home.png"))
     await page.goto(f"{live_server}/account")
+    await expect(page).to_have_url(f"{live_server}/settings")
     await expect(page.locator("main")).to_contain_text(email)
 
     cookies = {c["name"]: c for c in await page.context.cookies()}
@@ -75,8 +76,8 @@ async def test_register_verify_sign_in_sign_out(
 
     await page.click("text=Sign out everywhere")
     await expect(page).to_have_url(f"{live_server}/login")
-    await page.goto(f"{live_server}/account")
-    await expect(page).to_have_url(f"{live_server}/login")
+    await page.goto(f"{live_server}/settings")
+    await expect(page).to_have_url(f"{live_server}/login?next=/settings")
 
 
 async def test_register_without_consent_shows_the_error(browser: Browser, live_server: str) -> None:

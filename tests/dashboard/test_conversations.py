@@ -120,3 +120,13 @@ async def test_conversations_in_a_real_browser(
     await page.click("text=Delete this note")
     await expect(page.locator("main")).to_contain_text("No notes about this contact")
     watched.check()
+
+
+async def test_a_malformed_query_is_an_error_page_not_json(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    dev, agent, _thread = await _talked(api, openrouter)
+    bad = await dev.person.client.get(f"/agents/{agent['id']}/conversations?offset=-1")
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("text/html")
+    assert "Invalid request" in bad.text and "offset" in bad.text

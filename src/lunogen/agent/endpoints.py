@@ -42,6 +42,7 @@ def _render(agent: Agent, revealed: service.Revealed | None = None) -> schemas.A
         name=agent.name,
         description=agent.description,
         model=agent.model,
+        fallback_models=list(agent.fallback_models),
         instructions=agent.instructions,
         status=schemas.AgentStatus(agent.status),
         status_changed_at=agent.status_changed_at,

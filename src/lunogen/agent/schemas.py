@@ -69,12 +69,27 @@ def _dedupe(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _fallbacks(model: str, fallbacks: list[str]) -> list[str]:
+    """In order, once each, never the main model again (it is tried first already)."""
+    return [m for m in _dedupe(fallbacks) if m != model]
+
+
+MAX_FALLBACKS = 3
+_FALLBACKS_DOC = (
+    "Models tried in order when `model` fails (an error the provider says to retry, or the "
+    "model is unavailable); at most 3. Every call is priced from the model that answered."
+)
+
+
 class AgentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(description=_NAME_DOC)
     description: Description = ""
     model: ModelId = Field(description=_MODEL_DOC)
+    fallback_models: list[ModelId] = Field(
+        default_factory=list, max_length=MAX_FALLBACKS, description=_FALLBACKS_DOC
+    )
     instructions: Instructions = Field(default="", description=_INSTRUCTIONS_DOC)
     channels: list[ChannelIn] = Field(
         default_factory=list, max_length=MAX_CHANNELS, description=_CHANNELS_DOC
@@ -86,6 +101,7 @@ class AgentCreate(BaseModel):
     def _unique_lists(self) -> AgentCreate:
         self.skills = _dedupe(self.skills)
         self.tools = _dedupe(self.tools)
+        self.fallback_models = _fallbacks(self.model, self.fallback_models)
         return self
 
 
@@ -97,6 +113,9 @@ class AgentUpdate(BaseModel):
     name: Name | None = _optional(description=_NAME_DOC)
     description: Description | None = _optional()
     model: ModelId | None = _optional(description=_MODEL_DOC)
+    fallback_models: list[ModelId] | None = _optional(
+        max_length=MAX_FALLBACKS, description=_FALLBACKS_DOC
+    )
     instructions: Instructions | None = _optional(description=_INSTRUCTIONS_DOC)
     channels: list[ChannelIn] | None = _optional(
         max_length=MAX_CHANNELS,
@@ -119,6 +138,8 @@ class AgentUpdate(BaseModel):
             self.skills = _dedupe(self.skills)
         if self.tools is not None:
             self.tools = _dedupe(self.tools)
+        if self.fallback_models is not None:
+            self.fallback_models = _dedupe(self.fallback_models)
         return self
 
 
@@ -127,6 +148,7 @@ class Agent(BaseModel):
     name: str
     description: str
     model: str
+    fallback_models: list[str]
     instructions: str
     status: AgentStatus
     status_changed_at: datetime

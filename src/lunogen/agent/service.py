@@ -121,10 +121,21 @@ async def _reference_problems(
     model: str | None,
     skills: list[str] | None,
     tools: list[str] | None,
+    fallback_models: list[str] | None = None,
 ) -> Problems:
     problems: Problems = []
     if model is not None and await catalog.get_model(session, model) is None:
         problems.append(("model", f"unknown model '{model}'; see GET /api/v1/models"))
+    unknown_fallbacks = [
+        m for m in fallback_models or [] if await catalog.get_model(session, m) is None
+    ]
+    if unknown_fallbacks:
+        problems.append(
+            (
+                "fallback_models",
+                f"{_plural(unknown_fallbacks, 'unknown model')}; see GET /api/v1/models",
+            )
+        )
     if tools:
         unknown = registry.unknown(tools)
         if unknown:
@@ -192,7 +203,12 @@ async def create_agent(
         )
     _check_channel_quota(limits, data.channels)
     problems = await _reference_problems(
-        session, owner_id=owner.id, model=data.model, skills=data.skills, tools=data.tools
+        session,
+        owner_id=owner.id,
+        model=data.model,
+        skills=data.skills,
+        tools=data.tools,
+        fallback_models=data.fallback_models,
     )
     changes = apply_channels(data.channels, existing=[], keyring=keyring)
     _raise_problems(problems + changes.problems)
@@ -203,6 +219,7 @@ async def create_agent(
         name=data.name,
         description=data.description,
         model=data.model,
+        fallback_models=data.fallback_models,
         instructions=data.instructions,
         status=schemas.AgentStatus.DRAFT.value,
         status_changed_at=now,
@@ -251,15 +268,31 @@ async def update_agent(
     sent = data.model_fields_set
     new: dict[str, Any] = {
         name: getattr(data, name)
-        for name in ("name", "description", "model", "instructions", "skills", "tools")
+        for name in (
+            "name",
+            "description",
+            "model",
+            "fallback_models",
+            "instructions",
+            "skills",
+            "tools",
+        )
         if name in sent and getattr(data, name) != getattr(agent, name)
     }
+    if "model" in new or "fallback_models" in new:  # the main model is never its own fallback
+        model = new.get("model", agent.model)
+        fallbacks = [m for m in new.get("fallback_models", agent.fallback_models) if m != model]
+        if fallbacks != agent.fallback_models:
+            new["fallback_models"] = fallbacks
+        else:
+            new.pop("fallback_models", None)
     problems = await _reference_problems(
         session,
         owner_id=owner.id,
         model=new.get("model"),
         skills=new.get("skills"),
         tools=new.get("tools"),
+        fallback_models=new.get("fallback_models"),
     )
     changes = ChannelChanges()
     if data.channels is not None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.audit.models import AuditEvent
@@ -56,3 +56,28 @@ def visible_events(*, user_id: str, see_all: bool) -> Select[AuditEvent]:
             (AuditEvent.actor_user_id == user_id) | (AuditEvent.subject_user_id == user_id)
         )
     return query
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    see_all: bool,
+    action: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[AuditEvent], int]:
+    """A page of the events `user_id` may read (see `visible_events`), newest first, and the
+    total."""
+    query = visible_events(user_id=user_id, see_all=see_all)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    total = int(
+        (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    )
+    rows = await session.execute(
+        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.scalars()), total

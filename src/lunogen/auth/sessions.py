@@ -10,8 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from lunogen.account.models import User
+from lunogen.audit import service as audit
 from lunogen.auth.models import AuthSession
 from lunogen.config import Settings
+from lunogen.errors import BadRequestError, NotFoundError
 from lunogen.kit.ids import random_token, sha256_hex
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
@@ -69,6 +71,43 @@ async def revoke_all_sessions(
         query = query.where(AuthSession.id != except_id)
     result = await session.execute(query.values(revoked_at=utcnow()))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def list_active_sessions(session: AsyncSession, *, user_id: str) -> list[AuthSession]:
+    """The user's signed-in browsers (unrevoked, unexpired), most recently seen first."""
+    query = (
+        select(AuthSession)
+        .where(
+            AuthSession.user_id == user_id,
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > utcnow(),
+        )
+        .order_by(AuthSession.last_seen_at.desc(), AuthSession.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def revoke_other_session(
+    session: AsyncSession, *, user_id: str, session_id: str, current_id: str, client: ClientInfo
+) -> AuthSession:
+    """Sign out one of the user's other browsers (audited). Another person's session, a revoked
+    one or an unknown id is not found; the current one is refused (sign out instead)."""
+    row = await session.get(AuthSession, session_id)
+    if row is None or row.user_id != user_id or row.revoked_at is not None:
+        raise NotFoundError(error="Session not found")
+    if row.id == current_id:
+        raise BadRequestError("This is the session you are using: sign out instead")
+    row.revoked_at = utcnow()
+    audit.record(
+        session,
+        action="auth.session_revoked",
+        actor_user_id=user_id,
+        client=client,
+        target_type="auth_session",
+        target_id=row.id,
+        details={"ip": row.ip, "user_agent": row.user_agent},
+    )
+    return row
 
 
 def csrf_matches(expected: str, presented: str | None) -> bool:

@@ -37,9 +37,7 @@ async def conversation_list(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Response:
     agent = await get_agent(db, owner_id=viewer.user.id, agent_id=agent_id)
-    found, total = await conversations.list_threads(
-        db, agent=agent, limit=PER_PAGE, offset=offset
-    )
+    found, total = await conversations.list_threads(db, agent=agent, limit=PER_PAGE, offset=offset)
     return page(
         request,
         viewer,

@@ -1,4 +1,4 @@
-"""Plain server-rendered pages: register, sign in, verify, reset, consent, account.
+"""Plain server-rendered pages: register, sign in, verify, reset, consent.
 
 Forms post to the `/api/v1/auth/...` endpoints, which answer browsers with pages too.
 """
@@ -13,7 +13,6 @@ from starlette.responses import Response
 
 from lunogen.account.models import User
 from lunogen.account.service import setup_problem
-from lunogen.auth import apikeys
 from lunogen.auth.models import AuthSession
 from lunogen.auth.sessions import SESSION_COOKIE, find_session
 from lunogen.config import Settings
@@ -102,15 +101,9 @@ async def onboarding_page(request: Request, db: DbSession) -> Response:
 
 
 @router.get("/account")
-async def account_page(request: Request, db: DbSession) -> Response:
-    current = await _signed_in(request, db)
-    if current is None:
-        return RedirectResponse("/login", status_code=303)
-    user, row = current
-    if setup_problem(user) is not None:
-        return RedirectResponse("/onboarding", status_code=303)
-    keys = await apikeys.list_keys(db, user_id=user.id)
-    return render(request, "account.html", user=user, keys=keys, csrf_token=row.csrf_token)
+async def account_page() -> Response:
+    """The old account page: its parts are on /settings and /keys now (old emails link here)."""
+    return RedirectResponse("/settings", status_code=303)
 
 
 @router.get("/terms")

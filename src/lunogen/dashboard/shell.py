@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
@@ -28,7 +29,7 @@ from lunogen.auth.models import AuthSession
 from lunogen.auth.sessions import SESSION_COOKIE, find_session
 from lunogen.dashboard.render import render
 from lunogen.db import DbSession
-from lunogen.errors import LunogenError, NotFoundError
+from lunogen.errors import LunogenError, NotFoundError, validation_details
 from lunogen.notification.models import Notification
 
 
@@ -114,6 +115,11 @@ class PageRoute(APIRoute):
                 return RedirectResponse("/onboarding", status_code=303)
             except NotFoundError:
                 return render(request, "errors/not_found.html", status_code=404)
+            except RequestValidationError as exc:  # a malformed path or query
+                details = validation_details(list(exc.errors()))
+                message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+                problem = {"error": "Invalid request", "message": message}
+                return render(request, "errors/problem.html", status_code=422, problem=problem)
             except LunogenError as exc:
                 return render(
                     request,

@@ -5,8 +5,36 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lunogen.dashboard import apidocs, conversations, home, pages, skills_pages
+from lunogen.dashboard import (
+    account_pages,
+    agents,
+    apidocs,
+    billing_pages,
+    channels,
+    conversations,
+    home,
+    key_pages,
+    logs,
+    pages,
+    playground,
+    skills_pages,
+    usage_pages,
+)
 
 
 def routers() -> list[APIRouter]:
-    return [home.router, conversations.router, skills_pages.router, apidocs.router, pages.router]
+    return [
+        home.router,
+        apidocs.router,
+        pages.router,
+        playground.router,
+        logs.router,
+        agents.router,
+        channels.router,
+        conversations.router,
+        skills_pages.router,
+        usage_pages.router,
+        billing_pages.router,
+        key_pages.router,
+        account_pages.router,
+    ]

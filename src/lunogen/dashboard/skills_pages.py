@@ -264,9 +264,7 @@ async def approve(
     db: DbSession,
     version: Annotated[int, Form(ge=1)],
 ) -> Response:
-    skill = await service.approve_skill(
-        db, principal=principal, skill_id=skill_id, version=version
-    )
+    skill = await service.approve_skill(db, principal=principal, skill_id=skill_id, version=version)
     return RedirectResponse(f"/skills/{skill.id}?outcome=approved", status_code=303)
 
 

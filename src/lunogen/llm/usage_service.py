@@ -10,6 +10,8 @@ Billing (its own issue) turns the same rows into credit debits: it should select
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -113,6 +115,25 @@ def owned_usage(
     return condition
 
 
+async def usage_by_message(
+    session: AsyncSession, *, owner_id: str, agent_id: str, message_ids: list[str]
+) -> dict[str, Figures]:
+    """Figures of the calls that answered each of these inbound messages (the owner's and the
+    agent's calls only); a message without calls is left out."""
+    if not message_ids:
+        return {}
+    query = (
+        select(UsageRecord.message_id.label("key"), *_figure_columns())
+        .where(
+            UsageRecord.owner_id == owner_id,
+            UsageRecord.agent_id == agent_id,
+            UsageRecord.message_id.in_(message_ids),
+        )
+        .group_by(UsageRecord.message_id)
+    )
+    return {str(row.key): _figures(row) for row in await session.execute(query)}
+
+
 def _figure_columns() -> list[Any]:
     ok = UsageRecord.outcome == "ok"
 
@@ -209,3 +230,56 @@ async def usage_report(
         totals=totals,
         groups=groups,
     )
+
+
+CSV_COLUMNS = (
+    "group_by",
+    "key",
+    "name",
+    "calls",
+    "failed_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+)
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(text: str | None) -> str:
+    """Text a spreadsheet would run as a formula (an agent's name) gets a leading '."""
+    if text and text.startswith(_CSV_FORMULA_START):
+        return "'" + text
+    return text or ""
+
+
+def usage_csv(report: UsageReport) -> str:
+    """The report's groups as CSV: a header row, one row per group, then the totals (a row whose
+    `group_by` is `total` and whose key is empty). The figures are the API's, exactly: cost in
+    USD with 9 decimal places."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    rows: list[tuple[str, str, str | None, Figures]] = [
+        (report.group_by, g.key, g.name, g.figures) for g in report.groups
+    ]
+    rows.append(("total", "", None, report.totals))
+    for group_by, key, name, figures in rows:
+        writer.writerow(
+            [
+                group_by,
+                _csv_cell(key),
+                _csv_cell(name),
+                figures.calls,
+                figures.failed_calls,
+                figures.prompt_tokens,
+                figures.completion_tokens,
+                figures.cached_tokens,
+                figures.reasoning_tokens,
+                figures.cost_usd,
+                figures.unpriced_calls,
+            ]
+        )
+    return out.getvalue()

@@ -58,7 +58,7 @@ async def notify(
             keyring,
             to=user.email,
             subject=f"LunoGen: {title}",
-            body=f"Hello {user.name},\n\n{body}\n\n{settings.public_url}/account\n",
+            body=f"Hello {user.name},\n\n{body}\n\n{settings.public_url}/notifications\n",
         )
     return row
 

@@ -78,6 +78,41 @@ async def read_events(
     return list((await session.execute(query)).scalars())
 
 
+async def recent_events(
+    session: AsyncSession,
+    *,
+    agent_id: str,
+    min_level: Level | None = None,
+    event: str | None = None,
+    limit: int = 100,
+) -> list[AgentLogEvent]:
+    """The newest `limit` lines at `min_level` or above (and named `event`), oldest first."""
+    query = (
+        select(AgentLogEvent)
+        .where(AgentLogEvent.agent_id == agent_id)
+        .order_by(AgentLogEvent.id.desc())
+        .limit(limit)
+    )
+    if min_level is not None:
+        query = query.where(AgentLogEvent.level.in_(LEVELS[LEVELS.index(min_level) :]))
+    if event is not None:
+        query = query.where(AgentLogEvent.event == event)
+    return list(reversed((await session.execute(query)).scalars().all()))
+
+
+async def event_names(session: AsyncSession, *, agent_id: str, scan: int = 2000) -> list[str]:
+    """The event names among the agent's newest `scan` lines, sorted (a bounded read)."""
+    newest = (
+        select(AgentLogEvent.event)
+        .where(AgentLogEvent.agent_id == agent_id)
+        .order_by(AgentLogEvent.id.desc())
+        .limit(scan)
+        .subquery()
+    )
+    rows = await session.execute(select(newest.c.event).distinct().order_by(newest.c.event))
+    return [str(name) for name in rows.scalars()]
+
+
 async def purge_events_before(session: AsyncSession, *, cutoff: datetime, batch: int = 5000) -> int:
     """Delete log lines older than `cutoff`, a batch at a time. Commits each batch."""
     removed = 0

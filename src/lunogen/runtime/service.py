@@ -203,6 +203,25 @@ async def accept_inbound(
     return Accepted(message, thread, duplicate=False, reply_id=reply.id)
 
 
+async def contact_messages(
+    session: AsyncSession, *, agent_id: str, channel_key: str, contact: str, limit: int = 50
+) -> list[Message]:
+    """The last `limit` messages of the agent's thread with `contact` on `channel_key`, oldest
+    first; none while they have no thread."""
+    query = (
+        select(Message)
+        .join(Thread, Thread.id == Message.thread_id)
+        .where(
+            Thread.agent_id == agent_id,
+            Thread.channel_key == channel_key,
+            Thread.contact == contact,
+        )
+        .order_by(Message.seq.desc())
+        .limit(limit)
+    )
+    return list(reversed((await session.execute(query)).scalars().all()))
+
+
 async def find_by_dedupe_key(session: AsyncSession, dedupe_key: str) -> Message | None:
     query = select(Message).where(Message.dedupe_key == dedupe_key)
     return (await session.execute(query)).scalar_one_or_none()

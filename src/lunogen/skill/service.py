@@ -143,9 +143,7 @@ async def file_sizes(session: AsyncSession, *, version_id: str) -> list[tuple[st
     return [(path, size) for path, size in rows.all()]
 
 
-async def file_texts(
-    session: AsyncSession, *, version_id: str
-) -> tuple[dict[str, str], list[str]]:
+async def file_texts(session: AsyncSession, *, version_id: str) -> tuple[dict[str, str], list[str]]:
     """A version's files for an editor: the UTF-8 text ones by path, and the paths of the others
     (binary assets, which only a zip can replace)."""
     rows = await session.execute(

@@ -1,0 +1,100 @@
+"""Every dashboard page, as a signed-in person with an agent, a channel, a conversation and a
+skill sees it: axe-core finds no serious or critical violation (light and dark), the page fits
+360 px without horizontal scrolling, no CSP violation, nothing fetched from another origin.
+
+A screenshot of each page is kept under `LUNOGEN_SCREENSHOTS_DIR` (default
+`artifacts/screenshots`, which CI keeps as artifacts)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Page
+
+from tests.agent.support import create_agent, new_dev
+from tests.dashboard.browser import fits, sign_in
+from tests.fakes.openrouter import FakeOpenRouter
+from tests.helpers import Api
+from tests.skill.support import clean_package
+
+AXE = (Path(__file__).parent / "vendor" / "axe-4.14.1.min.js").read_text()
+SHOTS = Path(os.environ.get("LUNOGEN_SCREENSHOTS_DIR", "artifacts/screenshots"))
+
+
+async def _violations(page: Page) -> list[dict[str, Any]]:
+    result: dict[str, Any] = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, str]]:
+    """A person with one of everything a page can show; the paths to visit."""
+    dev = await new_dev(api)
+    agent = await create_agent(
+        dev,
+        name="Shop helper",
+        tools=["current_time"],
+        channels=[{"type": "webchat", "allowed_origins": ["https://shop.example"]}],
+    )
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    openrouter.reply("Hello from the shop")
+    said = await dev.http.post(
+        f"/api/v1/agents/{agent['id']}/messages", json={"text": "Hi", "contact": "ada"}
+    )
+    thread = said.json()["message"]["thread_id"]
+    skill = (await dev.http.post("/api/v1/skills", json=clean_package())).json()
+    aid = agent["id"]
+    paths = {
+        "home": "/home",
+        "agents": "/agents",
+        "agent-new": "/agents/new",
+        "agent": f"/agents/{aid}",
+        "agent-edit": f"/agents/{aid}/edit",
+        "channels": f"/agents/{aid}/channels",
+        "playground": f"/agents/{aid}/playground",
+        "logs": f"/agents/{aid}/logs",
+        "conversations": f"/agents/{aid}/conversations",
+        "conversation": f"/agents/{aid}/conversations/{thread}",
+        "skills": "/skills",
+        "skill-new": "/skills/new",
+        "skill": f"/skills/{skill['id']}",
+        "usage": "/usage",
+        "billing": "/billing",
+        "keys": "/keys",
+        "notifications": "/notifications",
+        "security": "/security",
+        "settings": "/settings",
+    }
+    return dev, paths
+
+
+async def test_every_page_passes_axe_fits_360_px_and_stays_on_its_origin(
+    browser: Browser, live_server: str, api: Api, openrouter: FakeOpenRouter
+) -> None:
+    dev, paths = await _world(api, openrouter)
+    watched = await sign_in(browser, live_server, dev.person)
+    page = watched.page
+    await page.add_init_script(script=AXE)  # through the browser, not the page: CSP unchanged
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    problems: dict[str, Any] = {}
+    for name, path in paths.items():
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.emulate_media(color_scheme="light")
+        response = await page.goto(f"{live_server}{path}")
+        assert response is not None and response.status == 200, (name, path)
+        found = await _violations(page)
+        await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        await page.emulate_media(color_scheme="dark")
+        found += [{**v, "dark": True} for v in await _violations(page)]
+        if not await fits(page, 360):
+            found.append({"id": "horizontal-scroll-at-360px"})
+        await page.screenshot(path=str(SHOTS / f"{name}-360-dark.png"), full_page=True)
+        if found:
+            problems[path] = found
+    assert problems == {}
+    watched.check()
