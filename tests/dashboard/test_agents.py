@@ -468,3 +468,20 @@ async def test_a_model_gone_from_the_catalog_stays_shown_in_the_form(api: Api) -
     assert kept.status_code == 303
     [row] = await raw_rows(api, "select name, model from agents")
     assert row == {"name": "Renamed", "model": "gone/model-1"}
+
+
+async def test_fallback_models_are_chosen_in_the_form(api: Api) -> None:
+    person = await api.sign_up()
+    listed = (await person.client.get("/api/v1/models")).json()["data"]
+    others = [m["id"] for m in listed if m["id"] != MODEL][:2]
+    agent_id = await _create(person, fallback_models=[others[0], "", others[1]])
+    shown = (await person.client.get(f"/api/v1/agents/{agent_id}")).json()
+    assert shown["fallback_models"] == others
+    form = await person.client.get(f"/agents/{agent_id}/edit")
+    assert form.text.count(" selected>") >= 3  # the model and both fallbacks
+    cleared = await person.client.post(
+        f"/agents/{agent_id}/edit",
+        data=_form(person, name="Shop helper", model=MODEL, fallback_models=["", "", ""]),
+    )
+    assert cleared.status_code == 303, cleared.text
+    assert (await person.client.get(f"/api/v1/agents/{agent_id}")).json()["fallback_models"] == []

@@ -95,6 +95,7 @@ class AgentForm:
     instructions: str = ""
     tools: tuple[str, ...] = ()
     skills: tuple[str, ...] = ()
+    fallback_models: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, agent: Agent) -> AgentForm:
@@ -105,6 +106,7 @@ class AgentForm:
             instructions=agent.instructions,
             tools=tuple(agent.tools),
             skills=tuple(agent.skills),
+            fallback_models=tuple(agent.fallback_models),
         )
 
     @classmethod
@@ -120,6 +122,9 @@ class AgentForm:
             instructions=text("instructions").replace("\r\n", "\n"),
             tools=tuple(v for v in form.getlist("tools") if isinstance(v, str)),
             skills=tuple(v for v in form.getlist("skills") if isinstance(v, str)),
+            fallback_models=tuple(
+                v for v in form.getlist("fallback_models") if isinstance(v, str) and v
+            ),
         )
 
     def values(self) -> dict[str, Any]:
@@ -130,6 +135,7 @@ class AgentForm:
             "instructions": self.instructions,
             "tools": list(self.tools),
             "skills": list(self.skills),
+            "fallback_models": list(self.fallback_models),
         }
 
 
