@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from lunogen.agent.models import Agent, AgentChannel
-from lunogen.channel.models import ChannelContact
+from lunogen.channel.models import ChannelContact, Delivery
+from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from tests.agent.support import MODEL, create_agent, new_dev, raw_rows
 from tests.fakes import telegram as fake_telegram
@@ -485,3 +486,28 @@ async def test_fallback_models_are_chosen_in_the_form(api: Api) -> None:
     )
     assert cleared.status_code == 303, cleared.text
     assert (await person.client.get(f"/api/v1/agents/{agent_id}")).json()["fallback_models"] == []
+
+
+async def test_a_channels_last_delivery_is_shown(api: Api) -> None:
+    dev = await new_dev(api)
+    agent = await create_agent(dev, channels=[{"type": "webhook", "mode": "sync"}])
+    [channel] = agent["channels"]
+    assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
+    said = await dev.http.post(f"/api/v1/agents/{agent['id']}/messages", json={"text": "Hi"})
+    message_id = said.json()["message"]["id"]
+    before = await dev.person.client.get(f"/agents/{agent['id']}/channels")
+    assert "Last delivery" not in before.text
+    async with api.app.state.sessionmaker() as session:
+        session.add(
+            Delivery(
+                id=new_id(),
+                message_id=message_id,
+                agent_id=agent["id"],
+                channel_id=channel["id"],
+                status="failed",
+                last_error="the receiver answered 500",
+            )
+        )
+        await session.commit()
+    after = await dev.person.client.get(f"/agents/{agent['id']}/channels")
+    assert "Last delivery" in after.text and "the receiver answered 500" in after.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -524,6 +525,25 @@ async def deliver(delivery_id: str) -> None:
         if delay is None or delay > INLINE_RETRY_MAX_SECONDS:
             return
         await asyncio.sleep(delay)
+
+
+async def last_deliveries(
+    session: AsyncSession, *, channel_ids: Sequence[str]
+) -> dict[str, Delivery]:
+    """The newest delivery of each channel (by index: one short lookup per channel)."""
+    found: dict[str, Delivery] = {}
+    for channel_id in channel_ids:
+        row = (
+            await session.execute(
+                select(Delivery)
+                .where(Delivery.channel_id == channel_id)
+                .order_by(Delivery.created_at.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if row is not None:
+            found[channel_id] = row
+    return found
 
 
 # Provider receipts ----------------------------------------------------------------------

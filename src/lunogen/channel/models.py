@@ -26,6 +26,7 @@ class Delivery(IdMixin, CreatedMixin, Base):
     __table_args__ = (
         UniqueConstraint("message_id", "channel_id"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_channel_id_created_at", "channel_id", "created_at"),
     )
 
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

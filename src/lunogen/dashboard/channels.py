@@ -25,6 +25,7 @@ from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.auth.principal import Principal
 from lunogen.channel import endpoints as channel_api
 from lunogen.channel.access import config_policy
+from lunogen.channel.delivery import last_deliveries
 from lunogen.channel.schemas import CHANNEL_TYPES
 from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
@@ -173,6 +174,7 @@ async def _channels_page(
         if row.type in MESSAGING:
             found = await channel_api.list_channel_contacts(agent.id, row.id, principal, db)
             contacts[row.id] = found[:50]
+    last = await last_deliveries(db, channel_ids=[row.id for row in agent.channels])
     response = page(
         request,
         viewer,
@@ -183,6 +185,7 @@ async def _channels_page(
         urls=_urls(request, agent),
         policies={row.id: config_policy(row.config) for row in agent.channels},
         contacts=contacts,
+        last=last,
         type_names=TYPE_NAMES,
         kinds=[k for k in ("webchat", "webhook", "telegram", "whatsapp") if k in CHANNEL_TYPES],
         messaging=MESSAGING,

@@ -27,6 +27,9 @@ _WHEN = lunogen.db.UTCDateTime(timezone=True)
 def upgrade() -> None:
     op.create_index("ix_agents_status_status_changed_at", "agents", ["status", "status_changed_at"])
     _give_old_channels_a_policy()
+    op.create_index(
+        "ix_deliveries_channel_id_created_at", "deliveries", ["channel_id", "created_at"]
+    )
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("parts_sent", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("agent_channels") as batch:
@@ -191,5 +194,6 @@ def downgrade() -> None:
     with op.batch_alter_table("agent_channels") as batch:
         batch.drop_column("registration")
         batch.drop_column("registered_at")
+    op.drop_index("ix_deliveries_channel_id_created_at", table_name="deliveries")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("parts_sent")
