@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from lunogen.channel.webchat import endpoints as webchat
 from tests.agent import conftest as agent_fixtures
-from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.dashboard.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.server import loopback_socket, serve_in_thread
 
