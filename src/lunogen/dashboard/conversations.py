@@ -11,7 +11,6 @@ from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
 from lunogen.agent.service import get_agent
-from lunogen.audit import service as audit
 from lunogen.auth.dependencies import AgentsWrite
 from lunogen.dashboard.shell import SignedIn, page, page_router
 from lunogen.db import DbSession
@@ -92,18 +91,7 @@ async def delete_conversation(
 ) -> Response:
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
     thread = await conversations.get_thread(db, agent=agent, thread_id=thread_id)
-    channel = thread.channel_key
-    removed = await conversations.delete_thread(db, thread=thread)
-    audit.record(
-        db,
-        action="agent.thread_deleted",
-        actor_user_id=principal.user.id,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        target_type="agent",
-        target_id=agent.id,
-        details={"thread_id": thread_id, "channel": channel, "messages": removed},
-    )
+    await conversations.delete_thread(db, principal=principal, agent=agent, thread=thread)
     return RedirectResponse(f"/agents/{agent.id}/conversations?deleted=1", status_code=303)
 
 
@@ -116,17 +104,7 @@ async def delete_note(
     back: Annotated[str, Form(max_length=36)] = "",
 ) -> Response:
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    note = await conversations.delete_memory_note(db, agent=agent, note_id=note_id)
-    audit.record(
-        db,
-        action="agent.memory_note_deleted",
-        actor_user_id=principal.user.id,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        target_type="agent",
-        target_id=agent.id,
-        details={"note_id": note.id, "about": conversations.about_of(note)},
-    )
+    await conversations.delete_memory_note(db, principal=principal, agent=agent, note_id=note_id)
     target = f"/agents/{agent.id}/conversations"
     if back and back.replace("-", "").isalnum():
         target += f"/{back}"

@@ -6,11 +6,14 @@ is checked once, there."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.agent.models import Agent
+from lunogen.audit import service as audit
+from lunogen.auth.principal import Principal
 from lunogen.errors import ConflictError, NotFoundError
 from lunogen.runtime.models import MemoryNote, Message, Thread
 
@@ -66,9 +69,11 @@ async def thread_messages(
     return list(rows.scalars()), total
 
 
-async def delete_thread(session: AsyncSession, *, thread: Thread) -> int:
+async def delete_thread(
+    session: AsyncSession, *, principal: Principal, agent: Agent, thread: Thread
+) -> int:
     """Forget a conversation: the thread and its messages (409 while a turn answers it or a
-    message waits for one). Returns how many messages went."""
+    message waits for one), audited. Returns how many messages went."""
     if thread.lease_owner is not None and thread.lease_expires_at is not None:
         raise _busy()
     pending = (
@@ -78,10 +83,34 @@ async def delete_thread(session: AsyncSession, *, thread: Thread) -> int:
     ).first()
     if pending is not None:
         raise _busy()
+    thread_id, channel = thread.id, thread.channel_key
     gone = await session.execute(delete(Message).where(Message.thread_id == thread.id))
     await session.delete(thread)
     await session.flush()
-    return int(getattr(gone, "rowcount", 0) or 0)
+    removed = int(getattr(gone, "rowcount", 0) or 0)
+    _audit(
+        session,
+        principal,
+        agent,
+        "agent.thread_deleted",
+        {"thread_id": thread_id, "channel": channel, "messages": removed},
+    )
+    return removed
+
+
+def _audit(
+    session: AsyncSession, principal: Principal, agent: Agent, action: str, details: dict[str, Any]
+) -> None:
+    audit.record(
+        session,
+        action=action,
+        actor_user_id=principal.user.id,
+        actor_key_id=principal.key_id,
+        client=principal.client,
+        target_type="agent",
+        target_id=agent.id,
+        details=details,
+    )
 
 
 def _busy() -> ConflictError:
@@ -120,7 +149,10 @@ async def memory_notes(
     return list(rows.scalars()), total
 
 
-async def delete_memory_note(session: AsyncSession, *, agent: Agent, note_id: str) -> MemoryNote:
+async def delete_memory_note(
+    session: AsyncSession, *, principal: Principal, agent: Agent, note_id: str
+) -> MemoryNote:
+    """Delete one of the agent's notes, audited."""
     note = (
         await session.execute(
             select(MemoryNote).where(MemoryNote.id == note_id, MemoryNote.agent_id == agent.id)
@@ -130,6 +162,8 @@ async def delete_memory_note(session: AsyncSession, *, agent: Agent, note_id: st
         raise NotFoundError(error="Memory note not found")
     await session.delete(note)
     await session.flush()
+    details = {"note_id": note.id, "about": about_of(note)}
+    _audit(session, principal, agent, "agent.memory_note_deleted", details)
     return note
 
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from lunogen.agent.service import get_agent
-from lunogen.audit import service as audit
 from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.db import DbSession
 from lunogen.kit.crypto import KeyRing
@@ -100,16 +99,5 @@ async def delete_thread(
     agent's memory notes about the contact stay (delete them under `/memory`)."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
     thread = await conversations.get_thread(db, agent=agent, thread_id=thread_id)
-    channel = thread.channel_key
-    removed = await conversations.delete_thread(db, thread=thread)
-    audit.record(
-        db,
-        action="agent.thread_deleted",
-        actor_user_id=principal.user.id,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        target_type="agent",
-        target_id=agent.id,
-        details={"thread_id": thread_id, "channel": channel, "messages": removed},
-    )
+    await conversations.delete_thread(db, principal=principal, agent=agent, thread=thread)
     return Response(status_code=204)

@@ -11,7 +11,6 @@ from starlette.responses import Response
 
 from lunogen.agent.endpoints import Keys
 from lunogen.agent.service import get_agent
-from lunogen.audit import service as audit
 from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.db import DbSession
 from lunogen.kit.pagination import Page, PageParams, page_params
@@ -73,15 +72,5 @@ async def delete_memory_note(
 ) -> Response:
     """Delete one note. Scope: `agents:write`."""
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
-    note = await conversations.delete_memory_note(db, agent=agent, note_id=note_id)
-    audit.record(
-        db,
-        action="agent.memory_note_deleted",
-        actor_user_id=principal.user.id,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        target_type="agent",
-        target_id=agent.id,
-        details={"note_id": note.id, "about": conversations.about_of(note)},
-    )
+    await conversations.delete_memory_note(db, principal=principal, agent=agent, note_id=note_id)
     return Response(status_code=204)
