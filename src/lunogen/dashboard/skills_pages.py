@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from lunogen.auth.dependencies import SkillsWrite
@@ -90,6 +91,31 @@ def _editor(
     )
 
 
+async def _refused(
+    request: Request,
+    viewer: Viewer,
+    db: AsyncSession,
+    exc: LunogenError,
+    *,
+    skill: Skill | None,
+    skill_md: str,
+    files: dict[str, str],
+    binary: list[str] | None = None,
+) -> Response:
+    """The editor again, with why the package was refused; nothing of it was stored."""
+    await db.rollback()
+    return _editor(
+        request,
+        viewer,
+        skill=skill,
+        skill_md=skill_md,
+        files=files,
+        binary=binary,
+        error=exc.message or exc.error,
+        status_code=exc.status_code,
+    )
+
+
 @router.get("/skills")
 async def skill_list(
     request: Request,
@@ -128,16 +154,7 @@ async def create_skill(
         scanned = await service.scan(package.from_json(skill_md, files))
         skill = await service.create_skill(db, principal=principal, scanned=scanned)
     except LunogenError as exc:
-        await db.rollback()
-        return _editor(
-            request,
-            viewer,
-            skill=None,
-            skill_md=skill_md,
-            files=files,
-            error=exc.message or exc.error,
-            status_code=exc.status_code,
-        )
+        return await _refused(request, viewer, db, exc, skill=None, skill_md=skill_md, files=files)
     return RedirectResponse(f"/skills/{skill.id}", status_code=303)
 
 
@@ -154,16 +171,7 @@ async def upload_skill(
         scanned = await _scanned_zip(file)
         skill = await service.create_skill(db, principal=principal, scanned=scanned)
     except LunogenError as exc:
-        await db.rollback()
-        return _editor(
-            request,
-            viewer,
-            skill=None,
-            skill_md=STARTER,
-            files={},
-            error=exc.message or exc.error,
-            status_code=exc.status_code,
-        )
+        return await _refused(request, viewer, db, exc, skill=None, skill_md=STARTER, files={})
     return RedirectResponse(f"/skills/{skill.id}", status_code=303)
 
 
@@ -213,16 +221,7 @@ async def save_skill(
         scanned = await service.scan(package.from_json(skill_md, files))
         await service.update_skill(db, principal=principal, skill_id=skill.id, scanned=scanned)
     except LunogenError as exc:
-        await db.rollback()
-        return _editor(
-            request,
-            viewer,
-            skill=skill,
-            skill_md=skill_md,
-            files=files,
-            error=exc.message or exc.error,
-            status_code=exc.status_code,
-        )
+        return await _refused(request, viewer, db, exc, skill=skill, skill_md=skill_md, files=files)
     return RedirectResponse(f"/skills/{skill.id}?outcome=saved", status_code=303)
 
 
@@ -244,15 +243,9 @@ async def upload_version(
         await db.rollback()
         version = await service.current_version(db, skill)
         texts, binary = await service.file_texts(db, version_id=version.id)
-        return _editor(
-            request,
-            viewer,
-            skill=skill,
-            skill_md=_skill_md(version.front_matter, version.body),
-            files=texts,
-            binary=binary,
-            error=exc.message or exc.error,
-            status_code=exc.status_code,
+        current = _skill_md(version.front_matter, version.body)
+        return await _refused(
+            request, viewer, db, exc, skill=skill, skill_md=current, files=texts, binary=binary
         )
     return RedirectResponse(f"/skills/{skill.id}?outcome=saved", status_code=303)
 
