@@ -447,3 +447,29 @@ async def test_a_google_only_account_sets_a_password_without_a_current_one(api: 
     assert done.status_code == 303, done.text
     await api.sign_in(api.new_client(), person.email, NEW_PASSWORD)
     assert "Change your password" in (await person.client.get("/settings")).text
+
+
+async def test_the_name_is_changed_in_settings_and_through_the_api(api: Api) -> None:
+    person = await api.sign_up()
+    await api.set_plan(person, "pro")  # two keys
+    renamed = await person.client.post(
+        "/settings/name", data={"csrf_token": person.csrf, "name": "  Ada Lovelace  "}
+    )
+    assert renamed.status_code == 303 and renamed.headers["location"] == "/settings?outcome=name"
+    shown = await person.client.get(renamed.headers["location"])
+    assert "Name saved." in shown.text and 'value="Ada Lovelace"' in shown.text
+    blank = await person.client.post(
+        "/settings/name", data={"csrf_token": person.csrf, "name": " "}
+    )
+    assert blank.status_code == 422 and 'id="name-error" role="alert"' in blank.text
+    no_csrf = await person.client.post("/settings/name", data={"name": "Mallory"})
+    assert no_csrf.status_code == 403
+    key = await api.create_key(person, ["full"])
+    through_api = await api.key_client(key).patch("/api/v1/me", json={"name": "Ada L."})
+    assert through_api.status_code == 200 and through_api.json()["name"] == "Ada L."
+    narrow = await api.create_key(person, ["agents:read"])
+    refused = await api.key_client(narrow).patch("/api/v1/me", json={"name": "Eve"})
+    assert refused.status_code == 403
+    events = (await api.key_client(key).get("/api/v1/audit")).json()["data"]
+    renames = [e for e in events if e["action"] == "account.renamed"]
+    assert [e["details"]["to"] for e in renames] == ["Ada L.", "Ada Lovelace"]

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from lunogen.account import service as accounts
-from lunogen.account.schemas import MeOut, RoleChangeIn, UserOut
-from lunogen.auth.dependencies import Admin, SetupUser
+from lunogen.account.schemas import MeOut, ProfileIn, RoleChangeIn, UserOut
+from lunogen.auth.dependencies import Admin, FullAccess, SetupUser
 from lunogen.db import DbSession
 from lunogen.kit.pagination import Page, PageParams, page_params
 
@@ -17,6 +17,15 @@ router = APIRouter(prefix="/api/v1", tags=["account"])
 async def get_me(principal: SetupUser) -> MeOut:
     """Your profile, role, plan and plan limits; `setup_complete` says whether consent is due."""
     return accounts.me_out(principal.user)
+
+
+@router.patch("/me", response_model=MeOut)
+async def update_me(data: ProfileIn, principal: FullAccess, db: DbSession) -> MeOut:
+    """Change your name (1-200 characters). Scope: full access; audited."""
+    user = await accounts.rename(
+        db, user=principal.user, name=data.name, client=principal.client, key_id=principal.key_id
+    )
+    return accounts.me_out(user)
 
 
 @router.get("/admin/users", response_model=Page[UserOut], tags=["admin"])

@@ -88,6 +88,10 @@ class MeOut(UserOut):
     limits: PlanLimitsOut
 
 
+class ProfileIn(StrictModel):
+    name: Name
+
+
 class MessageOut(BaseModel):
     message: str
 

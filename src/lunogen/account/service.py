@@ -450,6 +450,26 @@ async def give_consent(
     return user
 
 
+async def rename(
+    session: AsyncSession, *, user: User, name: str, client: ClientInfo, key_id: str | None = None
+) -> User:
+    """Change the name the account shows (audited, old and new); nothing when it is the same."""
+    if name == user.name:
+        return user
+    previous = user.name
+    user.name = name
+    audit.record(
+        session,
+        action="account.renamed",
+        actor_user_id=user.id,
+        actor_key_id=key_id,
+        client=client,
+        details={"from": previous, "to": name},
+    )
+    await session.flush()
+    return user
+
+
 async def request_password_reset(
     session: AsyncSession, *, email: str, settings: Settings, keyring: KeyRing
 ) -> None:

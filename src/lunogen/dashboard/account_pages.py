@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from lunogen.account import service as accounts
-from lunogen.account.schemas import PasswordChangeIn
+from lunogen.account.schemas import PasswordChangeIn, ProfileIn
 from lunogen.audit.models import AuditEvent
 from lunogen.audit.service import list_events
 from lunogen.auth.dependencies import FullAccess
@@ -39,6 +39,7 @@ OUTCOMES = {
     "all-read": "Every notification is marked as read.",
     "password": "Password changed. Your other sessions are signed out.",
     "session": "That session is signed out.",
+    "name": "Name saved.",
 }
 
 # Audit actions in plain words; others are shown from their code ("skill.created" → "Skill
@@ -245,6 +246,7 @@ async def _settings_page(
     *,
     status_code: int = 200,
     password_error: str | None = None,
+    name_error: str | None = None,
     flash: str | None = None,
 ) -> Response:
     sessions = await list_active_sessions(db, user_id=viewer.user.id)
@@ -258,6 +260,7 @@ async def _settings_page(
         sessions=sessions,
         current_session_id=viewer.session.id,
         password_error=password_error,
+        name_error=name_error,
         has_password=viewer.user.password_hash is not None,
         flash=flash,
     )
@@ -306,6 +309,23 @@ async def change_password(
         await db.rollback()
         return response
     return RedirectResponse("/settings?outcome=password", status_code=303)
+
+
+@router.post("/settings/name")
+async def change_name(
+    request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `PATCH /api/v1/me`; a refused name shows the form again with the reason."""
+    try:
+        data = await parse_body(request, ProfileIn)
+    except RequestValidationError as exc:
+        details = validation_details(list(exc.errors()))
+        message = "; ".join(f"Name: {d['message']}" for d in details)
+        return await _settings_page(request, viewer, db, status_code=422, name_error=message)
+    await accounts.rename(
+        db, user=principal.user, name=data.name, client=principal.client, key_id=principal.key_id
+    )
+    return RedirectResponse("/settings?outcome=name", status_code=303)
 
 
 @router.post("/settings/sessions/{session_id}/revoke")
