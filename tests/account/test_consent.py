@@ -87,7 +87,7 @@ async def test_consent_form_error_rerenders_then_succeeds(api: Api) -> None:
     )
     assert accepted.status_code == 303
     assert accepted.headers["location"] == "/home"
-    assert (await browser.get("/account")).status_code == 200
+    assert (await browser.get("/home")).status_code == 200
 
 
 async def test_consent_cannot_be_given_with_an_api_key(api: Api) -> None:
