@@ -41,8 +41,26 @@ from lunogen.models import metadata
 from tests.helpers import Api
 from tests.sandbox.support import mounts_under
 
-PG_URL = os.environ.get("LUNOGEN_TEST_DATABASE_URL")
-REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL")
+
+def _for_this_worker(pg_url: str | None, redis_url: str | None) -> tuple[str | None, str | None]:
+    """Under pytest-xdist each worker gets a database of its own (`<name>_gw<n>`, created on
+    first use) and the next Redis database numbers, so workers never see each other's rows,
+    job streams or rate-limit counters."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return pg_url, redis_url
+    number = int(worker.removeprefix("gw"))
+    if pg_url:
+        pg_url = f"{pg_url}_{worker}"
+    if redis_url:
+        base, _, db = redis_url.rpartition("/")
+        redis_url = f"{base}/{int(db or 0) + number}"
+    return pg_url, redis_url
+
+
+PG_URL, REDIS_URL = _for_this_worker(
+    os.environ.get("LUNOGEN_TEST_DATABASE_URL"), os.environ.get("LUNOGEN_TEST_REDIS_URL")
+)
 BASE_URL = "http://testserver"
 # argon2id at its lowest cost: the production profile (64 MiB, t=3) spends ~0.2 s per hash,
 # which was over half the time of an ordinary API test. One test pins the production profile.
@@ -85,9 +103,25 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
         monkeypatch.setattr(passwords, "_hasher", CHEAP_HASHER)
 
 
+async def _create_worker_database(url: str) -> None:
+    """The worker's own database, beside the run's (which `.ci/run` created and will drop with
+    every `<name>_gw<n>`)."""
+    own = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    base_url, _, name = own.rpartition("/")
+    conn = await asyncpg.connect(f"{base_url}/{name.rsplit('_gw', 1)[0]}")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     if PG_URL:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            asyncio.run(_create_worker_database(PG_URL))
         upgrade(PG_URL)
         return None
     path = tmp_path_factory.mktemp("template") / "lunogen.db"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from sqlalchemy import inspect, text
 from lunogen.db import create_engine
 from lunogen.migrations import alembic_config, upgrade
 from lunogen.models import metadata
+from tests.conftest import PG_URL
 
 
 def _fresh_url(tmp_path: Path) -> str:
@@ -63,11 +63,10 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.db
-@pytest.mark.skipif(
-    not os.environ.get("LUNOGEN_TEST_DATABASE_URL"), reason="runs in the PostgreSQL pass of CI"
-)
+@pytest.mark.skipif(not PG_URL, reason="runs in the PostgreSQL pass of CI")
 def test_postgres_schema_matches_models(migrated_template: Path | None) -> None:
-    command.check(alembic_config(os.environ["LUNOGEN_TEST_DATABASE_URL"]))
+    assert PG_URL is not None
+    command.check(alembic_config(PG_URL))
 
 
 def test_channels_saved_before_access_policies_get_the_defaults(tmp_path: Path) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 import httpx
 from structlog.testing import capture_logs
 
 from lunogen.runlog.logs import RedisLogBus
+from tests.conftest import REDIS_URL as RUN_REDIS_URL
 
-REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
+REDIS_URL = RUN_REDIS_URL or "redis://127.0.0.1:6379/8"
 
 
 async def _events(response: httpx.Response, count: int) -> list[dict[str, Any]]:

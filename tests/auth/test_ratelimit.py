@@ -7,7 +7,6 @@ covered in every run. The unit tests of `RateLimiter` run on both storages.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,10 +20,11 @@ from limits.aio.storage.redis import redispy as limits_redispy
 
 from lunogen.auth import ratelimit
 from lunogen.auth.ratelimit import Backoff, RateLimiter, create_storage
+from tests.conftest import REDIS_URL as RUN_REDIS_URL
 from tests.helpers import Api, Signed
 
-REDIS_URL = os.environ.get("LUNOGEN_TEST_REDIS_URL") or "redis://127.0.0.1:6379/8"
-RUN_USES_REDIS = bool(os.environ.get("LUNOGEN_TEST_REDIS_URL"))
+REDIS_URL = RUN_REDIS_URL or "redis://127.0.0.1:6379/8"
+RUN_USES_REDIS = bool(RUN_REDIS_URL)
 
 
 @pytest.fixture(params=["run-default", "redis"])

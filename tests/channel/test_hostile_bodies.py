@@ -147,7 +147,9 @@ def _envelope(timestamp: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "timestamp", ["999999999999", "²³", "1" * 400, "-5", str(int(time.time()))]
+    "timestamp",
+    ["999999999999", "²³", "1" * 400, "-5", str(int(time.time()))],
+    ids=["far-future", "superscript-digits", "400-digits", "negative", "now"],
 )
 def test_whatsapp_timestamps_of_any_shape_never_fail_the_envelope(timestamp: str) -> None:
     view = _view("whatsapp", phone_number_id="106540352242922")
