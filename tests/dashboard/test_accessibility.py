@@ -48,6 +48,7 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
     )
     thread = said.json()["message"]["thread_id"]
     skill = (await dev.http.post("/api/v1/skills", json=clean_package())).json()
+    await api.make_admin(dev.person)  # the admin console's pages too
     aid = agent["id"]
     paths = {
         "home": "/home",
@@ -69,6 +70,11 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "notifications": "/notifications",
         "security": "/security",
         "settings": "/settings",
+        "admin": "/admin",
+        "admin-users": "/admin/users",
+        "admin-user": f"/admin/users/{dev.id}",
+        "admin-skills": "/admin/skills",
+        "admin-skill": f"/admin/skills/{skill['id']}",
     }
     return dev, paths
 

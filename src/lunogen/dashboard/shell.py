@@ -46,9 +46,14 @@ class NavItem:
     href: str
     label: str
     section: str
+    roles: frozenset[str] | None = None  # None: every signed-in person
+
+    def shown_to(self, role: str) -> bool:
+        return self.roles is None or role in self.roles
 
 
-# The sections of the signed-in dashboard, in the order the header shows them.
+# The sections of the signed-in dashboard, in the order the header shows them. A console for a
+# role (admin, support) is listed with its roles and shown only to them.
 NAV: tuple[NavItem, ...] = (
     NavItem("/home", "Home", "home"),
     NavItem("/agents", "Agents", "agents"),
@@ -58,6 +63,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/keys", "API keys", "keys"),
     NavItem("/security", "Security log", "security"),
     NavItem("/settings", "Settings", "settings"),
+    NavItem("/admin", "Admin", "admin", roles=frozenset({"admin"})),
 )
 
 
@@ -74,6 +80,15 @@ class Viewer:
     @property
     def is_admin(self) -> bool:
         return self.user.role == "admin"
+
+    @property
+    def nav(self) -> tuple[NavItem, ...]:
+        return tuple(item for item in NAV if item.shown_to(self.user.role))
+
+    def require_role(self, *roles: str) -> None:
+        """A console page for other roles answers as if it did not exist."""
+        if self.user.role not in roles:
+            raise NotFoundError("Page not found")
 
 
 async def _viewer(request: Request, db: DbSession) -> Viewer:
@@ -151,7 +166,7 @@ def page(
         template,
         status_code=status_code,
         viewer=viewer,
-        nav=NAV,
+        nav=viewer.nav,
         section=section,
         csrf_token=viewer.csrf_token,
         **context,

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 
 from lunogen.dashboard import (
     account_pages,
+    admin_pages,
     agents,
     apidocs,
     billing_pages,
@@ -37,4 +38,5 @@ def routers() -> list[APIRouter]:
         billing_pages.router,
         key_pages.router,
         account_pages.router,
+        admin_pages.router,
     ]

@@ -1,0 +1,481 @@
+"""The admin console: accounts (find by email, change role or plan, adjust credits) and every
+owner's skills (review, block with a reason, unblock), so that an admin never needs a terminal.
+
+Every page starts with `viewer.require_role("admin")` (the `ConsoleViewer` dependency, resolved
+before the form's CSRF check): for anyone else each URL, GET or POST, is the 404 page, as if the
+console did not exist. Forms call the services the admin API calls
+(`account.service`, `billing.service`, `skill.service`), audited there in the same transaction.
+A credit adjustment carries a token made when the form was drawn, used as the API's
+`Idempotency-Key`: a second submit of the same form applies nothing more. Outcomes shown after
+a redirect are fixed words in the query (`?outcome=`), never text taken from the URL.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from lunogen.account import service as accounts
+from lunogen.account.models import User
+from lunogen.account.plans import PLANS, limits_for
+from lunogen.account.roles import ROLES
+from lunogen.account.schemas import RoleChangeIn
+from lunogen.audit.service import list_events
+from lunogen.auth.dependencies import FullAccess
+from lunogen.billing import ledger
+from lunogen.billing import service as billing
+from lunogen.billing.ledger import IdempotencyConflict
+from lunogen.billing.schemas import AdminCreditsIn
+from lunogen.config import Settings
+from lunogen.dashboard.account_pages import (
+    EventLine,
+    Pages,
+    describe_action,
+    describe_details,
+    page_number,
+)
+from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
+from lunogen.db import DbSession
+from lunogen.errors import BadRequestError, LunogenError, NotFoundError
+from lunogen.kit.effects import Effects
+from lunogen.skill import service as skills
+from lunogen.skill.models import Skill
+from lunogen.skill.schemas import SkillBlock, SkillStatus
+
+router = page_router()
+
+PAGE_SIZE = 25
+RECENT = 10  # ledger entries and security events shown on an account's page
+MAX_EMAIL = 320
+_FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+STATUSES = tuple(status.value for status in SkillStatus)
+
+OUTCOMES = {
+    "account": "Role and plan saved.",
+    "credits": "Credits adjusted: the balance below includes the change.",
+    "blocked": "Skill blocked: no agent can deploy with it or load it.",
+    "unblocked": "Block lifted: the skill's status follows its scan and approval again.",
+}
+
+
+async def _console_viewer(viewer: SignedIn) -> Viewer:
+    """The signed-in admin; anyone else gets the 404 page. A dependency, so that on a form it
+    runs before the CSRF check: a non-admin's post is the 404 page with or without the field."""
+    viewer.require_role("admin")
+    return viewer
+
+
+ConsoleViewer = Annotated[Viewer, Depends(_console_viewer)]
+
+
+def _flash(request: Request) -> str | None:
+    return OUTCOMES.get(request.query_params.get("outcome", ""))
+
+
+def _effects(request: Request) -> Effects:
+    return Effects(settings=request.app.state.settings, keyring=request.app.state.keyring)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _pages(number: int, total: int) -> Pages:
+    return Pages(number=number, count=max(1, -(-total // PAGE_SIZE)), size=PAGE_SIZE)
+
+
+def _link(path: str, **query: str | int | None) -> str:
+    """`path` with the query's non-empty values (page 1 is the default, so left out)."""
+    kept = {key: value for key, value in query.items() if value not in (None, "", 1)}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+@dataclass(frozen=True)
+class Pager:
+    """The links around one page of a list, with its filters kept."""
+
+    pages: Pages
+    newer: str | None
+    older: str | None
+
+
+def _pager(path: str, pages: Pages, **filters: str | None) -> Pager:
+    return Pager(
+        pages=pages,
+        newer=_link(path, **filters, page=pages.newer) if pages.newer else None,
+        older=_link(path, **filters, page=pages.older) if pages.older else None,
+    )
+
+
+def user_status(user: User) -> str:
+    """How an account stands, in words: why it cannot use the platform yet, or active."""
+    if user.email_verified_at is None:
+        return "email not verified"
+    if accounts.setup_problem(user) is not None:
+        return "consent due"
+    return "active"
+
+
+async def _account(db: AsyncSession, user_id: str) -> User:
+    """Any live account by id, as `change_role_or_plan` finds it; unknown or deleted: 404."""
+    user = await db.get(User, user_id) if len(user_id) <= 36 else None
+    if user is None or user.deleted_at is not None:
+        raise NotFoundError(error="User not found")
+    return user
+
+
+# Overview --------------------------------------------------------------------------------------
+
+
+@router.get("/admin")
+async def admin_home(request: Request, viewer: ConsoleViewer, db: DbSession) -> Response:
+    _, users = await accounts.list_users(db, limit=1, offset=0)
+    counts = {}
+    for status in SkillStatus:
+        _, counts[status.value] = await skills.list_skills(
+            db, owner_id=None, status=status, limit=1, offset=0
+        )
+    return page(
+        request,
+        viewer,
+        "admin/index.html",
+        section="admin",
+        users=users,
+        skill_counts=counts,
+        skills_total=sum(counts.values()),
+    )
+
+
+# Accounts --------------------------------------------------------------------------------------
+
+
+@router.get("/admin/users")
+async def user_list(
+    request: Request,
+    viewer: ConsoleViewer,
+    db: DbSession,
+    email: Annotated[str, Query(max_length=MAX_EMAIL)] = "",
+) -> Response:
+    number = page_number(request.query_params.get("page"))
+    search = accounts.normalize_email(email)  # what the service searches for
+    users, total = await accounts.list_users(
+        db, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, email=search or None
+    )
+    return page(
+        request,
+        viewer,
+        "admin/users.html",
+        section="admin",
+        users=users,
+        total=total,
+        email=search,
+        pager=_pager("/admin/users", _pages(number, total), email=search),
+        user_status=user_status,
+    )
+
+
+async def _user_page(
+    request: Request,
+    viewer: Viewer,
+    db: AsyncSession,
+    user: User,
+    *,
+    status_code: int = 200,
+    account_error: str | None = None,
+    credits_error: str | None = None,
+    chosen: dict[str, str] | None = None,
+    credits: str = "",
+    reason: str = "",
+    form_token: str | None = None,
+) -> Response:
+    """An account's page: its facts, balance and latest ledger entries, and the two forms (with
+    the values just submitted when they were refused)."""
+    entries = await ledger.entries(db, user.id, limit=RECENT)
+    events, _ = await list_events(
+        db, user_id=user.id, see_all=False, action=None, limit=RECENT, offset=0
+    )
+    return page(
+        request,
+        viewer,
+        "admin/user.html",
+        section="admin",
+        status_code=status_code,
+        user=user,
+        status=user_status(user),
+        plan=limits_for(user.plan),
+        billing=await billing.overview(db, _settings(request), user),
+        entries=[billing.transaction_out(entry) for entry in entries],
+        lines=[
+            EventLine(event=e, what=describe_action(e.action), details=describe_details(e.details))
+            for e in events
+        ],
+        roles=ROLES,
+        plans=[(name, limits_for(name).label) for name in PLANS],
+        chosen=chosen or {"role": user.role, "plan": user.plan},
+        account_error=account_error,
+        credits_error=credits_error,
+        credits=credits,
+        reason=reason,
+        form_token=form_token or secrets.token_urlsafe(24),
+        is_self=user.id == viewer.user.id,
+        flash=_flash(request),
+    )
+
+
+@router.get("/admin/users/{user_id}")
+async def user_page(
+    user_id: str, request: Request, viewer: ConsoleViewer, db: DbSession
+) -> Response:
+    return await _user_page(request, viewer, db, await _account(db, user_id))
+
+
+def _account_problem(exc: ValidationError) -> str:
+    fields = {str(error["loc"][0]) if error["loc"] else "" for error in exc.errors()}
+    problems = []
+    if "role" in fields:
+        problems.append(f"Role: choose one of {', '.join(ROLES)}.")
+    if "plan" in fields:
+        problems.append(f"Plan: choose one of {', '.join(PLANS)}.")
+    return " ".join(problems) or "Choose a role and a plan from the lists."
+
+
+@router.post("/admin/users/{user_id}/account")
+async def change_account(
+    user_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `PATCH /api/v1/admin/users/{id}`: the role and plan chosen (unchanged ones are left
+    alone); each change audited."""
+    user = await _account(db, user_id)
+    form = await _form(request)
+    chosen = {"role": form.get("role", "")[:20], "plan": form.get("plan", "")[:20]}
+    try:
+        data = RoleChangeIn.model_validate(chosen)
+        await accounts.change_role_or_plan(
+            db,
+            actor_id=principal.user.id,
+            actor_key_id=principal.key_id,
+            user_id=user.id,
+            role=data.role,
+            plan=data.plan,
+            client=principal.client,
+        )
+    except (ValidationError, LunogenError) as exc:
+        if isinstance(exc, ValidationError):
+            message, status = _account_problem(exc), 422
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _user_page(
+            request,
+            viewer,
+            db,
+            user,
+            status_code=status,
+            account_error=message,
+            chosen=chosen,
+        )
+        await db.rollback()
+        return response
+    return RedirectResponse(f"/admin/users/{user.id}?outcome=account", status_code=303)
+
+
+def _credits_problem(exc: ValidationError) -> str:
+    fields = {str(error["loc"][0]) if error["loc"] else "" for error in exc.errors()}
+    problems = []
+    if "credits" in fields:
+        problems.append(
+            "Credits: enter a number other than zero, negative to take credits away, with at "
+            "most six decimal places and at most 1,000,000,000 (for example 25 or -10.5)."
+        )
+    if "reason" in fields:
+        problems.append("Reason: say why, in 1 to 400 characters (kept in the audit log).")
+    return " ".join(problems)
+
+
+@router.post("/admin/users/{user_id}/credits")
+async def adjust_credits(
+    user_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/accounts/{id}/credits`, with the form's token as the idempotency
+    key: an `adjustment` ledger entry and its audit row, once per drawn form."""
+    user = await _account(db, user_id)
+    form = await _form(request)
+    credits, reason = form.get("credits", "").strip()[:40], form.get("reason", "")[:400]
+    token = form.get("form_token", "")
+    try:
+        if not _FORM_TOKEN.fullmatch(token):
+            raise BadRequestError("This form is out of date: reload the page and fill it again.")
+        data = AdminCreditsIn.model_validate({"credits": credits, "reason": reason})
+        await billing.adjust_credits(
+            db,
+            _effects(request),
+            actor=principal.user,
+            actor_key_id=principal.key_id,
+            client=principal.client,
+            user_id=user.id,
+            credits=data.credits,
+            reason=data.reason,
+            client_key=f"dashboard:{token}",
+        )
+    except (ValidationError, LunogenError) as exc:
+        if isinstance(exc, ValidationError):
+            message, status = _credits_problem(exc), 422
+        elif isinstance(exc, IdempotencyConflict):
+            message, status = (
+                "This form was already used for a different adjustment: nothing more was "
+                "changed. Reload the page to make another.",
+                409,
+            )
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _user_page(
+            request,
+            viewer,
+            db,
+            user,
+            status_code=status,
+            credits_error=message,
+            credits=credits,
+            reason=reason,
+            form_token=token if _FORM_TOKEN.fullmatch(token) else None,
+        )
+        await db.rollback()
+        return response
+    return RedirectResponse(f"/admin/users/{user.id}?outcome=credits#credits-h", status_code=303)
+
+
+# Skills ----------------------------------------------------------------------------------------
+
+
+async def _owners(db: AsyncSession, found: list[Skill]) -> dict[str, User]:
+    """The owners of the skills on a page, by id (at most one page's worth)."""
+    owners: dict[str, User] = {}
+    for owner_id in dict.fromkeys(skill.owner_id for skill in found):
+        owner = await db.get(User, owner_id)
+        if owner is not None:
+            owners[owner_id] = owner
+    return owners
+
+
+@router.get("/admin/skills")
+async def skill_list(
+    request: Request,
+    viewer: ConsoleViewer,
+    db: DbSession,
+    status: Annotated[SkillStatus | None, Query()] = None,
+) -> Response:
+    number = page_number(request.query_params.get("page"))
+    found, total = await skills.list_skills(
+        db, owner_id=None, status=status, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
+    )
+    chosen = status.value if status else ""
+    return page(
+        request,
+        viewer,
+        "admin/skills.html",
+        section="admin",
+        skills=found,
+        owners=await _owners(db, found),
+        total=total,
+        status=chosen,
+        statuses=STATUSES,
+        pager=_pager("/admin/skills", _pages(number, total), status=chosen),
+    )
+
+
+async def _skill_page(
+    request: Request,
+    viewer: Viewer,
+    db: AsyncSession,
+    skill: Skill,
+    *,
+    status_code: int = 200,
+    block_error: str | None = None,
+    reason: str = "",
+) -> Response:
+    version = await skills.current_version(db, skill)
+    context: dict[str, Any] = {
+        "skill": skill,
+        "version": version,
+        "owner": await db.get(User, skill.owner_id),
+        "files": await skills.file_sizes(db, version_id=version.id),
+        "versions": await skills.list_versions(db, skill_id=skill.id),
+    }
+    return page(
+        request,
+        viewer,
+        "admin/skill.html",
+        section="admin",
+        status_code=status_code,
+        block_error=block_error,
+        reason=reason,
+        flash=_flash(request),
+        **context,
+    )
+
+
+@router.get("/admin/skills/{skill_id}")
+async def skill_page(
+    skill_id: str, request: Request, viewer: ConsoleViewer, db: DbSession
+) -> Response:
+    skill = await skills.get_any_skill(db, skill_id=skill_id)
+    return await _skill_page(request, viewer, db, skill)
+
+
+@router.post("/admin/skills/{skill_id}/block")
+async def block_skill(
+    skill_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/skills/{id}/block`: audited with the reason."""
+    skill = await skills.get_any_skill(db, skill_id=skill_id)
+    reason = (await _form(request)).get("reason", "")[:500]
+    try:
+        data = SkillBlock.model_validate({"reason": reason})
+        await skills.block_skill(db, admin=principal, skill_id=skill.id, reason=data.reason)
+    except (ValidationError, LunogenError) as exc:
+        if isinstance(exc, ValidationError):
+            message, status = "Reason: say why, in 1 to 500 characters.", 422
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _skill_page(
+            request, viewer, db, skill, status_code=status, block_error=message, reason=reason
+        )
+        await db.rollback()
+        return response
+    return RedirectResponse(f"/admin/skills/{skill.id}?outcome=blocked", status_code=303)
+
+
+@router.post("/admin/skills/{skill_id}/unblock")
+async def unblock_skill(
+    skill_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/skills/{id}/unblock`: audited."""
+    skill = await skills.get_any_skill(db, skill_id=skill_id)
+    try:
+        await skills.unblock_skill(db, admin=principal, skill_id=skill.id)
+    except LunogenError as exc:
+        response = await _skill_page(
+            request,
+            viewer,
+            db,
+            skill,
+            status_code=exc.status_code,
+            block_error=exc.message or exc.error,
+        )
+        await db.rollback()
+        return response
+    return RedirectResponse(f"/admin/skills/{skill.id}?outcome=unblocked", status_code=303)
