@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from lunogen.account.models import User
+from lunogen.account.picture import Picture
+from lunogen.account.picture import store as store_picture
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.auth.scopes import Scope
@@ -19,6 +21,7 @@ from lunogen.dashboard.key_pages import SCOPE_HELP
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.notification.models import Notification
+from tests.fakes.google_oidc import PNG_1X1 as PNG
 from tests.helpers import PASSWORD, Api, Signed
 
 NEW_PASSWORD = "a brand new secret phrase"
@@ -348,9 +351,15 @@ async def test_settings_shows_the_profile_sessions_and_your_data(api: Api) -> No
         assert user is not None
         user.google_sub, user.picture_url = "g-123", "https://lh3.googleusercontent.com/a/pic"
         await session.commit()
+    linked = (await person.client.get("/settings")).text
+    assert "<img" not in linked and "Linked" in linked  # a URL alone shows nothing: no copy held
+    async with api.app.state.sessionmaker() as session:
+        picture = Picture(source_url=user.picture_url, content_type="image/png", data=PNG)
+        await store_picture(session, user_id=person.id, picture=picture)
+        await session.commit()
     google = (await person.client.get("/settings")).text
-    assert 'src="https://lh3.googleusercontent.com/a/pic"' in google
-    assert 'referrerpolicy="no-referrer"' in google and "Linked" in google
+    assert 'src="/settings/picture"' in google and "https://lh3" not in google
+    assert "Linked" in google
 
 
 async def test_a_wrong_current_password_keeps_the_form_with_an_error(api: Api) -> None:

@@ -10,19 +10,24 @@ the endpoints are on 127.0.0.1), ID tokens carry `iss` = that issuer and `azp` =
 and its signing keys rotate: `rotate()` publishes a new key and signs with it, `retire(kid)`
 drops an old one from the JWKS.
 
+It also serves profile pictures, as lh3.googleusercontent.com does: `pictures[name]` is what
+`/photos/<name>` answers (a small PNG by default, and the `picture` claim of the default
+identity). A `PictureAnswer` can lie about its type, be too big, stall or redirect.
+
     with FakeGoogle.running(client_id=..., client_secret=..., redirect_uris=[...]) as google:
         google.identity = Identity(sub="1234", email="ada@example.com")
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +37,13 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from tests.fakes.server import loopback_socket, serve_in_thread
@@ -41,6 +52,27 @@ _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 CODE_TTL_SECONDS = 600
 GOOGLE_ISSUER = "https://accounts.google.com"  # what accounts.google.com's discovery says
 FIRST_KID = "fake-google-1"
+# The default identity's `picture` claim: this fake's own /photos/default, filled in when a
+# token is issued (the port is known only then).
+OWN_PICTURE = "fake-google:/photos/default"
+# A real 1x1 PNG (a white pixel).
+PNG_1X1 = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg=="
+)
+
+
+@dataclass
+class PictureAnswer:
+    """What `/photos/<name>` answers."""
+
+    body: bytes = PNG_1X1
+    content_type: str = "image/png"
+    status: int = 200
+    redirect: str | None = None  # answer 302 to this URL instead
+    stall: str | None = None  # "headers": never answer; "body": send headers, then stall
+    stall_seconds: float = 5.0
+    chunked: bool = False  # no Content-Length (the size is only known by reading)
+    during: Callable[[], None] | None = None  # run while the request is being answered
 
 
 @dataclass
@@ -51,7 +83,7 @@ class Identity:
     email: str
     email_verified: bool = True
     name: str | None = "Ada Lovelace"
-    picture: str | None = "https://lh3.googleusercontent.com/a/ada-photo"
+    picture: str | None = OWN_PICTURE
 
 
 @dataclass
@@ -107,6 +139,8 @@ class FakeGoogle:
     issued_access_tokens: dict[str, Identity] = field(default_factory=dict)
     issued_id_tokens: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     jwks_requests: int = 0
+    pictures: dict[str, PictureAnswer] = field(default_factory=lambda: {"default": PictureAnswer()})
+    picture_requests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.first_key = _signing_key(FIRST_KID)
@@ -119,6 +153,9 @@ class FakeGoogle:
     @property
     def discovery_url(self) -> str:
         return f"{self.base_url}/.well-known/openid-configuration"
+
+    def picture_url(self, name: str) -> str:
+        return f"{self.base_url}/photos/{name}"
 
     @property
     def issuer(self) -> str:
@@ -156,6 +193,8 @@ class FakeGoogle:
             self.published = [FIRST_KID]
             self.signing_kid = FIRST_KID
             self.jwks_requests = 0
+            self.pictures = {"default": PictureAnswer()}
+            self.picture_requests.clear()
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -167,8 +206,27 @@ class FakeGoogle:
                 Route("/authorize", self._authorize),
                 Route("/token", self._token, methods=["POST"]),
                 Route("/userinfo", self._userinfo),
+                Route("/photos/{name}", self._photo),
             ]
         )
+
+    async def _photo(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.picture_requests.append(name)
+        answer = self.pictures.get(name)
+        if answer is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        if answer.during is not None:
+            answer.during()
+        if answer.redirect is not None:
+            return RedirectResponse(answer.redirect, status_code=302)
+        if answer.stall == "headers":
+            await asyncio.sleep(answer.stall_seconds)
+        if answer.stall == "body" or answer.chunked:
+            return StreamingResponse(
+                _trickle(answer), status_code=answer.status, media_type=answer.content_type
+            )
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
     async def _discovery(self, request: Request) -> Response:
         base = self.base_url
@@ -301,7 +359,13 @@ class FakeGoogle:
         identity = self.issued_access_tokens.get(token)
         if identity is None:
             return JSONResponse({"error": "invalid_token"}, status_code=401)
-        return JSONResponse(_profile(identity))
+        return JSONResponse(self._profile(identity))
+
+    def _profile(self, identity: Identity) -> dict[str, Any]:
+        profile = _profile(identity)
+        if profile.get("picture") == OWN_PICTURE:
+            profile["picture"] = self.picture_url("default")
+        return profile
 
     # -- ID tokens ---------------------------------------------------------------------------
 
@@ -315,7 +379,7 @@ class FakeGoogle:
             "iat": now,
             "exp": now + knobs.lifetime_seconds,
             "at_hash": _half_hash(access_token),
-            **_profile(pending.identity),
+            **self._profile(pending.identity),
         }
         if not knobs.omit_azp:
             claims["azp"] = knobs.azp if knobs.azp is not None else pending.client_id
@@ -370,3 +434,11 @@ def _profile(identity: Identity) -> dict[str, Any]:
     if identity.picture is not None:
         profile["picture"] = identity.picture
     return profile
+
+
+async def _trickle(answer: PictureAnswer) -> AsyncIterator[bytes]:
+    """The body in 16 KiB pieces; a "body" stall waits after the first one."""
+    for start in range(0, len(answer.body), 16 * 1024):
+        yield answer.body[start : start + 16 * 1024]
+        if answer.stall == "body":
+            await asyncio.sleep(answer.stall_seconds)

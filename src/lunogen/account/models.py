@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lunogen.db import Base, CreatedMixin, IdMixin
@@ -48,3 +48,25 @@ class EmailToken(IdMixin, CreatedMixin, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class UserPicture(Base):
+    """The person's Google profile picture, copied at sign-in and served from our own origin.
+
+    At most one per user (keyed on it). `source_url` is the URL it was downloaded from: a sign-in
+    whose `picture` claim names another URL downloads it again. Kept out of `users` so the row
+    every authenticated request loads carries no image. Removed with the user (ON DELETE
+    CASCADE); a soft deletion removes it through `account.picture.delete_picture`.
+    """
+
+    __tablename__ = "user_pictures"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    content_type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source_url: Mapped[str] = mapped_column(Text)
+    fetched_at: Mapped[datetime]

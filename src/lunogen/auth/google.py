@@ -4,6 +4,10 @@ Authlib does discovery, PKCE (S256), `state` and `nonce`, and validates the ID t
 against the JWKS plus `iss`, `aud`, `exp` and `nonce`. It keeps the pending state in a short-lived
 signed `lg_oauth` cookie (Starlette's session middleware) that is cleared after the callback.
 We add what it leaves out: accounts keyed on `sub`, `email_verified` before any linking.
+
+The callback's order matters: every call to Google (the token exchange, then the profile
+picture, `account.picture`) happens before the request's session runs its first statement, so
+no outside call waits inside the write transaction (on SQLite, the process's only write lock).
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from lunogen.account import picture as pictures
 from lunogen.account import service as accounts
 from lunogen.account.models import User
+from lunogen.account.picture import Picture
 from lunogen.audit import service as audit
 from lunogen.auth.sessions import create_session, set_session_cookies
 from lunogen.billing.grants import grant_starter_credits
 from lunogen.config import Settings
 from lunogen.dashboard.render import render
-from lunogen.db import DbSession
+from lunogen.db import DbSession, read_sessionmaker
 from lunogen.errors import LunogenError
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
@@ -41,6 +47,9 @@ router = APIRouter(prefix="/auth/google", tags=["auth"], include_in_schema=False
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 STATE_COOKIE = "lg_oauth"
+# Google's picture URLs are https; http is accepted for a provider on loopback (tests, a
+# development identity provider), which the SSRF guard refuses unless private URLs are allowed.
+PICTURE_SCHEMES = ("https://", "http://")
 
 
 class GoogleSignInError(LunogenError):
@@ -118,8 +127,10 @@ async def google_callback(request: Request, db: DbSession) -> Response:
         claims = token.get("userinfo")
         if not claims:
             raise GoogleSignInError("Google did not return an ID token")
+        # Before `db` opens its write transaction: the download is an outside call.
+        picture = await _download_picture(request, dict(claims))
         user = await sign_in_with_google(
-            db, claims=dict(claims), client=ClientInfo.from_request(request)
+            db, claims=dict(claims), client=ClientInfo.from_request(request), picture=picture
         )
     except (
         AuthlibBaseError,
@@ -152,6 +163,32 @@ async def google_callback(request: Request, db: DbSession) -> Response:
     return response
 
 
+def _picture_url(claims: dict[str, Any]) -> str | None:
+    picture = claims.get("picture")
+    if isinstance(picture, str) and picture.startswith(PICTURE_SCHEMES) and len(picture) <= 2000:
+        return picture
+    return None
+
+
+async def _download_picture(request: Request, claims: dict[str, Any]) -> Picture | None:
+    """The `picture` claim's image when the stored copy did not come from that URL, else None.
+
+    Runs with no transaction open (a read-only session answers whether to download). Never
+    raises for the picture's sake: a failed download is logged and the sign-in goes on.
+    """
+    url = _picture_url(claims)
+    if url is None:
+        return None
+    sessionmaker = read_sessionmaker(request.app.state.sessionmaker)
+    async with sessionmaker() as reading:
+        wanted = await pictures.needs_download(reading, google_sub=str(claims["sub"]), url=url)
+    if not wanted:
+        return None
+    settings: Settings = request.app.state.settings
+    http = pictures.picture_http(allow_private=settings.allow_private_urls)
+    return await pictures.download_or_none(url, http=http)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, httpx.HTTPError | ValueError):
         return "Google did not answer as expected. Try again in a minute."
@@ -160,14 +197,20 @@ def _describe(exc: Exception) -> str:
 
 
 async def sign_in_with_google(
-    session: AsyncSession, *, claims: dict[str, Any], client: ClientInfo
+    session: AsyncSession,
+    *,
+    claims: dict[str, Any],
+    client: ClientInfo,
+    picture: Picture | None = None,
 ) -> User:
-    """Find or create the account for a validated ID token. Keyed on `sub`, never on email."""
+    """Find or create the account for a validated ID token. Keyed on `sub`, never on email.
+
+    `picture`, downloaded beforehand from the `picture` claim's URL, replaces the stored one.
+    """
     sub = str(claims["sub"])
     email = accounts.normalize_email(str(claims.get("email", "")))
     verified = claims.get("email_verified") in (True, "true")
     name = str(claims.get("name") or email.split("@")[0] or "Google user")[:200]
-    picture = claims.get("picture")
 
     user = (await session.execute(select(User).where(User.google_sub == sub))).scalar_one_or_none()
     if user is not None and user.deleted_at is not None:
@@ -220,8 +263,11 @@ async def sign_in_with_google(
                 details={"method": "google"},
             )
     user.name = user.name or name
-    if isinstance(picture, str) and picture.startswith("https://"):
-        user.picture_url = picture[:2000]
+    picture_url = _picture_url(claims)
+    if picture_url is not None:
+        user.picture_url = picture_url  # Google's URL, as Google names it (see account.picture)
+    if picture is not None:
+        await pictures.store(session, user_id=user.id, picture=picture)
     audit.record(
         session,
         action="auth.sign_in",

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from lunogen.account import picture as pictures
 from lunogen.account import service as accounts
 from lunogen.account.schemas import PasswordChangeIn, ProfileIn
 from lunogen.audit.models import AuditEvent
@@ -262,6 +263,7 @@ async def _settings_page(
         password_error=password_error,
         name_error=name_error,
         has_password=viewer.user.password_hash is not None,
+        has_picture=await pictures.has_picture(db, user_id=viewer.user.id),
         flash=flash,
     )
 

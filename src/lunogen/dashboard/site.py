@@ -17,6 +17,7 @@ from lunogen.dashboard import (
     key_pages,
     logs,
     pages,
+    picture,
     playground,
     skills_pages,
     usage_pages,
@@ -38,5 +39,6 @@ def routers() -> list[APIRouter]:
         billing_pages.router,
         key_pages.router,
         account_pages.router,
+        picture.router,
         admin_pages.router,
     ]

@@ -20,7 +20,7 @@ from lunogen.errors import body_too_large, validation_response
 from lunogen.kit.web import media_type
 
 CSP = (
-    "default-src 'self'; img-src 'self' data: https:; style-src 'self'; script-src 'self'; "
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; form-action 'self' https://accounts.google.com; "
     "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
