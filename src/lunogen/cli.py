@@ -116,6 +116,23 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve HTTPS (TLS 1.3 only) with this PEM certificate chain; needs --tls-key "
+            "(default LUNOGEN_TLS_CERT_FILE)",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            help="The certificate's PEM private key, unencrypted (default LUNOGEN_TLS_KEY_FILE)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the server (embedded shape: applies pending migrations first).
 
@@ -136,6 +153,7 @@ def serve(
                 )
                 raise typer.Exit(2)
             settings = settings.model_copy(update={"embedded_worker": False})
+        settings = _with_tls(settings, tls_cert, tls_key)
         if migrate and _upgrade(settings):
             gc.collect()  # what Alembic left is garbage: not to be frozen
         from lunogen.serving import default_workers
@@ -147,12 +165,17 @@ def serve(
         import uvicorn
 
         from lunogen.app import create_app
+        from lunogen.serving import TlsFiles
 
         application = create_app(settings)
         gc.freeze()
     finally:
         gc.enable()
-    console.print(f"LunoGen {__version__} on http://{host}:{port} (data in {settings.data_dir})")
+    tls = TlsFiles.from_settings(settings)
+    console.print(
+        f"LunoGen {__version__} on {_scheme(settings)}://{host}:{port} "
+        f"(data in {settings.data_dir})"
+    )
     uvicorn.run(
         application,
         host=host,
@@ -161,7 +184,42 @@ def serve(
         log_config=None,
         access_log=False,
         ws="none",  # no WebSocket routes: spares importing `websockets` (~40 ms) at each start
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
+
+
+def _with_tls(settings: Settings, cert: Path | None, key: Path | None) -> Settings:
+    """The settings with the TLS files of the command line (over LUNOGEN_TLS_*), checked: both
+    or neither, readable, the key the certificate's. A problem stops here (exit 2)."""
+    from lunogen.serving import TlsFiles, TlsFilesError
+
+    cert = cert or settings.tls_cert_file
+    key = key or settings.tls_key_file
+    if cert is None and key is None:
+        return settings
+    if cert is None or key is None:
+        missing = "--tls-key" if cert is not None else "--tls-cert"
+        err_console.print(
+            f"[red]Error:[/red] HTTPS needs both --tls-cert and --tls-key: {missing} is missing "
+            "(or set LUNOGEN_TLS_CERT_FILE and LUNOGEN_TLS_KEY_FILE)."
+        )
+        raise typer.Exit(2)
+    try:
+        TlsFiles(cert, key).context()
+    except TlsFilesError as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if not settings.public_url.startswith("https://"):
+        err_console.print(
+            f"[yellow]Warning:[/yellow] LUNOGEN_PUBLIC_URL is {settings.public_url}: links in "
+            "emails and the Google redirect are built from it; set it to this server's "
+            "https:// address."
+        )
+    return settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})
+
+
+def _scheme(settings: Settings) -> str:
+    return "https" if settings.serves_tls else "http"
 
 
 def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
@@ -180,7 +238,7 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
         err_console.print(f"[red]Error:[/red] cannot listen on {host}:{port}: {exc.strerror}")
         raise typer.Exit(1) from exc
     console.print(
-        f"LunoGen {__version__} on http://{host}:{port} with {processes} processes "
+        f"LunoGen {__version__} on {_scheme(settings)}://{host}:{port} with {processes} processes "
         f"(data in {settings.data_dir})"
     )
     shares = serving.ConnectionShares(processes)
@@ -188,7 +246,11 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
         sock,
         processes,
         lambda index: serving.serve_child(
-            index, sock, lambda: serving.build_child_app(settings), shares=shares
+            index,
+            sock,
+            lambda: serving.build_child_app(settings),
+            shares=shares,
+            tls=serving.TlsFiles.from_settings(settings),
         ),
         shares=shares,
     )
@@ -529,3 +591,4 @@ def sandbox_check() -> None:
     if not report.ok:
         err_console.print(f"[red]The {report.chosen} backend failed its self-test.[/red]")
         raise typer.Exit(1)
+

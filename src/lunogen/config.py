@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     secret_keys: str | None = None
     public_url: str = "http://127.0.0.1:8000"
+    # `lunogen serve` speaks HTTPS itself (TLS 1.3 only) when both are set: PEM files, the
+    # certificate chain and its private key (`--tls-cert` / `--tls-key` override them).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     smtp_url: str | None = None
     mail_from: str = "LunoGen <no-reply@lunogen.local>"
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -172,8 +176,16 @@ class Settings(BaseSettings):
         return self.effective_database_url.startswith("sqlite")
 
     @property
+    def serves_tls(self) -> bool:
+        """Whether `lunogen serve` terminates TLS itself (both files set)."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    @property
     def secure_cookies(self) -> bool:
-        return self.public_url.startswith("https://")
+        """Whether browsers reach this server over https only: it serves TLS itself, or its
+        public URL (a TLS-terminating proxy in front) is https. Then cookies are `Secure` and
+        every answer carries HSTS."""
+        return self.serves_tls or self.public_url.startswith("https://")
 
     @property
     def google_enabled(self) -> bool:

@@ -26,6 +26,10 @@ replaced, unless it died before it served (a start-up failure: restarting cannot
 children keep dying (more than `MAX_RESTARTS` in `RESTART_WINDOW_SECONDS`): then the parent
 stops them all and exits 1 with the reason. A child whose parent dies gets SIGTERM from the
 kernel (`PR_SET_PDEATHSIG`), so none is left behind.
+
+HTTPS (`--tls-cert`/`--tls-key`): the CLI checks the files once (`TlsFiles.context`) before
+anything starts; then each server process, the single one or every child, builds its own
+context from them (uvicorn's `ssl_context_factory`), TLS 1.3 only.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import mmap
 import os
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -64,6 +69,81 @@ WATCH_SECONDS = 1.0  # how often the supervisor looks for dead children without 
 EXIT_START_FAILED = 3  # a child that never served (uvicorn's own code for it)
 _PR_SET_PDEATHSIG = 1
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+
+
+class TlsFilesError(ValueError):
+    """The TLS certificate or key cannot be served; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files `lunogen serve` speaks HTTPS with: the certificate chain and its key."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TlsFiles | None:
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            return None
+        return cls(settings.tls_cert_file, settings.tls_key_file)
+
+    def context(self) -> ssl.SSLContext:
+        """A server context accepting TLS 1.3 only (an older client's handshake fails).
+
+        Raises `TlsFilesError` naming the file at fault: missing or unreadable, not a PEM
+        certificate (or key), a key protected by a passphrase, a key of another certificate.
+        """
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
+        cert_pem = _read_pem(self.cert, "certificate")
+        key_pem = _read_pem(self.key, "key")
+        try:
+            x509.load_pem_x509_certificates(cert_pem)
+        except ValueError as exc:
+            raise TlsFilesError(f"TLS certificate {self.cert} is not a PEM certificate") from exc
+        try:
+            serialization.load_pem_private_key(key_pem, password=None)
+        except TypeError as exc:  # encrypted: uvicorn would prompt on the terminal
+            raise TlsFilesError(
+                f"TLS key {self.key} is protected by a passphrase: give it unencrypted "
+                "(readable by this user only)"
+            ) from exc
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise TlsFilesError(f"TLS key {self.key} is not a PEM private key") from exc
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise TlsFilesError(
+                    f"TLS key {self.key} does not belong to the certificate in {self.cert}"
+                ) from exc
+            raise TlsFilesError(
+                f"TLS certificate {self.cert} and key {self.key} cannot be used: "
+                f"{exc.reason or exc}"
+            ) from exc
+        return context
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """What uvicorn needs to serve with `context()` (built anew in each process)."""
+        return {"ssl_context_factory": lambda _config, _default: self.context()}
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise TlsFilesError(f"TLS {what} file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise TlsFilesError(f"TLS {what} file {path} is a directory") from exc
+    except PermissionError as exc:
+        raise TlsFilesError(f"TLS {what} file {path} is not readable by this user") from exc
+    except OSError as exc:
+        raise TlsFilesError(f"TLS {what} file {path} cannot be read: {exc.strerror}") from exc
 
 
 def default_workers() -> int:
@@ -378,6 +458,7 @@ def serve_child(
     *,
     shares: ConnectionShares | None = None,
     proxy_headers: bool = True,
+    tls: TlsFiles | None = None,
 ) -> int:
     """In a forked child: build the app and serve `sock` until SIGTERM/SIGINT; the exit code.
 
@@ -405,6 +486,7 @@ def serve_child(
                 log_config=None,
                 access_log=False,
                 ws="none",
+                **(tls.uvicorn_options() if tls is not None else {}),
             )
         )
         if shed is not None:
