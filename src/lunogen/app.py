@@ -14,6 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
+from lunogen.agent.agentfile_endpoints import router as agent_file_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
 from lunogen.agent.workspace import edge_for
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         account_router,
         key_router,
         agent_router,
+        agent_file_router,
         lifecycle_router,
         *channel_routes.routers(),
         conversation_router,

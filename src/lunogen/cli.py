@@ -591,4 +591,3 @@ def sandbox_check() -> None:
     if not report.ok:
         err_console.print(f"[red]The {report.chosen} backend failed its self-test.[/red]")
         raise typer.Exit(1)
-

@@ -151,6 +151,14 @@ async def deployment_problem(
     unknown_channels = sorted({row.type for row in agent.channels if not channel_type(row.type)})
     if unknown_channels:
         return f"no implementation of the channel type(s) {', '.join(unknown_channels)} here"
+    for row in agent.channels:
+        kind = channel_type(row.type)
+        needed = kind.input_model.secret_fields if kind and kind.input_model else ()
+        if needed and row.secrets is None:
+            return (
+                f"the {row.type} channel {row.id} has no {', '.join(sorted(needed))} yet: add "
+                "them (PATCH the agent with the channel's id and its secrets)"
+            )
     unknown_tools = registry.unknown(agent.tools)
     if unknown_tools:
         return f"unknown tools: {', '.join(unknown_tools)}"

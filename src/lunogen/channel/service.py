@@ -157,6 +157,8 @@ def apply_channels(
         }
         merged.update(generated)
         missing = [name for name in item.secret_fields if name not in merged]
+        if item.id is not None and not stored:
+            missing = []  # kept without secrets (imported from an agent file): stays disabled
         for name in missing:
             result.problems.append((f"{path}.{name}", "required for a new channel"))
         if missing:

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from lunogen.dashboard import (
     account_pages,
     admin_pages,
+    agent_file_pages,
     agents,
     apidocs,
     billing_pages,
@@ -31,6 +32,7 @@ def routers() -> list[APIRouter]:
         pages.router,
         playground.router,
         logs.router,
+        agent_file_pages.router,  # before agents: /agents/import is not an agent id
         agents.router,
         channels.router,
         conversations.router,
