@@ -46,6 +46,9 @@ from lunogen.kit.middleware import (
 from lunogen.llm.endpoints import router as model_router
 from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
+from lunogen.privacy.endpoints import router as privacy_router
+from lunogen.privacy.policy_endpoints import admin_router as admin_policy_router
+from lunogen.privacy.policy_endpoints import router as policy_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.events import TURN_EVENTS
 from lunogen.runtime.memory_endpoints import router as memory_router
@@ -159,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth_router,
         google_router,
         account_router,
+        privacy_router,
+        policy_router,
+        admin_policy_router,
         key_router,
         agent_router,
         agent_file_router,

@@ -591,3 +591,66 @@ def sandbox_check() -> None:
     if not report.ok:
         err_console.print(f"[red]The {report.chosen} backend failed its self-test.[/red]")
         raise typer.Exit(1)
+
+
+policy_app = typer.Typer(help="The Terms of Service and the Privacy Policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("publish")
+def policy_publish(
+    file: Annotated[Path, typer.Argument(help="The new version's text (Markdown, UTF-8)")],
+    kind: Annotated[str, typer.Option("--kind", help="terms or privacy")],
+    effective: Annotated[str, typer.Option("--effective", help="YYYY-MM-DD (UTC)")],
+    material: Annotated[
+        bool,
+        typer.Option(
+            "--material", help="Tell every active user in-app and by email; they must accept it"
+        ),
+    ] = False,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Defaults to the effective date")
+    ] = None,
+    summary: Annotated[
+        str, typer.Option("--summary", help="What changes (default: the changed sections)")
+    ] = "",
+) -> None:
+    """Publish a new version of the Terms or the Privacy Policy (audited). A material change
+    must take effect after today; the server's job process sends its notices."""
+    from lunogen.privacy import documents
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err_console.print(f"[red]Error:[/red] cannot read {file}: {exc}")
+        raise typer.Exit(2) from exc
+    data = documents.Publication(
+        kind=kind,
+        version=version or effective[:10],
+        effective=effective,
+        material=material,
+        text=text,
+        summary=summary,
+    )
+    settings = _settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> documents.Document:
+        async with sm() as session:
+            published = await documents.publish(
+                session, data=data, actor_user_id=None, client=None, enqueue_notice=False
+            )
+            await session.commit()
+            return published
+
+    published = _run_db(settings, work)
+    when = published.effective_at.strftime("%Y-%m-%d %H:%M UTC")
+    console.print(
+        f"Published {published.title} version {published.version}, in effect from {when}"
+        + (" (material)." if published.material else ".")
+    )
+    console.print(f"Changes: {published.summary}")
+    if published.material:
+        console.print(
+            "Every active user will be told in-app and by email: the running server (or its "
+            "workers) sends the notices within seconds."
+        )

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20, ge=0, le=600)
     turn_lease_seconds: float = Field(default=120, ge=1, le=3600)
     log_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Days between deleting an agent or an account and purging its data (the privacy policy
+    # promises 30 at most); until then the owner can cancel an account's deletion.
+    purge_after_days: int = Field(default=30, ge=1, le=30)
     catalog_refresh_hours: float = Field(default=24.0, ge=0, le=24 * 30)
     openrouter_api_key: SecretStr | None = None
     llm_base_url: str = OPENROUTER_BASE_URL

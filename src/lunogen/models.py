@@ -18,6 +18,7 @@ from lunogen.channel.models import (
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
+from lunogen.privacy.models import PolicyVersion, StripeCancellation
 from lunogen.runlog.models import AgentLogEvent
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
@@ -48,10 +49,12 @@ __all__ = [
     "Notification",
     "OutboundEmail",
     "PairingCode",
+    "PolicyVersion",
     "Skill",
     "SkillFile",
     "SkillVersion",
     "StarterGrantClaim",
+    "StripeCancellation",
     "StripeEvent",
     "Thread",
     "UsageRecord",

@@ -20,6 +20,9 @@ PUBLIC = {
     "/api/v1/auth/login",
     "/api/v1/auth/password/forgot",
     "/api/v1/auth/password/reset",
+    "/api/v1/account/restore",  # email + password or the emailed token, like signing in
+    "/api/v1/policies",  # the published Terms and Privacy Policy
+    "/api/v1/policies/{kind}/{version}",
 }
 
 

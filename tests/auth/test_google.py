@@ -633,7 +633,7 @@ async def test_closed_accounts_are_refused_not_500(
         user.deleted_at = user.created_at
         await session.commit()
     # The same Google account, and another Google account with the same address.
-    assert_failed(await google_sign_in(api.new_client(), provider), "has been deleted")
+    assert_failed(await google_sign_in(api.new_client(), provider), "is being deleted")
     google.identity = Identity(sub="800000000000000000009", email="gone@example.com")
     assert_failed(await google_sign_in(api.new_client(), provider), "closed account")
     assert await user_count(api) == 1

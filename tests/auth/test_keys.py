@@ -334,7 +334,7 @@ async def test_key_of_unconsented_user_is_refused(api: Api) -> None:
     async with api.app.state.sessionmaker() as session:
         user = await session.get(User, person.id)
         assert user is not None
-        user.terms_version = "0"
+        user.terms_version = user.privacy_version = user.age_attested_at = None  # never accepted
         await session.commit()
     keyed = api.key_client(key)
     refused = await keyed.get("/api/v1/tools")

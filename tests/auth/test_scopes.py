@@ -22,6 +22,9 @@ PUBLIC = {
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/password/forgot"),
     ("POST", "/api/v1/auth/password/reset"),
+    ("POST", "/api/v1/account/restore"),  # email + password or the emailed token
+    ("GET", "/api/v1/policies"),  # the published Terms and Privacy Policy
+    ("GET", "/api/v1/policies/{kind}/{version}"),
 }
 ANY = "any scope"
 

@@ -169,7 +169,7 @@ async def test_the_start_of_it_with_the_keyboard_alone(
     watched = watch(page, live_server)
     await _registered(page, live_server, settings, "keys.only@example.com")
     await page.goto(f"{live_server}/login")
-    email = page.locator("input[name=email]")
+    email = page.locator('form[action="/api/v1/auth/login"] input[name=email]')
     await _tab_to(page, email, 20)
     await expect(email).to_be_focused()
     await page.keyboard.type("keys.only@example.com")

@@ -118,6 +118,14 @@ _PARAMS: dict[str, Any] = {
 }
 
 
+_CANCEL_PARAMS: dict[str, Any] = {
+    "cancellation_details": {"comment": None, "feedback": None},
+    "invoice_now": None,
+    "prorate": None,
+    "expand": None,
+}
+
+
 # -- Stripe's wire format -------------------------------------------------------------------------
 
 
@@ -1417,6 +1425,11 @@ class FakeStripe:
             routes=[
                 Route("/v1/checkout/sessions", self._create_session, methods=["POST"]),
                 Route("/v1/checkout/sessions/{session_id}", self._retrieve, methods=["GET"]),
+                Route(
+                    "/v1/subscriptions/{subscription_id}",
+                    self._cancel_subscription_now,
+                    methods=["DELETE"],
+                ),
                 Route("/c/pay/{session_id}", self._hosted_page, methods=["GET"]),
                 Route(
                     "/v1/{rest:path}",
@@ -1585,6 +1598,43 @@ class FakeStripe:
                 )
                 return self._error(recorded, missing)
             return self._respond(recorded, 200, _json_bytes(session))
+
+    async def _cancel_subscription_now(self, request: Request) -> Response:
+        """`DELETE /v1/subscriptions/{id}`: cancel at once and answer the subscription.
+
+        As Stripe does: a subscription already cancelled (or never made) is 404
+        `resource_missing`; `cancellation_details`, `invoice_now` and `prorate` are the only
+        parameters (sent in the query string, as the SDK sends a DELETE's).
+        """
+        recorded = await self._record(request)
+        with self._lock:
+            denied = self._authenticate(recorded)
+            if denied is not None:
+                return self._error(recorded, denied)
+            scripted = self._scripted(recorded)
+            if scripted is not None:
+                return scripted
+            subscription_id = request.path_params["subscription_id"]
+            subscription = self.subscriptions.get(subscription_id)
+            try:
+                if recorded.form_error is not None:
+                    raise recorded.form_error
+                _check_known(recorded.params, _CANCEL_PARAMS)
+                if subscription is None or subscription["status"] == "canceled":
+                    raise ParamError(
+                        f"No such subscription: '{subscription_id}'",
+                        param="id",
+                        code="resource_missing",
+                        status=404,
+                    )
+            except ParamError as error:
+                return self._error(recorded, error)
+            details = recorded.params.get("cancellation_details") or {}
+            self.cancel_subscription(subscription_id)
+            subscription["cancellation_details"].update(
+                {k: details[k] for k in ("comment", "feedback") if k in details}
+            )
+            return self._respond(recorded, 200, _json_bytes(subscription))
 
     async def _hosted_page(self, request: Request) -> Response:
         await self._record(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import EmailStr, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -29,7 +29,8 @@ from lunogen.kit.ids import random_token, sha256_hex
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
 from lunogen.notification.email import queue_email
-from lunogen.privacy.policy import AGE_ATTESTATION_VERSION, PRIVACY_VERSION, TERMS_VERSION
+from lunogen.privacy import policy
+from lunogen.privacy.policy import AGE_ATTESTATION_VERSION
 
 VERIFY_EMAIL = "verify_email"
 RESET_PASSWORD = "reset_password"
@@ -56,12 +57,17 @@ def setup_problem(user: User) -> str | None:
     """Why this account may not use the platform yet, or None when it may."""
     if user.email_verified_at is None:
         return "Verify your email address first: open the link we sent you"
-    if user.age_attested_at is None or (
-        user.terms_version != TERMS_VERSION or user.privacy_version != PRIVACY_VERSION
-    ):
+    if user.age_attested_at is None or user.terms_version is None:
         return (
             "Confirm you are 18 or older and accept the current Terms and Privacy Policy "
             "(POST /api/v1/auth/consent, or sign in in a browser)"
+        )
+    due = policy.versions().due(user.terms_version, user.privacy_version)
+    if due:
+        titles = " and the ".join(policy.TITLES[kind] for kind in due)
+        return (
+            f"The {titles} changed: read and accept the new version at /onboarding in a "
+            "browser (POST /api/v1/policies/accept). Calls with an API key record acceptance."
         )
     return None
 
@@ -129,12 +135,25 @@ def _check_consent(data: ConsentIn) -> None:
         )
 
 
+def current_versions(now: datetime | None = None) -> tuple[str, str]:
+    """The versions of the Terms and the Privacy Policy in effect (what consent accepts)."""
+    snapshot = policy.versions()
+    terms, privacy = snapshot.current("terms", now), snapshot.current("privacy", now)
+    return (
+        terms.version if terms else policy.BUNDLED_VERSION,
+        privacy.version if privacy else policy.BUNDLED_VERSION,
+    )
+
+
 def record_consent(session: AsyncSession, *, user: User, client: ClientInfo) -> None:
+    """The person accepts the versions in effect (and attests their age): one `consents` row
+    each, with the time, IP and user agent."""
     now = utcnow()
+    terms, privacy = current_versions(now)
     for document, version in (
         ("age_attestation", AGE_ATTESTATION_VERSION),
-        ("terms", TERMS_VERSION),
-        ("privacy", PRIVACY_VERSION),
+        ("terms", terms),
+        ("privacy", privacy),
     ):
         session.add(
             Consent(
@@ -147,8 +166,8 @@ def record_consent(session: AsyncSession, *, user: User, client: ClientInfo) -> 
             )
         )
     user.age_attested_at = user.age_attested_at or now
-    user.terms_version = TERMS_VERSION
-    user.privacy_version = PRIVACY_VERSION
+    user.terms_version = terms
+    user.privacy_version = privacy
 
 
 def check_registration(data: RegisterIn) -> str:
@@ -445,7 +464,7 @@ async def give_consent(
         action="account.consent_given",
         actor_user_id=user.id,
         client=client,
-        details={"terms": TERMS_VERSION, "privacy": PRIVACY_VERSION},
+        details={"terms": user.terms_version, "privacy": user.privacy_version},
     )
     return user
 

@@ -128,11 +128,18 @@ async def update_agent(
 
 
 @router.delete("/{agent_id}", status_code=204, responses=_NOT_FOUND)
-async def delete_agent(agent_id: str, principal: AgentsWrite, db: DbSession) -> Response:
+async def delete_agent(
+    agent_id: str, request: Request, principal: AgentsWrite, db: DbSession
+) -> Response:
     """Delete an agent. Scope: `agents:write`.
 
     It disappears at once (every endpoint answers 404 for it) and stops if it was running;
-    its data is purged after 30 days.
+    its data is purged after LUNOGEN_PURGE_AFTER_DAYS (30 at most).
     """
-    await service.delete_agent(db, principal=principal, agent_id=agent_id)
+    await service.delete_agent(
+        db,
+        principal=principal,
+        agent_id=agent_id,
+        purge_after_days=request.app.state.settings.purge_after_days,
+    )
     return Response(status_code=204)

@@ -31,9 +31,9 @@ from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.skill.service import unknown_skill_ids
 from lunogen.tool.registry import registry
+from lunogen.worker.broker import runtime
 from lunogen.worker.enqueue import enqueue
 
-PURGE_AFTER = timedelta(days=30)
 # Statuses in which an agent answers (or will answer) messages: a delete stops it. `paused`
 # counts, since a paused agent would resume on the next credit top-up.
 _ACTIVE = frozenset({"deploying", "running", "paused"})
@@ -334,8 +334,24 @@ async def update_agent(
     return agent, changes.revealed
 
 
-async def delete_agent(session: AsyncSession, *, principal: Principal, agent_id: str) -> None:
-    """Hide the agent at once, stop it if active, and mark its data for purge in 30 days."""
+def configured_purge_days() -> int:
+    """LUNOGEN_PURGE_AFTER_DAYS of this process (its maximum, 30, before any is configured)."""
+    try:
+        return runtime().settings.purge_after_days
+    except RuntimeError:
+        return 30
+
+
+async def delete_agent(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    agent_id: str,
+    purge_after_days: int | None = None,
+) -> None:
+    """Hide the agent at once, stop it if active, and mark its data for purge after
+    `purge_after_days` (default: the configured LUNOGEN_PURGE_AFTER_DAYS); the retention job in
+    `privacy.retention` purges it then."""
     owner = principal.user
     agent = await get_agent(session, owner_id=owner.id, agent_id=agent_id, for_update=True)
     now = utcnow()
@@ -348,7 +364,7 @@ async def delete_agent(session: AsyncSession, *, principal: Principal, agent_id:
             session, agent=agent, row=row, why="the agent was deleted"
         )
     agent.deleted_at = now
-    agent.purge_after = now + PURGE_AFTER
+    agent.purge_after = now + timedelta(days=purge_after_days or configured_purge_days())
     agent.updated_at = now
     await session.flush()
     # Its workspace holds files its code wrote: gone with the agent, once this commits.

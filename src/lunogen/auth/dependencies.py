@@ -26,6 +26,7 @@ from lunogen.db import DbSession
 from lunogen.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
+from lunogen.privacy import documents as policy_documents
 
 UNAUTHORIZED_MESSAGE = (
     "Valid API key required. Send it as 'Authorization: Bearer lg_live_…', or sign in."
@@ -121,6 +122,10 @@ class Authenticator:
             raise _unauthorized()
         if self.scope is not None and not grants(principal.scopes, self.scope):
             raise ForbiddenError(f"API key missing required scope: {self.scope.value}")
+        if principal.api_key is not None:
+            # An API call after a policy change took effect is continued use: it records
+            # acceptance (the Privacy Policy's [changes] clause), once.
+            await policy_documents.accept_on_continued_use(db, user=principal.user, client=client)
         if not self.allow_incomplete_setup:
             problem = setup_problem(principal.user)
             if problem:

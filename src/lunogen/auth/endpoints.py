@@ -49,7 +49,6 @@ from lunogen.errors import (
 )
 from lunogen.kit.forms import body_doc, is_form, parse_body
 from lunogen.kit.web import ClientInfo, is_json_media_type
-from lunogen.privacy.policy import PRIVACY_VERSION, TERMS_VERSION
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -119,10 +118,11 @@ def _reader(request: Request) -> async_sessionmaker[AsyncSession]:
 
 def _policy_context(request: Request) -> dict[str, Any]:
     """What the register and onboarding pages show besides an error."""
+    terms_version, privacy_version = accounts.current_versions()
     return {
         "google": _settings(request).google_enabled,
-        "terms_version": TERMS_VERSION,
-        "privacy_version": PRIVACY_VERSION,
+        "terms_version": terms_version,
+        "privacy_version": privacy_version,
     }
 
 

@@ -214,7 +214,10 @@ async def sign_in_with_google(
 
     user = (await session.execute(select(User).where(User.google_sub == sub))).scalar_one_or_none()
     if user is not None and user.deleted_at is not None:
-        raise GoogleSignInError("This account has been deleted")
+        raise GoogleSignInError(
+            "This account is being deleted: to keep it, use the link in the email we sent "
+            "when it was deleted"
+        )
     if user is None:
         if not email or not verified:
             raise GoogleSignInError(

@@ -27,8 +27,10 @@ from lunogen.auth.sessions import list_active_sessions, revoke_other_session
 from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, LunogenError, validation_details
+from lunogen.kit.effects import Effects
 from lunogen.kit.forms import parse_body
 from lunogen.notification import service as notifications
+from lunogen.privacy import deletion
 
 router = page_router()
 
@@ -248,6 +250,7 @@ async def _settings_page(
     status_code: int = 200,
     password_error: str | None = None,
     name_error: str | None = None,
+    delete_error: str | None = None,
     flash: str | None = None,
 ) -> Response:
     sessions = await list_active_sessions(db, user_id=viewer.user.id)
@@ -264,6 +267,8 @@ async def _settings_page(
         name_error=name_error,
         has_password=viewer.user.password_hash is not None,
         has_picture=await pictures.has_picture(db, user_id=viewer.user.id),
+        delete_error=delete_error,
+        purge_days=request.app.state.settings.purge_after_days,
         flash=flash,
     )
 
@@ -311,6 +316,33 @@ async def change_password(
         await db.rollback()
         return response
     return RedirectResponse("/settings?outcome=password", status_code=303)
+
+
+@router.post("/settings/delete")
+async def delete_account(
+    request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/account/delete`; then the person is signed out, on the sign-in page."""
+    form = await request.form()
+    password = form.get("password")
+    try:
+        await db.commit()  # end the authenticator's transaction before argon2
+        await deletion.delete_account(
+            db,
+            principal=principal,
+            password=password if isinstance(password, str) else None,
+            effects=Effects(settings=request.app.state.settings, keyring=request.app.state.keyring),
+        )
+    except LunogenError as exc:
+        await db.rollback()
+        return await _settings_page(
+            request,
+            viewer,
+            db,
+            status_code=exc.status_code,
+            delete_error=exc.message or exc.error,
+        )
+    return RedirectResponse("/login?deleted=1", status_code=303)
 
 
 @router.post("/settings/name")

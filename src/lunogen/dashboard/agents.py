@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -421,14 +421,15 @@ async def delete_agent_page(
     agent_id: str, request: Request, viewer: SignedIn, db: DbSession
 ) -> Response:
     agent = await service.get_agent(db, owner_id=viewer.user.id, agent_id=agent_id)
-    purge_on: datetime = utcnow() + service.PURGE_AFTER
+    days: int = request.app.state.settings.purge_after_days
+    purge_on: datetime = utcnow() + timedelta(days=days)
     return page(
         request,
         viewer,
         "agents/delete.html",
         section="agents",
         agent=agent,
-        purge_days=service.PURGE_AFTER.days,
+        purge_days=days,
         purge_on=purge_on,
     )
 
@@ -437,5 +438,10 @@ async def delete_agent_page(
 async def delete_agent(
     agent_id: str, request: Request, viewer: SignedIn, principal: AgentsWrite, db: DbSession
 ) -> Response:
-    await service.delete_agent(db, principal=principal, agent_id=agent_id)
+    await service.delete_agent(
+        db,
+        principal=principal,
+        agent_id=agent_id,
+        purge_after_days=request.app.state.settings.purge_after_days,
+    )
     return RedirectResponse("/agents?outcome=deleted", status_code=303)

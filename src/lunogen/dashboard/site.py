@@ -20,6 +20,7 @@ from lunogen.dashboard import (
     pages,
     picture,
     playground,
+    policy_pages,
     skills_pages,
     usage_pages,
 )
@@ -43,4 +44,5 @@ def routers() -> list[APIRouter]:
         account_pages.router,
         picture.router,
         admin_pages.router,
+        policy_pages.router,
     ]
