@@ -75,6 +75,8 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "admin-user": f"/admin/users/{dev.id}",
         "admin-skills": "/admin/skills",
         "admin-skill": f"/admin/skills/{skill['id']}",
+        "admin-policies": "/admin/policies",
+        "privacy-versions": "/privacy/versions",
     }
     return dev, paths
 

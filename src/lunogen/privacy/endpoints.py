@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.service import normalize_email
-from lunogen.auth.dependencies import FullAccess
+from lunogen.auth.dependencies import SetupFullAccess
 from lunogen.auth.ratelimit import Backoff, RateLimiter
 from lunogen.config import Settings
 from lunogen.db import DbSession
@@ -60,7 +60,7 @@ def _settings(request: Request) -> Settings:
 
 @router.post("/account/delete", response_model=AccountDeleted)
 async def delete_account(
-    data: AccountDeleteIn, request: Request, principal: FullAccess, db: DbSession
+    data: AccountDeleteIn, request: Request, principal: SetupFullAccess, db: DbSession
 ) -> AccountDeleted:
     """Delete your account. Every session and API key stops working at once, every agent
     stops, a Pro subscription is cancelled, and all your data is purged after
