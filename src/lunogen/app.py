@@ -47,6 +47,7 @@ from lunogen.llm.endpoints import router as model_router
 from lunogen.llm.usage_endpoints import router as usage_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.privacy.endpoints import router as privacy_router
+from lunogen.privacy.export_endpoints import router as export_router
 from lunogen.privacy.policy_endpoints import admin_router as admin_policy_router
 from lunogen.privacy.policy_endpoints import router as policy_router
 from lunogen.runtime.endpoints import router as conversation_router
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         privacy_router,
         policy_router,
         admin_policy_router,
+        export_router,
         key_router,
         agent_router,
         agent_file_router,

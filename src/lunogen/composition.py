@@ -15,6 +15,7 @@ from lunogen.billing import worker_parts as billing_parts  # noqa: F401  periodi
 from lunogen.channel import kinds  # noqa: F401  channel types; their jobs and sweeps
 from lunogen.llm import worker_parts as llm_parts  # noqa: F401  model client; catalog refresh
 from lunogen.notification import email  # noqa: F401  job: notification.send_email; sweep
+from lunogen.privacy import export as privacy_export  # noqa: F401  job: privacy.build_export
 from lunogen.privacy import policy_notice  # noqa: F401  job: privacy.notify_policy_change
 from lunogen.privacy import tasks as privacy_tasks  # noqa: F401  periodic: purge; Stripe job
 from lunogen.runlog import logs as runlog  # noqa: F401  resource: log bus; periodic: log purge

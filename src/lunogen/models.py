@@ -18,7 +18,7 @@ from lunogen.channel.models import (
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
 from lunogen.notification.models import Notification, OutboundEmail
-from lunogen.privacy.models import PolicyVersion, StripeCancellation
+from lunogen.privacy.models import DataExport, PolicyVersion, StripeCancellation
 from lunogen.runlog.models import AgentLogEvent
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
@@ -40,6 +40,7 @@ __all__ = [
     "CreditEntry",
     "CreditHold",
     "CreditPause",
+    "DataExport",
     "Delivery",
     "DeliveryReceipt",
     "EarlyStatus",

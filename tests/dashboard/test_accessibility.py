@@ -70,6 +70,7 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "notifications": "/notifications",
         "security": "/security",
         "settings": "/settings",
+        "settings-export": "/settings/export",
         "admin": "/admin",
         "admin-users": "/admin/users",
         "admin-user": f"/admin/users/{dev.id}",

@@ -342,7 +342,7 @@ async def test_settings_shows_the_profile_sessions_and_your_data(api: Api) -> No
     assert 'action="/api/v1/auth/logout-all"' in page.text
     assert 'autocomplete="current-password"' in page.text
     data_section = page.text[page.text.index('id="data-h"') :]
-    assert "arrives here with the privacy release" in data_section  # the export, still to come
+    assert 'href="/settings/export"' in data_section and "Export your data" in data_section
     assert 'action="/settings/delete"' in data_section and "Delete my account" in data_section
     assert "<img" not in page.text  # no Google picture: nothing is fetched
 

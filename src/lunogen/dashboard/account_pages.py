@@ -66,6 +66,14 @@ ACTIONS = {
     "api_key.created": "API key created",
     "api_key.revoked": "API key revoked",
     "billing.credits_adjusted": "Credits adjusted by an operator",
+    "account.deleted": "Account deleted",
+    "account.restored": "Account deletion cancelled",
+    "account.restore_failed": "Failed attempt to cancel the account's deletion",
+    "account.policy_accepted": "New version of the Terms or Privacy Policy accepted",
+    "privacy.export_requested": "Data export requested",
+    "privacy.export_downloaded": "Data export downloaded",
+    "agent.exported": "Agent exported",
+    "agent.imported": "Agent imported",
 }
 
 # Detail fields in plain words; fields not listed are shown by their name.

@@ -41,6 +41,7 @@ from lunogen.config import Settings
 from lunogen.db import Base
 from lunogen.kit.time import utcnow
 from lunogen.notification.models import OutboundEmail
+from lunogen.privacy.export import remove_exports_of
 from lunogen.sandbox.workspace import Workspace, validate_agent_id
 
 log = structlog.get_logger(__name__)
@@ -356,10 +357,12 @@ async def purge_due(
             user = await _next_due_user(session, cutoff)
             if user is None:
                 break
+            user_id = user.id
             agent_ids = await purge_user_rows(session, user)
             await session.commit()
         for agent_id in agent_ids:
             await remove_workspace(settings, agent_id)
+        await remove_exports_of(settings, user_id)
         report.accounts += 1
         log.info("account_purged", agents=len(agent_ids))  # no id: it is gone on purpose
     return report
