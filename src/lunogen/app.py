@@ -14,6 +14,8 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
+from lunogen.admin.support_endpoints import router as support_console_router
+from lunogen.admin.ticket_endpoints import router as ticket_router
 from lunogen.agent.agentfile_endpoints import router as agent_file_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
@@ -50,6 +52,7 @@ from lunogen.privacy.endpoints import router as privacy_router
 from lunogen.privacy.export_endpoints import router as export_router
 from lunogen.privacy.policy_endpoints import admin_router as admin_policy_router
 from lunogen.privacy.policy_endpoints import router as policy_router
+from lunogen.privacy.requests_endpoints import router as privacy_requests_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.events import TURN_EVENTS
 from lunogen.runtime.memory_endpoints import router as memory_router
@@ -167,6 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policy_router,
         admin_policy_router,
         export_router,
+        ticket_router,
+        privacy_requests_router,
+        support_console_router,
         key_router,
         agent_router,
         agent_file_router,

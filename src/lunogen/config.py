@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     smtp_url: str | None = None
     mail_from: str = "LunoGen <no-reply@lunogen.local>"
+    privacy_contact: str | None = None  # shown on /privacy; unset: the address of mail_from
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     google_client_id: str | None = None
     google_client_secret: str | None = None

@@ -1,6 +1,7 @@
 """Imports every table so that the metadata is complete (Alembic, tests)."""
 
 from lunogen.account.models import Consent, EmailToken, User
+from lunogen.admin.models import ContentGrant, PrivacyRequest, Ticket, TicketMessage
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
@@ -36,6 +37,7 @@ __all__ = [
     "ChannelContact",
     "ChannelUnregistration",
     "Consent",
+    "ContentGrant",
     "CreditAccount",
     "CreditEntry",
     "CreditHold",
@@ -51,6 +53,7 @@ __all__ = [
     "OutboundEmail",
     "PairingCode",
     "PolicyVersion",
+    "PrivacyRequest",
     "Skill",
     "SkillFile",
     "SkillVersion",
@@ -58,6 +61,8 @@ __all__ = [
     "StripeCancellation",
     "StripeEvent",
     "Thread",
+    "Ticket",
+    "TicketMessage",
     "UsageRecord",
     "User",
     "metadata",

@@ -61,6 +61,8 @@ SECTIONS = [
     "ledger",
     "notifications",
     "audit",
+    "support",
+    "privacy_requests",
 ]
 
 
@@ -94,6 +96,15 @@ async def rich_person(api: Api, openrouter: FakeOpenRouter, *, marker: str) -> P
     assert said.status_code == 200, said.text
     skill = await dev.http.post("/api/v1/skills", json=clean_package(name=f"pdf-{marker}"))
     assert skill.status_code == 201, skill.text
+    ticket = await dev.http.post(
+        "/api/v1/support/tickets",
+        json={"subject": f"Help {marker}", "body": f"My bike agent is odd {marker}"},
+    )
+    assert ticket.status_code == 201, ticket.text
+    asked = await dev.http.post(
+        "/api/v1/privacy/requests", json={"kind": "objection", "body": f"Stop that {marker}"}
+    )
+    assert asked.status_code == 201, asked.text
     keyring = api.app.state.keyring
     async with api.app.state.sessionmaker() as session:
         session.add(
@@ -251,6 +262,11 @@ async def test_archive_holds_every_section_and_no_secret(
     actions = {e["action"] for e in read_json(archive, "audit.json")}
     assert {"auth.sign_in", "api_key.created", "privacy.export_requested"} <= actions
     assert any(n.startswith("logs/") for n in names)
+    [ticket] = read_json(archive, "support_tickets.json")
+    assert ticket["subject"] == "Help mine" and ticket["status"] == "open"
+    assert [m["text"] for m in ticket["messages"]] == ["My bike agent is odd mine"]  # decrypted
+    [request] = read_json(archive, "privacy_requests.json")
+    assert (request["kind"], request["text"]) == ("objection", "Stop that mine")
 
     # no secret anywhere: in the zip's bytes nor in any file once decompressed
     contents = [raw, *(archive.read(n) for n in names)]

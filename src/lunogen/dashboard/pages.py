@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from lunogen.account.models import User
 from lunogen.account.service import current_versions, setup_problem
+from lunogen.admin.privacy_requests import privacy_contact
 from lunogen.auth.models import AuthSession
 from lunogen.auth.sessions import CSRF_COOKIE, SESSION_COOKIE, csrf_matches, find_session
 from lunogen.config import Settings
@@ -204,4 +205,5 @@ async def _policy_page(request: Request, db: DbSession, kind: str) -> Response:
         html=documents.render_html(current.text),
         upcoming=upcoming,
         archive=True,
+        privacy_contact=privacy_contact(request.app.state.settings),
     )

@@ -63,6 +63,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/keys", "API keys", "keys"),
     NavItem("/security", "Security log", "security"),
     NavItem("/settings", "Settings", "settings"),
+    NavItem("/help", "Help", "help"),
+    NavItem("/support", "Support", "support", roles=frozenset({"support", "admin"})),
     NavItem("/admin", "Admin", "admin", roles=frozenset({"admin"})),
 )
 

@@ -23,6 +23,8 @@ from lunogen.dashboard import (
     playground,
     policy_pages,
     skills_pages,
+    support_pages,
+    ticket_pages,
     usage_pages,
 )
 
@@ -44,6 +46,8 @@ def routers() -> list[APIRouter]:
         key_pages.router,
         account_pages.router,
         export_pages.router,
+        ticket_pages.router,
+        support_pages.router,
         picture.router,
         admin_pages.router,
         policy_pages.router,

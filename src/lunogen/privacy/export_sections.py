@@ -3,7 +3,6 @@
 Every query here is scoped to `ctx.user_id` (the owner column of its table); nothing reads a
 secret column: channel secrets become `{"configured": ...}` through the agent file, and the
 password hash, API key hashes, session tokens and CSRF tokens are never selected into output.
-Support tickets register their own section from their module when they exist.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from lunogen.account.models import Consent, User, UserPicture
+from lunogen.admin.models import ContentGrant, PrivacyRequest, Ticket, TicketMessage
 from lunogen.agent.agentfile import file_of
 from lunogen.agent.models import Agent
 from lunogen.audit.models import AuditEvent
@@ -492,5 +492,78 @@ async def audit(ctx: ExportContext, archive: Archive) -> None:
                         "ip": row.ip,
                         "user_agent": row.user_agent,
                         "details": row.details,
+                    }
+                )
+
+
+@register_section(
+    "support",
+    files="support_tickets.json",
+    about="Your support tickets with their messages (decrypted; staff shown by role only) and "
+    "the times you let support read your conversations.",
+)
+async def support_tickets(ctx: ExportContext, archive: Archive) -> None:
+    query = select(Ticket).where(Ticket.user_id == ctx.user_id)
+    async with archive.stream("support_tickets.json") as out, out.array() as items:
+        async for tickets in ctx.batches(query, [Ticket.created_at, Ticket.id]):
+            for ticket in tickets:
+                async with ctx.reader() as session:
+                    said = await session.execute(
+                        select(TicketMessage)
+                        .where(TicketMessage.ticket_id == ticket.id)
+                        .order_by(TicketMessage.created_at, TicketMessage.id)
+                    )
+                    granted = await session.execute(
+                        select(ContentGrant)
+                        .where(ContentGrant.ticket_id == ticket.id)
+                        .order_by(ContentGrant.granted_at, ContentGrant.id)
+                    )
+                    messages, grants = list(said.scalars()), list(granted.scalars())
+                await items.add(
+                    {
+                        "id": ticket.id,
+                        "subject": ticket.subject,
+                        "status": ticket.status,
+                        "created_at": ticket.created_at,
+                        "updated_at": ticket.updated_at,
+                        "messages": [
+                            {
+                                "from": message.author_role,
+                                "at": message.created_at,
+                                "text": ctx.decrypt(message.body),
+                            }
+                            for message in messages
+                        ],
+                        "conversation_access_granted": [
+                            {
+                                "granted_at": grant.granted_at,
+                                "expires_at": grant.expires_at,
+                                "revoked_at": grant.revoked_at,
+                            }
+                            for grant in grants
+                        ],
+                    }
+                )
+
+
+@register_section(
+    "privacy_requests",
+    files="privacy_requests.json",
+    about="Your privacy requests (objections, questions, corrections) and our answers, decrypted.",
+)
+async def privacy_requests(ctx: ExportContext, archive: Archive) -> None:
+    query = select(PrivacyRequest).where(PrivacyRequest.user_id == ctx.user_id)
+    async with archive.stream("privacy_requests.json") as out, out.array() as items:
+        async for rows in ctx.batches(query, [PrivacyRequest.created_at, PrivacyRequest.id]):
+            for row in rows:
+                await items.add(
+                    {
+                        "id": row.id,
+                        "kind": row.kind,
+                        "status": row.status,
+                        "text": ctx.decrypt(row.body),
+                        "answer": ctx.decrypt(row.response) if row.response else None,
+                        "created_at": row.created_at,
+                        "updated_at": row.updated_at,
                     }
                 )

@@ -72,6 +72,7 @@ NOT_PERSONAL = frozenset(
         "target_id",  # the audit log's target: tombstoned by `_tombstone_audit`
         "thread_id",
         "message_id",
+        "ticket_id",  # a support ticket (it goes with its owner)
         "reply_to_id",  # a message id
         "used_by",  # the contact that used a pairing code (the row goes with its channel)
         "delivery_id",
