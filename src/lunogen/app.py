@@ -15,6 +15,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
 from lunogen.admin.support_endpoints import router as support_console_router
+from lunogen.admin.suspension_endpoints import router as suspension_router
 from lunogen.admin.ticket_endpoints import router as ticket_router
 from lunogen.agent.agentfile_endpoints import router as agent_file_router
 from lunogen.agent.endpoints import router as agent_router
@@ -170,9 +171,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policy_router,
         admin_policy_router,
         export_router,
-        ticket_router,
-        privacy_requests_router,
-        support_console_router,
         key_router,
         agent_router,
         agent_file_router,
@@ -191,6 +189,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_credits_router,
         stripe_webhook_router,
         audit_router,
+        ticket_router,
+        privacy_requests_router,
+        support_console_router,
+        suspension_router,
         *dashboard.routers(),
     ):
         app.include_router(router)

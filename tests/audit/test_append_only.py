@@ -20,7 +20,8 @@ async def _count(api: Api) -> int:
     "statement",
     [
         "UPDATE audit_events SET action = 'tampered'",
-        "UPDATE audit_events SET details = '{}' WHERE action = 'account.registered'",
+        "UPDATE audit_events SET details = '{\"x\": 1}' WHERE action = 'account.registered'",
+        "UPDATE audit_events SET ip = '10.9.9.9' WHERE action = 'account.registered'",
         "DELETE FROM audit_events",
         "DELETE FROM audit_events WHERE action = 'auth.sign_in'",
     ],

@@ -278,10 +278,13 @@ async def test_keep_alive_connections_spread_evenly_over_the_children(server: Se
             answers = await asyncio.gather(*(c.get("/healthz") for c in clients))
             assert all(a.status_code == 200 for a in answers)
             closed += sum(a.headers.get("connection") == "close" for a in answers)
-        for _ in range(3):  # a few rounds without a close at the end: the spread has settled
+        settled = False
+        for _ in range(10):  # until a round closes nothing: every client holds a connection
             answers = await asyncio.gather(*(c.get("/healthz") for c in clients))
             if not any(a.headers.get("connection") == "close" for a in answers):
+                settled = True
                 break
+        assert settled, "the children kept closing connections"
         inodes = _established(server.port)
         held = sorted(_sockets_held(pid, inodes) for pid in children)
     finally:

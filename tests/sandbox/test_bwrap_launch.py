@@ -13,6 +13,7 @@ import subprocess
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -153,6 +154,23 @@ async def test_runs_leave_no_fd_or_thread_behind(bwrap_sandbox: Sandbox) -> None
     assert sorted(os.listdir("/proc/self/fd")) == fds_before
 
 
+def _record_cgroups(
+    backend: BwrapBackend, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, Path]]:
+    """The cgroups each run of `backend` makes from now on (other test processes may be
+    running sandboxes under the same parent at the same time: only these are checked)."""
+    made: list[dict[str, Path]] = []
+    create = backend.cgroups.create
+
+    def recording(*args: Any, **kwargs: Any) -> RunCgroup:
+        run = create(*args, **kwargs)
+        made.append(dict(run.paths))
+        return run
+
+    monkeypatch.setattr(backend.cgroups, "create", recording)
+    return made
+
+
 async def test_a_run_waits_for_its_leftovers_then_removes_its_cgroups_at_once(
     bwrap_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,19 +182,22 @@ async def test_a_run_waits_for_its_leftovers_then_removes_its_cgroups_at_once(
         pytest.skip("no writable cgroup tree here")
     retried: list[RunCgroup] = []
     monkeypatch.setattr(RunCgroup, "remove", lambda self: retried.append(self))
-    groups_before = {c: sorted(p.iterdir()) for c, p in backend.cgroups.parents.items()}
+    made = _record_cgroups(backend, monkeypatch)
     for _ in range(10):
         result = await bwrap_sandbox.edge.run(A, ["true"], limits=LIMITS)
         assert result.exit_code == 0, result
     assert retried == []
-    assert {c: sorted(p.iterdir()) for c, p in backend.cgroups.parents.items()} == groups_before
+    assert len(made) == 10 and all(made)
+    assert [path for run in made for path in run.values() if path.exists()] == []
 
 
-async def test_a_cancelled_run_leaves_nothing_behind(bwrap_sandbox: Sandbox) -> None:
+async def test_a_cancelled_run_leaves_nothing_behind(
+    bwrap_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await bwrap_sandbox.edge.run(A, ["true"], limits=LIMITS)  # the workspace image is made
     backend = bwrap_sandbox.edge.backend
     assert isinstance(backend, BwrapBackend)
-    groups_before = {c: sorted(p.iterdir()) for c, p in backend.cgroups.parents.items()}
+    made = _record_cgroups(backend, monkeypatch)
     fds_before = sorted(os.listdir("/proc/self/fd"))
     marker = f"cancelled-{uuid.uuid4().hex}"
     run = asyncio.ensure_future(
@@ -190,7 +211,7 @@ async def test_a_cancelled_run_leaves_nothing_behind(bwrap_sandbox: Sandbox) -> 
         await run
     await asyncio.sleep(0.2)
     assert running_with_marker(marker) == []
-    assert {c: sorted(p.iterdir()) for c, p in backend.cgroups.parents.items()} == groups_before
+    assert [path for run in made for path in run.values() if path.exists()] == []
     assert sorted(os.listdir("/proc/self/fd")) == fds_before
 
 

@@ -47,35 +47,57 @@ def test_the_composition_root_registers_every_part() -> None:
     found = _in_a_fresh_process(
         "import json\n"
         "import lunogen.composition\n"
-        "from lunogen.worker import maintenance, resources, sweeps\n"
+        "from lunogen.worker import maintenance, queues, resources, sweeps\n"
         "from lunogen.worker.broker import async_shared_broker\n"
         "print(json.dumps({\n"
         "    'resources': [p.name for p in resources.providers()],\n"
         "    'periodic': sorted(p.name for p in maintenance.registered()),\n"
         "    'sweeps': sorted(sweeps._sweeps),\n"
+        "    'queues': sorted(q.name for q in queues.registered_queues()),\n"
         "    'jobs': sorted(async_shared_broker.get_all_tasks()),\n"
         "}))"
     )
-    assert sorted(found["resources"]) == ["log_bus", "model_client", "turn_events"]
+    assert sorted(found["resources"]) == [
+        "log_bus",
+        "model_client",
+        "policy_versions",
+        "turn_events",
+    ]
     assert found["periodic"] == [
         "catalog_refresh",
         "cost_reconcile",
         "credit_hold_expiry",
+        "data_export_expiry",
         "interrupted_deploys",
         "log_purge",
+        "retention_purge",
     ]
     assert found["sweeps"] == [
         "channel_deliveries",
         "channel_unregistrations",
+        "data_exports",
         "email",
+        "policy_notices",
+        "stripe_cancellations",
         "threads",
     ]
     assert found["jobs"] == [
         "channel.deliver",
         "channel.unregister",
         "notification.send_email",
+        "privacy.build_export",
+        "privacy.cancel_subscription",
+        "privacy.notify_policy_change",
         "runtime.run_thread",
         "sandbox.destroy_workspace",
+    ]
+    assert found["queues"] == [
+        "channel_unregistrations",
+        "data_exports",
+        "deliveries",
+        "emails",
+        "stripe_cancellations",
+        "turns",
     ]
 
 

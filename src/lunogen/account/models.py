@@ -23,6 +23,8 @@ class User(IdMixin, CreatedMixin, Base):
     terms_version: Mapped[str | None] = mapped_column(String(40))
     privacy_version: Mapped[str | None] = mapped_column(String(40))
     deleted_at: Mapped[datetime | None]
+    suspended_at: Mapped[datetime | None]  # by an admin: every session and key refused
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Consent(IdMixin, Base):

@@ -86,8 +86,10 @@ class OutOfCreditsError(LunogenError):
 
 
 def _refuse(agent: Agent, action: str) -> ConflictError:
+    suspended = agent.status == "suspended" and agent.suspended_reason
+    why = f": {agent.suspended_reason}" if suspended else ""
     return ConflictError(
-        f"Cannot {action} an agent that is {agent.status}",
+        f"Cannot {action} an agent that is {agent.status}{why}",
         error=f"Agent is {agent.status}",
         extra={"status": agent.status},
     )

@@ -34,6 +34,8 @@ class Agent(IdMixin, CreatedMixin, Base):
     max_output_tokens: Mapped[int] = mapped_column(default=1024)
     started_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    suspended_at: Mapped[datetime | None]  # by an admin: its owner cannot deploy or start it
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
 
     channels: Mapped[list[AgentChannel]] = relationship(
         back_populates="agent",

@@ -17,6 +17,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from lunogen.account.models import User
 from lunogen.account.plans import limits_for
 from lunogen.account.service import setup_problem
+from lunogen.admin.suspended import AccountSuspendedError
 from lunogen.auth import apikeys
 from lunogen.auth.principal import Principal
 from lunogen.auth.ratelimit import RateLimiter
@@ -100,9 +101,16 @@ async def _from_cookie(
 class Authenticator:
     """A dependency that authenticates the caller and requires `scope` (None: any scope)."""
 
-    def __init__(self, scope: Scope | None, *, allow_incomplete_setup: bool = False) -> None:
+    def __init__(
+        self,
+        scope: Scope | None,
+        *,
+        allow_incomplete_setup: bool = False,
+        allow_suspended: bool = False,
+    ) -> None:
         self.scope = scope
         self.allow_incomplete_setup = allow_incomplete_setup
+        self.allow_suspended = allow_suspended  # signing out only
 
     async def __call__(
         self,
@@ -120,6 +128,8 @@ class Authenticator:
             principal = await _from_cookie(request, db, session_token, client)
         else:
             raise _unauthorized()
+        if principal.user.suspended_at is not None and not self.allow_suspended:
+            raise AccountSuspendedError(principal.user, request.app.state.settings)
         if self.scope is not None and not grants(principal.scopes, self.scope):
             raise ForbiddenError(f"API key missing required scope: {self.scope.value}")
         if principal.api_key is not None:
@@ -144,6 +154,11 @@ def _require_admin(
 
 AnyUser = Annotated[Principal, Depends(Authenticator(None))]
 SetupUser = Annotated[Principal, Depends(Authenticator(None, allow_incomplete_setup=True))]
+# Signing out is the one thing a suspended account may still do.
+SignOutUser = Annotated[
+    Principal,
+    Depends(Authenticator(None, allow_incomplete_setup=True, allow_suspended=True)),
+]
 FullAccess = Annotated[Principal, Depends(Authenticator(Scope.FULL))]
 SetupFullAccess = Annotated[
     Principal, Depends(Authenticator(Scope.FULL, allow_incomplete_setup=True))

@@ -25,7 +25,7 @@ from lunogen.account.schemas import (
     UserOut,
 )
 from lunogen.audit import service as audit
-from lunogen.auth.dependencies import SetupFullAccess, SetupUser
+from lunogen.auth.dependencies import SetupFullAccess, SetupUser, SignOutUser
 from lunogen.auth.ratelimit import Backoff, RateLimiter
 from lunogen.auth.sessions import (
     CSRF_COOKIE,
@@ -322,7 +322,7 @@ async def sign_in(request: Request, db: DbSession) -> Response:
 
 
 @router.post("/logout", status_code=204)
-async def sign_out(request: Request, principal: SetupUser, db: DbSession) -> Response:
+async def sign_out(request: Request, principal: SignOutUser, db: DbSession) -> Response:
     """End this browser session (with a key: nothing to end, use DELETE /api/v1/keys)."""
     if principal.auth_session is not None:
         await revoke_session(db, principal.auth_session)

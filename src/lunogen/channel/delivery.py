@@ -53,6 +53,7 @@ from lunogen.runtime import replies
 from lunogen.runtime.models import Message, Thread
 from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -123,6 +124,11 @@ async def queue_if_settled(session: AsyncSession, *, inbound_id: str) -> None:
     ).first()
     if answered is not None or (inbound is not None and inbound.status in UNANSWERED):
         await queue_waiting(session, inbound_id=inbound_id)
+
+
+register_queue(
+    Queue("deliveries", "Replies to send to a channel", Delivery, ("waiting", "queued", "sending"))
+)
 
 
 @register_sweep("channel_deliveries")

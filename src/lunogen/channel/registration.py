@@ -41,6 +41,7 @@ from lunogen.kit.time import utcnow
 from lunogen.runlog.logs import log_event
 from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -338,6 +339,16 @@ async def unregister(task_id: str) -> None:
         if delay is None or delay > 30:
             return
         await asyncio.sleep(delay)
+
+
+register_queue(
+    Queue(
+        "channel_unregistrations",
+        "Channel registrations to remove at the providers",
+        ChannelUnregistration,
+        ("queued", "sending"),
+    )
+)
 
 
 @register_sweep("channel_unregistrations")

@@ -29,8 +29,13 @@ from lunogen.account.models import User
 from lunogen.account.plans import PLANS, limits_for
 from lunogen.account.roles import ROLES
 from lunogen.account.schemas import RoleChangeIn
+from lunogen.admin import suspension
+from lunogen.admin.suspension_schemas import ReasonIn
+from lunogen.admin.system_health import system_health
+from lunogen.agent.models import Agent
 from lunogen.audit.service import list_events
 from lunogen.auth.dependencies import FullAccess
+from lunogen.auth.principal import Principal
 from lunogen.billing import ledger
 from lunogen.billing import service as billing
 from lunogen.billing.ledger import IdempotencyConflict
@@ -47,6 +52,7 @@ from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, LunogenError, NotFoundError
 from lunogen.kit.effects import Effects
+from lunogen.kit.web import ClientInfo
 from lunogen.skill import service as skills
 from lunogen.skill.models import Skill
 from lunogen.skill.schemas import SkillBlock, SkillStatus
@@ -58,12 +64,19 @@ RECENT = 10  # ledger entries and security events shown on an account's page
 MAX_EMAIL = 320
 _FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 STATUSES = tuple(status.value for status in SkillStatus)
+REASON_PROBLEM = (
+    "Reason: say why, in 1 to 500 characters (the owner is told; kept in the audit log)."
+)
 
 OUTCOMES = {
     "account": "Role and plan saved.",
     "credits": "Credits adjusted: the balance below includes the change.",
     "blocked": "Skill blocked: no agent can deploy with it or load it.",
     "unblocked": "Block lifted: the skill's status follows its scan and approval again.",
+    "suspended": "Account suspended: its keys and sessions are refused, its agents stopped.",
+    "reinstated": "Suspension lifted: the account works again; its agents stay stopped.",
+    "agent-suspended": "Agent suspended: it is stopped and its owner cannot start it.",
+    "agent-reinstated": "Suspension lifted: the agent is stopped; its owner may start it.",
 }
 
 
@@ -123,7 +136,10 @@ def _pager(path: str, pages: Pages, **filters: str | None) -> Pager:
 
 
 def user_status(user: User) -> str:
-    """How an account stands, in words: why it cannot use the platform yet, or active."""
+    """How an account stands, in words: suspended, why it cannot use the platform yet, or
+    active."""
+    if user.suspended_at is not None:
+        return "suspended"
     if user.email_verified_at is None:
         return "email not verified"
     if accounts.setup_problem(user) is not None:
@@ -202,8 +218,10 @@ async def _user_page(
     credits: str = "",
     reason: str = "",
     form_token: str | None = None,
+    suspension_error: str | None = None,
+    suspension_reason: str = "",
 ) -> Response:
-    """An account's page: its facts, balance and latest ledger entries, and the two forms (with
+    """An account's page: its facts, balance and latest ledger entries, and its forms (with
     the values just submitted when they were refused)."""
     entries = await ledger.entries(db, user.id, limit=RECENT)
     events, _ = await list_events(
@@ -233,15 +251,90 @@ async def _user_page(
         reason=reason,
         form_token=form_token or secrets.token_urlsafe(24),
         is_self=user.id == viewer.user.id,
+        suspension_error=suspension_error,
+        suspension_reason=suspension_reason,
         flash=_flash(request),
     )
+
+
+def _record_view(
+    request: Request, viewer: Viewer, db: AsyncSession, *, kind: str, target: str, owner: str
+) -> None:
+    """An admin's look at another account's data is audited (`admin.viewed`), as API reads are."""
+    if owner != viewer.user.id:
+        suspension.record_view(
+            db,
+            actor=viewer.user,
+            client=ClientInfo.from_request(request),
+            target_type=kind,
+            target_id=target,
+            subject_user_id=owner,
+            details={"page": request.url.path},
+        )
 
 
 @router.get("/admin/users/{user_id}")
 async def user_page(
     user_id: str, request: Request, viewer: ConsoleViewer, db: DbSession
 ) -> Response:
-    return await _user_page(request, viewer, db, await _account(db, user_id))
+    user = await _account(db, user_id)
+    _record_view(request, viewer, db, kind="user", target=user.id, owner=user.id)
+    return await _user_page(request, viewer, db, user)
+
+
+async def _change_suspension(
+    user_id: str,
+    change: str,
+    request: Request,
+    viewer: Viewer,
+    principal: Principal,
+    db: AsyncSession,
+) -> Response:
+    user = await _account(db, user_id)
+    reason = (await _form(request)).get("suspension_reason", "")[:600]
+    act = suspension.suspend_user if change == "suspend" else suspension.reinstate_user
+    try:
+        data = ReasonIn.model_validate({"reason": reason})
+        await act(
+            db, admin=principal, user_id=user.id, reason=data.reason, effects=_effects(request)
+        )
+    except (ValidationError, LunogenError) as exc:
+        if isinstance(exc, ValidationError):
+            message, status = REASON_PROBLEM, 422
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _user_page(
+            request,
+            viewer,
+            db,
+            user,
+            status_code=status,
+            suspension_error=message,
+            suspension_reason=reason,
+        )
+        await db.rollback()
+        return response
+    outcome = "suspended" if change == "suspend" else "reinstated"
+    return RedirectResponse(
+        f"/admin/users/{user.id}?outcome={outcome}#suspension-h", status_code=303
+    )
+
+
+@router.post("/admin/users/{user_id}/suspend")
+async def suspend_user(
+    user_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/users/{id}/suspend`: keys and sessions refused, agents stopped,
+    audited with the reason, the owner notified."""
+    return await _change_suspension(user_id, "suspend", request, viewer, principal, db)
+
+
+@router.post("/admin/users/{user_id}/reinstate")
+async def reinstate_user(
+    user_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/users/{id}/reinstate`: audited with the reason, owner notified."""
+    return await _change_suspension(user_id, "reinstate", request, viewer, principal, db)
 
 
 def _account_problem(exc: ValidationError) -> str:
@@ -479,3 +572,139 @@ async def unblock_skill(
         await db.rollback()
         return response
     return RedirectResponse(f"/admin/skills/{skill.id}?outcome=unblocked", status_code=303)
+
+
+# Agents across tenants -------------------------------------------------------------------------
+
+
+@router.get("/admin/agents")
+async def agent_list(
+    request: Request,
+    viewer: ConsoleViewer,
+    db: DbSession,
+    status: Annotated[str, Query(max_length=20)] = "",
+    owner: Annotated[str, Query(max_length=MAX_EMAIL)] = "",
+) -> Response:
+    """Every owner's agents, newest first; the read is audited as the API's is."""
+    number = page_number(request.query_params.get("page"))
+    chosen = status if status in suspension.AGENT_STATUSES else ""
+    search = owner.strip().lower()
+    rows, total = await suspension.list_all_agents(
+        db,
+        status=chosen or None,
+        owner_email=search or None,
+        limit=PAGE_SIZE,
+        offset=(number - 1) * PAGE_SIZE,
+    )
+    suspension.record_view(
+        db,
+        actor=viewer.user,
+        client=ClientInfo.from_request(request),
+        target_type="agents",
+        target_id=None,
+        subject_user_id=None,
+        details={"status": chosen or None, "owner_email": search or None, "page": number},
+    )
+    return page(
+        request,
+        viewer,
+        "admin/agents.html",
+        section="admin",
+        rows=rows,
+        total=total,
+        status=chosen,
+        owner=search,
+        statuses=suspension.AGENT_STATUSES,
+        pager=_pager("/admin/agents", _pages(number, total), status=chosen, owner=search),
+    )
+
+
+async def _agent_page(
+    request: Request,
+    viewer: Viewer,
+    db: AsyncSession,
+    agent: Agent,
+    *,
+    status_code: int = 200,
+    suspension_error: str | None = None,
+    reason: str = "",
+) -> Response:
+    return page(
+        request,
+        viewer,
+        "admin/agent.html",
+        section="admin",
+        status_code=status_code,
+        agent=agent,
+        owner=await db.get(User, agent.owner_id),
+        suspension_error=suspension_error,
+        reason=reason,
+        flash=_flash(request),
+    )
+
+
+@router.get("/admin/agents/{agent_id}")
+async def agent_page(
+    agent_id: str, request: Request, viewer: ConsoleViewer, db: DbSession
+) -> Response:
+    agent = await suspension.any_agent(db, agent_id)
+    _record_view(request, viewer, db, kind="agent", target=agent.id, owner=agent.owner_id)
+    return await _agent_page(request, viewer, db, agent)
+
+
+async def _change_agent(
+    agent_id: str,
+    change: str,
+    request: Request,
+    viewer: Viewer,
+    principal: Principal,
+    db: AsyncSession,
+) -> Response:
+    agent = await suspension.any_agent(db, agent_id)
+    reason = (await _form(request)).get("reason", "")[:600]
+    act = suspension.suspend_agent if change == "suspend" else suspension.reinstate_agent
+    try:
+        data = ReasonIn.model_validate({"reason": reason})
+        await act(
+            db, admin=principal, agent_id=agent.id, reason=data.reason, effects=_effects(request)
+        )
+    except (ValidationError, LunogenError) as exc:
+        if isinstance(exc, ValidationError):
+            message, status = REASON_PROBLEM, 422
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _agent_page(
+            request, viewer, db, agent, status_code=status, suspension_error=message, reason=reason
+        )
+        await db.rollback()
+        return response
+    outcome = "agent-suspended" if change == "suspend" else "agent-reinstated"
+    return RedirectResponse(f"/admin/agents/{agent.id}?outcome={outcome}", status_code=303)
+
+
+@router.post("/admin/agents/{agent_id}/suspend")
+async def suspend_agent(
+    agent_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/agents/{id}/suspend`: stopped, its owner cannot start it."""
+    return await _change_agent(agent_id, "suspend", request, viewer, principal, db)
+
+
+@router.post("/admin/agents/{agent_id}/reinstate")
+async def reinstate_agent(
+    agent_id: str, request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/admin/agents/{id}/reinstate`: stopped, its owner may start it again."""
+    return await _change_agent(agent_id, "reinstate", request, viewer, principal, db)
+
+
+# System health ---------------------------------------------------------------------------------
+
+
+@router.get("/admin/health")
+async def health_page(request: Request, viewer: ConsoleViewer, db: DbSession) -> Response:
+    """As `GET /api/v1/admin/health`: queues, failures, sandbox, database and Redis."""
+    found = await system_health(
+        db, settings=_settings(request), rate_limiter=request.app.state.rate_limiter
+    )
+    return page(request, viewer, "admin/health.html", section="admin", health=found)

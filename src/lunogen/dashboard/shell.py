@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from lunogen.account.models import User
 from lunogen.account.service import setup_problem
+from lunogen.admin.suspended import appeal_contact
 from lunogen.auth.models import AuthSession
 from lunogen.auth.sessions import SESSION_COOKIE, find_session
 from lunogen.dashboard.render import render
@@ -39,6 +40,13 @@ class LoginRequired(Exception):
 
 class SetupRequired(Exception):
     pass
+
+
+class AccountSuspended(Exception):
+    """The signed-in account is suspended: every page is the page saying so."""
+
+    def __init__(self, user: User, session: AuthSession) -> None:
+        self.user, self.session = user, session
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ async def _viewer(request: Request, db: DbSession) -> Viewer:
     user = await db.get(User, row.user_id) if row is not None else None
     if row is None or user is None or user.deleted_at is not None:
         raise LoginRequired
+    if user.suspended_at is not None:
+        raise AccountSuspended(user, row)
     if setup_problem(user) is not None:
         raise SetupRequired
     unread = int(
@@ -130,6 +140,15 @@ class PageRoute(APIRoute):
                 return RedirectResponse(f"/login?next={target}", status_code=303)
             except SetupRequired:
                 return RedirectResponse("/onboarding", status_code=303)
+            except AccountSuspended as exc:
+                return render(
+                    request,
+                    "errors/suspended.html",
+                    status_code=403,
+                    user=exc.user,
+                    contact=appeal_contact(request.app.state.settings),
+                    csrf_token=exc.session.csrf_token,
+                )
             except NotFoundError:
                 return render(request, "errors/not_found.html", status_code=404)
             except RequestValidationError as exc:  # a malformed path or query

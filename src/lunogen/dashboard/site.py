@@ -46,9 +46,9 @@ def routers() -> list[APIRouter]:
         key_pages.router,
         account_pages.router,
         export_pages.router,
-        ticket_pages.router,
-        support_pages.router,
         picture.router,
         admin_pages.router,
         policy_pages.router,
+        ticket_pages.router,
+        support_pages.router,
     ]

@@ -36,6 +36,7 @@ from lunogen.kit.time import utcnow
 from lunogen.notification.models import OutboundEmail
 from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -224,6 +225,9 @@ async def attempt_email(
 async def send_email(email_id: str) -> None:
     rt = runtime()
     await attempt_email(rt.sessionmaker, rt.keyring, rt.settings, email_id)
+
+
+register_queue(Queue("emails", "Outbound emails", OutboundEmail, ("queued", "sending")))
 
 
 @register_sweep("email")

@@ -46,6 +46,7 @@ from lunogen.privacy.models import DataExport
 from lunogen.worker.broker import JobRuntime, job, runtime
 from lunogen.worker.enqueue import enqueue
 from lunogen.worker.maintenance import register_periodic
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -445,6 +446,11 @@ async def _tell(
 async def build_export(export_id: str) -> None:
     rt = runtime()
     await build(rt.sessionmaker, rt.settings, rt.keyring, export_id, worker=rt.worker_id)
+
+
+register_queue(
+    Queue("data_exports", "Personal data archives being built", DataExport, ("queued", "building"))
+)
 
 
 @register_sweep("data_exports")

@@ -27,6 +27,7 @@ from lunogen.kit.time import utcnow
 from lunogen.privacy.models import StripeCancellation
 from lunogen.worker.broker import job, runtime
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -211,6 +212,16 @@ async def cancel_subscription(row_id: str) -> None:
         if delay is None or delay > 30:
             return
         await asyncio.sleep(delay)
+
+
+register_queue(
+    Queue(
+        "stripe_cancellations",
+        "Subscriptions of deleted accounts to cancel at Stripe",
+        StripeCancellation,
+        ("queued", "sending"),
+    )
+)
 
 
 @register_sweep("stripe_cancellations")

@@ -15,9 +15,11 @@ from lunogen.kit.ids import new_id
 from lunogen.llm.worker_parts import MODEL_CLIENT
 from lunogen.runtime import service
 from lunogen.runtime.events import TURN_EVENTS
+from lunogen.runtime.models import Message
 from lunogen.runtime.turn import TurnDeps, answer_next
 from lunogen.worker.broker import HANDLER_BUDGET_SECONDS, job, runtime, tracked_job
 from lunogen.worker.enqueue import enqueue
+from lunogen.worker.queues import Queue, register_queue
 from lunogen.worker.sweeps import register_sweep
 
 log = structlog.get_logger(__name__)
@@ -107,6 +109,11 @@ async def _keep_lease(
         if not kept:
             log.warning("lease_lost", thread_id=thread_id)
             return
+
+
+register_queue(
+    Queue("turns", "Inbound messages waiting for their agent's reply", Message, ("pending",))
+)
 
 
 @register_sweep("threads")

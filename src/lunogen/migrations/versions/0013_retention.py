@@ -84,7 +84,8 @@ def _install(table: str, condition: str | None) -> None:
         )
         return
     op.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
-    when = f"WHEN NOT ({condition}) " if condition else ""
+    # A NULL column can make the condition NULL: only a condition that is true lets it through.
+    when = f"WHEN NOT coalesce(({condition}), 0) " if condition else ""
     op.execute(
         f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} {when}"
         f"BEGIN SELECT RAISE(ABORT, {message}); END"
