@@ -6,7 +6,9 @@ run once, and every table is truncated before each test. LUNOGEN_TEST_REDIS_URL 
 rate limiter on Redis.
 
 Tests that use a database (through the `database_url` fixture) are marked `db` at collection,
-so CI's PostgreSQL pass runs `-m db` and the database-free tests run once. Passwords are hashed
+so CI's PostgreSQL pass runs `-m db` and the database-free tests run once; tests that drive
+Chromium (the `browser` fixture) are marked `chromium`: they check pages, not the database, and
+run in the SQLite pass only. Passwords are hashed
 with a cheap argon2id profile unless a test is marked `production_hashing`.
 """
 
@@ -69,8 +71,11 @@ CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "database_url" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "database_url" in fixtures:
             item.add_marker(pytest.mark.db)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.chromium)
 
 
 @pytest.fixture(scope="session", autouse=True)
