@@ -91,6 +91,7 @@ FULL = {
     "throughput_seconds": 20.0,
     "warmup": 20,
     "batch": 10,
+    "deploys": 100,
 }
 QUICK = {
     "messages": 30,
@@ -99,6 +100,7 @@ QUICK = {
     "throughput_seconds": 3.0,
     "warmup": 5,
     "batch": 5,
+    "deploys": 10,
 }
 
 
@@ -132,10 +134,16 @@ FIGURES = [
     Figure("long_cpu_ratio", "long conversation: last / first server CPU", "x", 2),
     Figure("long_overhead_first_ms", "long conversation: overhead p50, first turns", "ms", 1),
     Figure("long_overhead_last_ms", "long conversation: overhead p50, last turns", "ms", 1),
+    Figure("deploy_p50_ms", "deploy → running p50 (POST deploy, API channel)", "ms", 2),
+    Figure("deploy_p99_ms", "deploy → running p99", "ms", 2),
+    Figure("read_p50_ms", "baseline: GET the agent p50 (same key, same run)", "ms", 2),
+    Figure("deploy_cpu_ms", "server CPU per deploy", "ms", 1),
     Figure("rss_start_mib", "server RSS when healthy", "MiB", 1),
     Figure("rss_warm_mib", "server RSS after warm-up", "MiB", 1),
     Figure("rss_end_mib", "server RSS at the end", "MiB", 1),
     Figure("rss_growth_mb_10k", "RSS growth per 10,000 messages after warm-up", "MB", 2),
+    Figure("soak_first_half_mb_10k", "soak: RSS growth per 10,000, first half", "MB", 2),
+    Figure("soak_second_half_mb_10k", "soak: RSS growth per 10,000, second half", "MB", 2),
     Figure("messages", "platform messages after warm-up", "", 0),
     Figure("load_before", "load average (1 min) before", "", 2),
     Figure("load_after", "load average (1 min) after", "", 2),
@@ -152,6 +160,7 @@ TARGETS = {
     "p99_over_p50_8": Target("≤ 3x", lambda v: v <= 3),
     "sender_spread_pct": Target("≤ 20 %", lambda v: v <= 20),
     "start_healthy_s": Target("≤ 1 s", lambda v: v <= 1),
+    "deploy_p50_ms": Target("≤ 10 ms", lambda v: v <= 10),
     "rss_growth_mb_10k": Target("≤ 5 MB", lambda v: v <= 5),
 }
 
@@ -666,6 +675,11 @@ async def drive(
 
     rss_end = stack.rss()
     messages = driver.sent - sent_after_warmup
+    figures |= await deploys(stack, account.keys[0], options.deploys, say)
+    if options.soak:
+        soak_figures, soak_note = await soak(driver, stack, options.soak, say)
+        figures |= soak_figures
+        notes.append(soak_note)
     figures["rss_end_mib"] = rss_end / MIB
     figures["messages"] = messages
     figures["rss_growth_mb_10k"] = (rss_end - rss_warm) / messages * 10_000 / MB
@@ -674,6 +688,76 @@ async def drive(
         f" over {messages} messages"
     )
     return figures, notes
+
+
+async def soak(
+    driver: Driver, stack: Stack, messages: int, say: Progress, senders: int = 8
+) -> tuple[dict[str, float], str]:
+    """RSS over `messages` more messages from 8 senders (new contact every 20 messages),
+    sampled at every tenth: whether the growth measured after the short warm-up keeps going
+    (a leak) or flattens (caches filling up to their bounds)."""
+    say(f"soak: {messages} messages from {senders} senders, RSS at every tenth")
+    step = max(1, messages // 10)
+    samples: list[tuple[int, int]] = [(0, stack.rss())]
+    answered = 0
+
+    async def sender(index: int) -> None:
+        nonlocal answered
+        n = 0
+        async with _client() as http:
+            while answered < messages:
+                contact = f"soak-sender{index}-thread{n // 20}"
+                await driver.message(http, contact, _text(contact, n))
+                n += 1
+                answered += 1
+                if answered % step == 0 and answered <= messages:
+                    samples.append((answered, stack.rss()))
+                    say(f"  {answered} messages, RSS {samples[-1][1] / MIB:.1f} MiB")
+
+    await asyncio.gather(*(sender(i) for i in range(senders)))
+    half = len(samples) // 2
+    (n0, r0), (n1, r1), (n2, r2) = samples[0], samples[half], samples[-1]
+    figures = {
+        "soak_first_half_mb_10k": (r1 - r0) / max(1, n1 - n0) * 10_000 / MB,
+        "soak_second_half_mb_10k": (r2 - r1) / max(1, n2 - n1) * 10_000 / MB,
+    }
+    curve = ", ".join(f"{n}: {r / MIB:.1f}" for n, r in samples)
+    return figures, f"soak RSS (messages: MiB): {curve}"
+
+
+async def deploys(stack: Stack, key: str, rounds: int, say: Progress) -> dict[str, float]:
+    """Deploy → running of an agent with the API channel only (no provider round trip): a
+    second agent is stopped (not timed) and deployed again, `rounds` times; each deploy is
+    paired with a GET of the same agent, the cheapest authenticated request, as the baseline."""
+    say(f"deploy → running: {rounds} stop/deploy rounds, each beside a GET of the agent")
+    async with _client(stack.url) as http:
+        body = {"name": "Deploy bench", "model": FAKE_MODEL_ID, "instructions": INSTRUCTIONS}
+        agent_id = str((await _call(http, "POST", "/api/v1/agents", key, 201, body))["id"])
+        path = f"/api/v1/agents/{agent_id}"
+        headers = {"Authorization": f"Bearer {key}"}
+        deployed: list[float] = []
+        read: list[float] = []
+        cpu = 0.0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await _call(http, "GET", path, key, 200)
+            read.append(time.perf_counter() - started)
+            cpu_before = stack.cpu()
+            started = time.perf_counter()
+            response = await http.post(f"{path}/deploy", headers=headers)
+            deployed.append(time.perf_counter() - started)
+            cpu += stack.cpu() - cpu_before
+            if response.status_code != 200 or response.json().get("status") != "running":
+                raise RuntimeError(f"deploy: HTTP {response.status_code} {response.text[:500]}")
+            await _call(http, "POST", f"{path}/stop", key, 200)
+    figures = {
+        "deploy_p50_ms": percentile(deployed, 50) * 1000,
+        "deploy_p99_ms": percentile(deployed, 99) * 1000,
+        "read_p50_ms": percentile(read, 50) * 1000,
+        "deploy_cpu_ms": cpu * 1000 / rounds,
+    }
+    say(f"  deploy p50 {figures['deploy_p50_ms']:.1f} ms (GET {figures['read_p50_ms']:.1f} ms)")
+    return figures
 
 
 def measure(options: argparse.Namespace, say: Progress, number: int) -> Run:
@@ -812,6 +896,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="unmeasured messages (and baseline calls)")
     parser.add_argument("--batch", type=int, help="calls per side before switching sides")
     parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the rest, N more messages from 8 senders with RSS sampled at every tenth",
+    )
+    parser.add_argument(
+        "--deploys", type=int, help="deploy → running: stop/deploy rounds of a second agent"
+    )
+    parser.add_argument(
         "--thread-length",
         type=int,
         default=20,
@@ -864,11 +958,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if bool(options.database_url) != bool(options.redis_url):
         parser.error("the scaled shape needs both --database-url and --redis-url")
     options.scaled = bool(options.database_url)
-    counts = (options.batch, options.window, options.repeat, options.worker_processes)
+    counts = (
+        options.batch,
+        options.window,
+        options.repeat,
+        options.worker_processes,
+        options.deploys,
+    )
     if options.messages < 2 or options.long_turns < 2 or min(counts) < 1:
         parser.error(
-            "--messages and --long-turns need at least 2; --batch, --window, --repeat and "
-            "--worker-processes at least 1"
+            "--messages and --long-turns need at least 2; --batch, --window, --repeat, "
+            "--worker-processes and --deploys at least 1"
         )
     if options.workers > 1 and "--workers" not in _serve_help(options.src):
         parser.error("this `lunogen serve` has no --workers option yet (issue 11, item 3)")
