@@ -194,6 +194,20 @@ class ExportContext:
                 return
             after = tuple(getattr(rows[-1], column.key) for column in order)
 
+    async def write_rows(
+        self,
+        archive: Archive,
+        name: str,
+        query: Select[Any],
+        order: Sequence[InstrumentedAttribute[Any]],
+        item: Callable[[Any], Any],
+    ) -> None:
+        """The rows of `query` as one JSON array file, each row made an item by `item`."""
+        async with archive.stream(name) as out, out.array() as items:
+            async for rows in self.batches(query, order):
+                for row in rows:
+                    await items.add(item(row))
+
 
 def _after(order: Sequence[InstrumentedAttribute[Any]], last: tuple[Any, ...]) -> Any:
     """`(a, b, ...) > last` as a plain boolean expression (works on every database)."""

@@ -153,19 +153,17 @@ async def picture(ctx: ExportContext, archive: Archive) -> None:
     "when, and the IP address and browser it came from.",
 )
 async def consents(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: Consent) -> dict[str, Any]:
+        return {
+            "document": row.document,
+            "version": row.version,
+            "accepted_at": row.accepted_at,
+            "ip": row.ip,
+            "user_agent": row.user_agent,
+        }
+
     query = select(Consent).where(Consent.user_id == ctx.user_id)
-    async with archive.stream("consents.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [Consent.accepted_at, Consent.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "document": row.document,
-                        "version": row.version,
-                        "accepted_at": row.accepted_at,
-                        "ip": row.ip,
-                        "user_agent": row.user_agent,
-                    }
-                )
+    await ctx.write_rows(archive, "consents.json", query, [Consent.accepted_at, Consent.id], item)
 
 
 def _channel_states(agent: Agent) -> list[dict[str, Any]]:
@@ -345,21 +343,22 @@ async def conversations(ctx: ExportContext, archive: Archive) -> None:
     "agent and the contact it is about.",
 )
 async def memory(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: MemoryNote) -> dict[str, Any]:
+        text = ctx.decrypt(row.content)
+        note: dict[str, Any] = {
+            "id": row.id,
+            "agent_id": row.agent_id,
+            "contact": row.contact,
+            "text": text,
+            "created_at": row.created_at,
+        }
+        if text is None:
+            note["unreadable"] = True
+        return note
+
     query = select(MemoryNote).where(MemoryNote.owner_id == ctx.user_id)
-    async with archive.stream("memory.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [MemoryNote.created_at, MemoryNote.id]):
-            for row in rows:
-                text = ctx.decrypt(row.content)
-                note: dict[str, Any] = {
-                    "id": row.id,
-                    "agent_id": row.agent_id,
-                    "contact": row.contact,
-                    "text": text,
-                    "created_at": row.created_at,
-                }
-                if text is None:
-                    note["unreadable"] = True
-                await items.add(note)
+    order = [MemoryNote.created_at, MemoryNote.id]
+    await ctx.write_rows(archive, "memory.json", query, order, item)
 
 
 @register_section(
@@ -368,20 +367,19 @@ async def memory(ctx: ExportContext, archive: Archive) -> None:
     about="Your agents' runtime logs still kept (they are purged after their retention).",
 )
 async def logs(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: AgentLogEvent) -> dict[str, Any]:
+        return {
+            "at": row.created_at,
+            "level": row.level,
+            "event": row.event,
+            "message": row.message,
+            "details": row.details,
+        }
+
     for agent in await _agents(ctx):
         query = select(AgentLogEvent).where(AgentLogEvent.agent_id == agent.id)
-        async with archive.stream(f"logs/{agent_folder(agent)}.json") as out, out.array() as items:
-            async for rows in ctx.batches(query, [AgentLogEvent.id]):
-                for row in rows:
-                    await items.add(
-                        {
-                            "at": row.created_at,
-                            "level": row.level,
-                            "event": row.event,
-                            "message": row.message,
-                            "details": row.details,
-                        }
-                    )
+        name = f"logs/{agent_folder(agent)}.json"
+        await ctx.write_rows(archive, name, query, [AgentLogEvent.id], item)
 
 
 @register_section(
@@ -391,30 +389,29 @@ async def logs(ctx: ExportContext, archive: Archive) -> None:
     "outcome.",
 )
 async def usage(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: UsageRecord) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "at": row.created_at,
+            "agent_id": row.agent_id,
+            "thread_id": row.thread_id,
+            "message_id": row.message_id,
+            "requested_model": row.requested_model,
+            "answered_model": row.answered_model,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "cached_tokens": row.cached_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
+            "cost_nano_usd": row.cost_nano_usd,
+            "cost_source": row.cost_source,
+            "latency_ms": row.latency_ms,
+            "outcome": row.outcome,
+            "error": row.error,
+        }
+
     query = select(UsageRecord).where(UsageRecord.owner_id == ctx.user_id)
-    async with archive.stream("usage.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [UsageRecord.created_at, UsageRecord.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "id": row.id,
-                        "at": row.created_at,
-                        "agent_id": row.agent_id,
-                        "thread_id": row.thread_id,
-                        "message_id": row.message_id,
-                        "requested_model": row.requested_model,
-                        "answered_model": row.answered_model,
-                        "prompt_tokens": row.prompt_tokens,
-                        "completion_tokens": row.completion_tokens,
-                        "cached_tokens": row.cached_tokens,
-                        "reasoning_tokens": row.reasoning_tokens,
-                        "cost_nano_usd": row.cost_nano_usd,
-                        "cost_source": row.cost_source,
-                        "latency_ms": row.latency_ms,
-                        "outcome": row.outcome,
-                        "error": row.error,
-                    }
-                )
+    order = [UsageRecord.created_at, UsageRecord.id]
+    await ctx.write_rows(archive, "usage.json", query, order, item)
 
 
 @register_section(
@@ -424,23 +421,22 @@ async def usage(ctx: ExportContext, archive: Archive) -> None:
     "adjustments) in micro-credits, with the balance after each.",
 )
 async def ledger(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: CreditEntry) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "at": row.created_at,
+            "kind": row.kind,
+            "amount_micro": row.amount,
+            "held_delta_micro": row.held_delta,
+            "balance_after_micro": row.balance_after,
+            "held_after_micro": row.held_after,
+            "reference": row.reference,
+            "description": row.description,
+        }
+
     query = select(CreditEntry).where(CreditEntry.account_id == ctx.user_id)
-    async with archive.stream("ledger.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [CreditEntry.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "id": row.id,
-                        "at": row.created_at,
-                        "kind": row.kind,
-                        "amount_micro": row.amount,
-                        "held_delta_micro": row.held_delta,
-                        "balance_after_micro": row.balance_after,
-                        "held_after_micro": row.held_after,
-                        "reference": row.reference,
-                        "description": row.description,
-                    }
-                )
+    order = [CreditEntry.id]
+    await ctx.write_rows(archive, "ledger.json", query, order, item)
 
 
 @register_section(
@@ -449,21 +445,20 @@ async def ledger(ctx: ExportContext, archive: Archive) -> None:
     about="The notifications LunoGen showed (and emailed) you, read or not.",
 )
 async def notifications(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: Notification) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "at": row.created_at,
+            "kind": row.kind,
+            "title": row.title,
+            "body": row.body,
+            "agent_id": row.agent_id,
+            "read_at": row.read_at,
+        }
+
     query = select(Notification).where(Notification.user_id == ctx.user_id)
-    async with archive.stream("notifications.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [Notification.created_at, Notification.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "id": row.id,
-                        "at": row.created_at,
-                        "kind": row.kind,
-                        "title": row.title,
-                        "body": row.body,
-                        "agent_id": row.agent_id,
-                        "read_at": row.read_at,
-                    }
-                )
+    order = [Notification.created_at, Notification.id]
+    await ctx.write_rows(archive, "notifications.json", query, order, item)
 
 
 @register_section(
@@ -476,24 +471,23 @@ async def notifications(ctx: ExportContext, archive: Archive) -> None:
 async def audit(ctx: ExportContext, archive: Archive) -> None:
     # Events about you (your own actions included); an operator's actions on other people
     # are about them, and go in their archives.
+    def item(row: AuditEvent) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "at": row.created_at,
+            "action": row.action,
+            "by_you": row.actor_user_id == ctx.user_id,
+            "with_api_key": row.actor_key_id,
+            "target_type": row.target_type,
+            "target_id": row.target_id,
+            "ip": row.ip,
+            "user_agent": row.user_agent,
+            "details": row.details,
+        }
+
     query = select(AuditEvent).where(AuditEvent.subject_user_id == ctx.user_id)
-    async with archive.stream("audit.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [AuditEvent.created_at, AuditEvent.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "id": row.id,
-                        "at": row.created_at,
-                        "action": row.action,
-                        "by_you": row.actor_user_id == ctx.user_id,
-                        "with_api_key": row.actor_key_id,
-                        "target_type": row.target_type,
-                        "target_id": row.target_id,
-                        "ip": row.ip,
-                        "user_agent": row.user_agent,
-                        "details": row.details,
-                    }
-                )
+    order = [AuditEvent.created_at, AuditEvent.id]
+    await ctx.write_rows(archive, "audit.json", query, order, item)
 
 
 @register_section(
@@ -552,18 +546,17 @@ async def support_tickets(ctx: ExportContext, archive: Archive) -> None:
     about="Your privacy requests (objections, questions, corrections) and our answers, decrypted.",
 )
 async def privacy_requests(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: PrivacyRequest) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "kind": row.kind,
+            "status": row.status,
+            "text": ctx.decrypt(row.body),
+            "answer": ctx.decrypt(row.response) if row.response else None,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+
     query = select(PrivacyRequest).where(PrivacyRequest.user_id == ctx.user_id)
-    async with archive.stream("privacy_requests.json") as out, out.array() as items:
-        async for rows in ctx.batches(query, [PrivacyRequest.created_at, PrivacyRequest.id]):
-            for row in rows:
-                await items.add(
-                    {
-                        "id": row.id,
-                        "kind": row.kind,
-                        "status": row.status,
-                        "text": ctx.decrypt(row.body),
-                        "answer": ctx.decrypt(row.response) if row.response else None,
-                        "created_at": row.created_at,
-                        "updated_at": row.updated_at,
-                    }
-                )
+    order = [PrivacyRequest.created_at, PrivacyRequest.id]
+    await ctx.write_rows(archive, "privacy_requests.json", query, order, item)
