@@ -14,9 +14,12 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
+from lunogen.admin.credits_endpoints import router as admin_credits_router
+from lunogen.admin.skills_endpoints import router as admin_skills_router
 from lunogen.admin.support_endpoints import router as support_console_router
 from lunogen.admin.suspension_endpoints import router as suspension_router
 from lunogen.admin.ticket_endpoints import router as ticket_router
+from lunogen.admin.users_endpoints import router as admin_users_router
 from lunogen.agent.agentfile_endpoints import router as agent_file_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
@@ -28,7 +31,7 @@ from lunogen.auth.google import router as google_router
 from lunogen.auth.key_endpoints import router as key_router
 from lunogen.auth.ratelimit import RateLimiter, create_storage
 from lunogen.billing import endpoints as billing_endpoints
-from lunogen.billing.endpoints import admin_credits_router, billing_router, stripe_webhook_router
+from lunogen.billing.endpoints import billing_router, stripe_webhook_router
 from lunogen.channel import routes as channel_routes
 from lunogen.config import Settings
 from lunogen.dashboard import site as dashboard
@@ -48,6 +51,8 @@ from lunogen.kit.middleware import (
 )
 from lunogen.llm.endpoints import router as model_router
 from lunogen.llm.usage_endpoints import router as usage_router
+from lunogen.moderation.endpoints import appeal_router as moderation_appeal_router
+from lunogen.moderation.endpoints import router as moderation_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.privacy.endpoints import router as privacy_router
 from lunogen.privacy.export_endpoints import router as export_router
@@ -58,7 +63,6 @@ from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.events import TURN_EVENTS
 from lunogen.runtime.memory_endpoints import router as memory_router
 from lunogen.skill import endpoints as skill_endpoints
-from lunogen.skill.endpoints import admin_router as admin_skills_router
 from lunogen.skill.endpoints import router as skill_router
 from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
@@ -167,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth_router,
         google_router,
         account_router,
+        admin_users_router,
         privacy_router,
         policy_router,
         admin_policy_router,
@@ -193,6 +198,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         privacy_requests_router,
         support_console_router,
         suspension_router,
+        moderation_router,
+        moderation_appeal_router,
         *dashboard.routers(),
     ):
         app.include_router(router)

@@ -14,6 +14,8 @@ from lunogen.agent import workspace  # noqa: F401  job: sandbox.destroy_workspac
 from lunogen.billing import worker_parts as billing_parts  # noqa: F401  periodic: holds, costs
 from lunogen.channel import kinds  # noqa: F401  channel types; their jobs and sweeps
 from lunogen.llm import worker_parts as llm_parts  # noqa: F401  model client; catalog refresh
+from lunogen.moderation import hooks as moderation  # noqa: F401  screening; export section
+from lunogen.moderation import tasks as moderation_tasks  # noqa: F401  job, sweep, queue
 from lunogen.notification import email  # noqa: F401  job: notification.send_email; sweep
 from lunogen.privacy import export as privacy_export  # noqa: F401  job: privacy.build_export
 from lunogen.privacy import policy_notice  # noqa: F401  job: privacy.notify_policy_change

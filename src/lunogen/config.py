@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     stripe_webhook_api_version: str = Field(
         default="2026-10-28.endive", pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
     )
+    # Acceptable-use moderation (docs/operations.md "Moderation"): an OpenAI-compatible
+    # `POST {moderation_url}/moderations` classifier, called after each turn; unset: rules only.
+    moderation_url: str | None = None
+    moderation_api_key: SecretStr | None = None
+    moderation_model: str | None = None
+    moderation_timeout_seconds: float = Field(default=15, gt=0, le=120)
+    # Open or upheld flags of one agent within the window that suspend it (0: never).
+    moderation_suspend_after: int = Field(default=5, ge=0, le=10_000)
+    moderation_window_hours: float = Field(default=24, gt=0, le=24 * 30)
+    # How stale another process's copy of the rules may be (this process's is renewed at once).
+    moderation_rules_refresh_seconds: float = Field(default=10, ge=0, le=3600)
     # Messaging providers' API roots (tests and operators may point them elsewhere; loopback
     # is reachable only with allow_private_urls). Telegram: <base>/bot<token>/<method>;
     # WhatsApp: <base>/<api_version>/<path>.
@@ -156,6 +167,15 @@ class Settings(BaseSettings):
     def _check_llm_base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
             raise ValueError("llm_base_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("moderation_url")
+    @classmethod
+    def _check_moderation_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+            raise ValueError("moderation_url must be an http:// or https:// URL")
         return value.rstrip("/")
 
     @field_validator("credit_packs")

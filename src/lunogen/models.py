@@ -18,6 +18,12 @@ from lunogen.channel.models import (
 )
 from lunogen.db import Base
 from lunogen.llm.models import CatalogModel, UsageRecord
+from lunogen.moderation.models import (
+    ModerationCheck,
+    ModerationFlag,
+    ModerationRule,
+    ModerationSuspension,
+)
 from lunogen.notification.models import Notification, OutboundEmail
 from lunogen.privacy.models import DataExport, PolicyVersion, StripeCancellation
 from lunogen.runlog.models import AgentLogEvent
@@ -49,6 +55,10 @@ __all__ = [
     "EmailToken",
     "MemoryNote",
     "Message",
+    "ModerationCheck",
+    "ModerationFlag",
+    "ModerationRule",
+    "ModerationSuspension",
     "Notification",
     "OutboundEmail",
     "PairingCode",

@@ -335,6 +335,7 @@ async def test_health_counts_what_waits_and_what_gave_up(api: Api) -> None:
         "channel_unregistrations",
         "stripe_cancellations",
         "data_exports",
+        "moderation_checks",
     }
     assert queues["emails"]["failed"] == 0
 

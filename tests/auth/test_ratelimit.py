@@ -7,6 +7,7 @@ covered in every run. The unit tests of `RateLimiter` run on both storages.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +24,10 @@ from lunogen.auth.ratelimit import Backoff, RateLimiter, create_storage
 from tests.conftest import REDIS_URL as RUN_REDIS_URL
 from tests.helpers import Api, Signed
 
-REDIS_URL = RUN_REDIS_URL or "redis://127.0.0.1:6379/8"
+# Without a run's Redis (the SQLite pass), each pytest-xdist worker takes a database of its own
+# (12, 13, ...): two workers counting in one would see each other's requests.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
+REDIS_URL = RUN_REDIS_URL or f"redis://127.0.0.1:6379/{12 + int(_WORKER)}"
 RUN_USES_REDIS = bool(RUN_REDIS_URL)
 
 

@@ -41,6 +41,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/audit"): Scope.FULL,
     ("GET", "/api/v1/admin/users"): Scope.FULL,
     ("PATCH", "/api/v1/admin/users/{user_id}"): Scope.FULL,
+    ("GET", "/api/v1/me/email"): Scope.FULL,
+    ("POST", "/api/v1/me/email"): Scope.FULL,
+    ("POST", "/api/v1/me/email/confirm"): Scope.FULL,
 }
 EXPECTED_IF_PRESENT: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/agents"): Scope.AGENTS_READ,

@@ -8,6 +8,7 @@ A screenshot of each page is kept under `LUNOGEN_SCREENSHOTS_DIR` (default
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from playwright.async_api import Browser, Page
 from tests.agent.support import create_agent, new_dev
 from tests.dashboard.browser import fits, sign_in
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.helpers import Api
+from tests.helpers import PASSWORD, Api
 from tests.skill.support import clean_package
 
 AXE = (Path(__file__).parent / "vendor" / "axe-4.14.1.min.js").read_text()
@@ -49,6 +50,13 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
     thread = said.json()["message"]["thread_id"]
     skill = (await dev.http.post("/api/v1/skills", json=clean_package())).json()
     await api.make_admin(dev.person)  # the admin console's pages too
+    moving = await dev.http.post(  # a pending email change: in Settings, and its link's page
+        "/api/v1/me/email", json={"new_email": "moving@example.org", "password": PASSWORD}
+    )
+    assert moving.status_code == 202, moving.text
+    [(_mail, text)] = await api.emails("moving@example.org")
+    confirm = re.search(r"/settings/email/confirm/[A-Za-z0-9_\-]+", text)
+    assert confirm
     aid = agent["id"]
     paths = {
         "home": "/home",
@@ -71,12 +79,16 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "security": "/security",
         "settings": "/settings",
         "settings-export": "/settings/export",
+        "settings-email-confirm": confirm.group(0),
         "admin": "/admin",
         "admin-users": "/admin/users",
         "admin-user": f"/admin/users/{dev.id}",
         "admin-skills": "/admin/skills",
         "admin-skill": f"/admin/skills/{skill['id']}",
         "admin-policies": "/admin/policies",
+        "admin-moderation": "/admin/moderation",
+        "admin-moderation-rules": "/admin/moderation/rules",
+        "agent-appeal": f"/agents/{aid}/appeal",
         "privacy-versions": "/privacy/versions",
     }
     return dev, paths

@@ -63,6 +63,7 @@ SECTIONS = [
     "audit",
     "support",
     "privacy_requests",
+    "moderation",
 ]
 
 

@@ -77,6 +77,7 @@ def test_the_composition_root_registers_every_part() -> None:
         "channel_unregistrations",
         "data_exports",
         "email",
+        "moderation_checks",
         "policy_notices",
         "stripe_cancellations",
         "threads",
@@ -84,6 +85,7 @@ def test_the_composition_root_registers_every_part() -> None:
     assert found["jobs"] == [
         "channel.deliver",
         "channel.unregister",
+        "moderation.classify",
         "notification.send_email",
         "privacy.build_export",
         "privacy.cancel_subscription",
@@ -96,6 +98,7 @@ def test_the_composition_root_registers_every_part() -> None:
         "data_exports",
         "deliveries",
         "emails",
+        "moderation_checks",
         "stripe_cancellations",
         "turns",
     ]

@@ -41,7 +41,8 @@ class Consent(IdMixin, Base):
 
 
 class EmailToken(IdMixin, CreatedMixin, Base):
-    """Single-use, expiring link token (email verification, password reset); only its hash."""
+    """Single-use, expiring link token (email verification, password reset, email change);
+    only its hash."""
 
     __tablename__ = "email_tokens"
 
@@ -50,6 +51,7 @@ class EmailToken(IdMixin, CreatedMixin, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+    new_email: Mapped[str | None] = mapped_column(String(320))  # `change_email` only
 
 
 class UserPicture(Base):

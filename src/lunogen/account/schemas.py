@@ -92,6 +92,28 @@ class ProfileIn(StrictModel):
     name: Name
 
 
+class EmailChangeIn(StrictModel):
+    new_email: EmailStr = Field(description="The address to use from now on")
+    password: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Your current password. Accounts without one (Google only) leave it out "
+        "and must have signed in in a browser within the last 10 minutes.",
+    )
+
+
+class EmailChangeOut(BaseModel):
+    message: str
+    pending_email: str = Field(description="Where the confirmation link was sent")
+    expires_at: datetime = Field(description="When the link stops working")
+
+
+class EmailStatusOut(BaseModel):
+    email: str
+    pending_email: str | None = Field(description="An address waiting for its link to be opened")
+    pending_expires_at: datetime | None
+
+
 class MessageOut(BaseModel):
     message: str
 

@@ -213,18 +213,7 @@ async def suspend_agent(
             f"The agent is already suspended: {agent.suspended_reason}",
             error="Agent already suspended",
         )
-    # A deploy racing this sees the change when it locks the agent again, and undoes itself.
-    previous = agent.status
-    if previous in STOPPABLE:
-        for row in agent.channels:
-            registration.queue_unregistration(
-                session, agent=agent, row=row, why="the agent was suspended"
-            )
-    agent.suspended_at, agent.suspended_reason = utcnow(), reason
-    # Logged in the agent's runtime log and notified to its owner with the reason.
-    await lifecycle.set_status(
-        session, agent=agent, status="suspended", effects=effects, reason=reason
-    )
+    previous = await put_in_suspension(session, agent=agent, reason=reason, effects=effects)
     _audit(
         session,
         admin,
@@ -235,6 +224,27 @@ async def suspend_agent(
         details={"reason": reason, "from": previous},
     )
     return agent
+
+
+async def put_in_suspension(
+    session: AsyncSession, *, agent: Agent, reason: str, effects: Effects, notice: str | None = None
+) -> str:
+    """Move `agent` (locked by the caller, not suspended) to `suspended`: its channels queued for
+    unregistration, the change logged and its owner notified with `notice` (default: the
+    reason). Returns the status it left. The caller audits."""
+    # A deploy racing this sees the change when it locks the agent again, and undoes itself.
+    previous = agent.status
+    if previous in STOPPABLE:
+        for row in agent.channels:
+            registration.queue_unregistration(
+                session, agent=agent, row=row, why="the agent was suspended"
+            )
+    agent.suspended_at, agent.suspended_reason = utcnow(), reason
+    # Logged in the agent's runtime log and notified to its owner with the reason.
+    await lifecycle.set_status(
+        session, agent=agent, status="suspended", effects=effects, reason=notice or reason
+    )
+    return previous
 
 
 async def reinstate_agent(

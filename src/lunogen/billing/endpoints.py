@@ -1,8 +1,8 @@
 """Billing over HTTP: the owner's balance, settings, transactions and checkout; Stripe's
-webhook; and the operators' credit adjustments.
+webhook. The admins' credit adjustments are in `admin.credits_endpoints`.
 
-Reading billing takes any key of the owner (every scope can see what its calls cost); buying,
-changing settings and adjusting credits need `full` (or a browser session).
+Reading billing takes any key of the owner (every scope can see what its calls cost); buying
+and changing settings need `full` (or a browser session).
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from lunogen.auth.dependencies import Admin, AnyUser, FullAccess
+from lunogen.auth.dependencies import AnyUser, FullAccess
 from lunogen.billing import ledger, service, stripe_events
 from lunogen.billing.models import EntryKind
 from lunogen.billing.schemas import (
-    AdminCreditsIn,
-    AdminCreditsOut,
     BillingOut,
     BillingSettingsIn,
     CheckoutIn,
@@ -25,7 +23,6 @@ from lunogen.billing.schemas import (
     TransactionPage,
 )
 from lunogen.billing.stripe_client import StripeSignatureError, verify_event
-from lunogen.billing.units import micro_to_credits_str
 from lunogen.config import Settings
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, error_responses
@@ -33,7 +30,6 @@ from lunogen.kit.effects import Effects
 from lunogen.kit.time import UtcDateTimeIn
 
 billing_router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
-admin_credits_router = APIRouter(prefix="/api/v1/admin/accounts", tags=["admin"])
 stripe_webhook_router = APIRouter(tags=["webhooks"])
 
 MAX_WEBHOOK_BYTES = 512 * 1024  # the Stripe route's cap in BodyLimitMiddleware (app.py)
@@ -178,45 +174,3 @@ async def stripe_webhook(request: Request, db: DbSession) -> dict[str, Any]:
         "duplicate": received.duplicate,
         "outcome": received.outcome,
     }
-
-
-@admin_credits_router.post(
-    "/{user_id}/credits",
-    response_model=AdminCreditsOut,
-    status_code=201,
-    responses=error_responses(409),
-)
-async def adjust_account_credits(
-    user_id: str,
-    data: AdminCreditsIn,
-    request: Request,
-    principal: Admin,
-    db: DbSession,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=255,
-            description="Retrying with the same key applies the adjustment once",
-        ),
-    ] = None,
-) -> AdminCreditsOut:
-    """Add (or, with negative credits, take away) credits on a user's account: an `adjustment`
-    entry and an audit row with the reason, together. Admin only."""
-    entry, account = await service.adjust_credits(
-        db,
-        _effects(request),
-        actor=principal.user,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        user_id=user_id,
-        credits=data.credits,
-        reason=data.reason,
-        client_key=idempotency_key,
-    )
-    return AdminCreditsOut(
-        user_id=account.user_id,
-        transaction=service.transaction_out(entry),
-        balance=micro_to_credits_str(account.balance),
-        available=micro_to_credits_str(ledger.available(account)),
-    )

@@ -146,6 +146,13 @@ async def send_message(
 def _failed(inbound: Message) -> LunogenError:
     ids = {"message_id": inbound.id, "thread_id": inbound.thread_id}
     failure = inbound.failure or {}
+    if failure.get("code") == "moderation_blocked":  # kept, not answered (runtime.screening)
+        return LunogenError(
+            f"The message was not answered: {inbound.last_error}",
+            error="Message blocked",
+            status_code=422,
+            extra={"code": "moderation_blocked", **ids},
+        )
     if inbound.status == "skipped":  # the agent stopped running before the turn began
         state = str(failure.get("status") or "not running")
         return ConflictError(

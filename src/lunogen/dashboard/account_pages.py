@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from lunogen.account import picture as pictures
 from lunogen.account import service as accounts
-from lunogen.account.schemas import PasswordChangeIn, ProfileIn
+from lunogen.account.schemas import EmailChangeIn, PasswordChangeIn, ProfileIn
 from lunogen.audit.models import AuditEvent
 from lunogen.audit.service import list_events
 from lunogen.auth.dependencies import FullAccess
@@ -30,7 +30,7 @@ from lunogen.errors import BadRequestError, LunogenError, validation_details
 from lunogen.kit.effects import Effects
 from lunogen.kit.forms import parse_body
 from lunogen.notification import service as notifications
-from lunogen.privacy import deletion
+from lunogen.privacy import deletion, email_change
 
 router = page_router()
 
@@ -43,6 +43,8 @@ OUTCOMES = {
     "password": "Password changed. Your other sessions are signed out.",
     "session": "That session is signed out.",
     "name": "Name saved.",
+    "email-sent": "We sent a link to the new address: open it to finish the change.",
+    "email": "Email address changed.",
 }
 
 # Audit actions in plain words; others are shown from their code ("skill.created" → "Skill
@@ -56,6 +58,8 @@ ACTIONS = {
     "account.password_changed": "Password changed",
     "account.password_reset": "Password reset by email link",
     "account.google_linked": "Google account linked",
+    "account.email_change_requested": "Email address change requested",
+    "account.email_changed": "Email address changed",
     "account.role_changed": "Role changed",
     "account.plan_changed": "Plan changed",
     "auth.sign_in": "Signed in",
@@ -258,10 +262,13 @@ async def _settings_page(
     status_code: int = 200,
     password_error: str | None = None,
     name_error: str | None = None,
+    email_error: str | None = None,
+    new_email: str = "",
     delete_error: str | None = None,
     flash: str | None = None,
 ) -> Response:
     sessions = await list_active_sessions(db, user_id=viewer.user.id)
+    pending = await email_change.pending_change(db, user_id=viewer.user.id)
     return page(
         request,
         viewer,
@@ -273,6 +280,9 @@ async def _settings_page(
         current_session_id=viewer.session.id,
         password_error=password_error,
         name_error=name_error,
+        email_error=email_error,
+        new_email=new_email,
+        pending_email=pending,
         has_password=viewer.user.password_hash is not None,
         has_picture=await pictures.has_picture(db, user_id=viewer.user.id),
         delete_error=delete_error,
@@ -368,6 +378,88 @@ async def change_name(
         db, user=principal.user, name=data.name, client=principal.client, key_id=principal.key_id
     )
     return RedirectResponse("/settings?outcome=name", status_code=303)
+
+
+def _effects(request: Request) -> Effects:
+    return Effects(settings=request.app.state.settings, keyring=request.app.state.keyring)
+
+
+@router.post("/settings/email")
+async def change_email(
+    request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/me/email`: the link goes to the new address, a notice to the current
+    one. A refusal shows the form again with the reason and the address typed."""
+    form = await request.form()
+    typed = form.get("new_email")
+    typed = typed.strip()[:320] if isinstance(typed, str) else ""
+    try:
+        data = await parse_body(request, EmailChangeIn)
+        await email_change.within_budget(request.app.state.rate_limiter, user_id=viewer.user.id)
+        await db.commit()  # end the authenticator's transaction before argon2
+        await email_change.request_change(
+            db,
+            principal=principal,
+            new_email=data.new_email,
+            password=data.password,
+            effects=_effects(request),
+        )
+    except (LunogenError, RequestValidationError) as exc:
+        if isinstance(exc, RequestValidationError):
+            details = validation_details(list(exc.errors()))
+            message = "; ".join(f"New email address: {d['message']}" for d in details)
+            status = 422
+        else:
+            message, status = exc.message or exc.error, exc.status_code
+        response = await _settings_page(
+            request, viewer, db, status_code=status, email_error=message, new_email=typed
+        )
+        await db.rollback()  # after rendering: a rollback expires the viewer's rows
+        return response
+    return RedirectResponse("/settings?outcome=email-sent", status_code=303)
+
+
+@router.get("/settings/email/confirm/{token}")
+async def email_confirm_page(
+    token: str, request: Request, viewer: SignedIn, db: DbSession
+) -> Response:
+    """The page the emailed link opens: what the change is, and the button that makes it.
+    Signed out, the sign-in page brings the person back here."""
+    change = await email_change.change_for_token(db, user_id=viewer.user.id, token=token)
+    return page(
+        request,
+        viewer,
+        "account/email_confirm.html",
+        section="settings",
+        status_code=200 if change else 400,
+        change=change,
+        token=token,
+    )
+
+
+@router.post("/settings/email/confirm/{token}")
+async def confirm_email(
+    token: str, request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
+) -> Response:
+    """As `POST /api/v1/me/email/confirm`; a refusal shows the page again with the reason."""
+    try:
+        await email_change.confirm_change(
+            db, principal=principal, token=token, effects=_effects(request)
+        )
+    except LunogenError as exc:
+        response = page(
+            request,
+            viewer,
+            "account/email_confirm.html",
+            section="settings",
+            status_code=exc.status_code,
+            change=None,
+            token=token,
+            error=exc.message or exc.error,
+        )
+        await db.rollback()  # after rendering: a rollback expires the viewer's rows
+        return response
+    return RedirectResponse("/settings?outcome=email", status_code=303)
 
 
 @router.post("/settings/sessions/{session_id}/revoke")

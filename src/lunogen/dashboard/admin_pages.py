@@ -192,6 +192,15 @@ async def user_list(
     users, total = await accounts.list_users(
         db, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, email=search or None
     )
+    suspension.record_view(  # audited as the API's list is
+        db,
+        actor=viewer.user,
+        client=ClientInfo.from_request(request),
+        target_type="users",
+        target_id=None,
+        subject_user_id=None,
+        details={"email": search or None, "page": number, "shown": len(users)},
+    )
     return page(
         request,
         viewer,
@@ -476,6 +485,15 @@ async def skill_list(
         db, owner_id=None, status=status, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
     )
     chosen = status.value if status else ""
+    suspension.record_view(  # audited as the API's list is
+        db,
+        actor=viewer.user,
+        client=ClientInfo.from_request(request),
+        target_type="skills",
+        target_id=None,
+        subject_user_id=None,
+        details={"status": chosen or None, "page": number, "shown": len(found)},
+    )
     return page(
         request,
         viewer,
@@ -526,6 +544,7 @@ async def skill_page(
     skill_id: str, request: Request, viewer: ConsoleViewer, db: DbSession
 ) -> Response:
     skill = await skills.get_any_skill(db, skill_id=skill_id)
+    _record_view(request, viewer, db, kind="skill", target=skill.id, owner=skill.owner_id)
     return await _skill_page(request, viewer, db, skill)
 
 

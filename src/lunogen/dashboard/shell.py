@@ -74,6 +74,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/help", "Help", "help"),
     NavItem("/support", "Support", "support", roles=frozenset({"support", "admin"})),
     NavItem("/admin", "Admin", "admin", roles=frozenset({"admin"})),
+    NavItem("/admin/moderation", "Moderation", "moderation", roles=frozenset({"admin"})),
 )
 
 

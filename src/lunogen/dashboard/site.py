@@ -18,6 +18,7 @@ from lunogen.dashboard import (
     home,
     key_pages,
     logs,
+    moderation_pages,
     pages,
     picture,
     playground,
@@ -37,6 +38,7 @@ def routers() -> list[APIRouter]:
         playground.router,
         logs.router,
         agent_file_pages.router,  # before agents: /agents/import is not an agent id
+        moderation_pages.router,  # the appeal page of an agent, /agents/{id}/appeal
         agents.router,
         channels.router,
         conversations.router,

@@ -1,12 +1,12 @@
 """Deleting an account, and cancelling that deletion during the grace period.
 
 Deletion (`delete_account`) needs the current password, or for an account without one (Google
-only) a browser session signed in within `RECENT_SIGN_IN`. In one transaction it marks the
-account deleted (which hides it from every authenticator at once), revokes every session and
-API key, stops every agent (their channels unregister through `channel.registration`'s jobs),
-queues the Stripe subscription cancellations, writes the audit row and queues the email that
-says when the data goes and how to keep it. `privacy.retention` purges it once
-LUNOGEN_PURGE_AFTER_DAYS have passed.
+only) a browser session signed in within the last 10 minutes (`privacy.identity`). In one
+transaction it marks the account deleted (which hides it from every authenticator at once),
+revokes every session and API key, stops every agent (their channels unregister through
+`channel.registration`'s jobs), queues the Stripe subscription cancellations, writes the audit
+row and queues the email that says when the data goes and how to keep it. `privacy.retention`
+purges it once LUNOGEN_PURGE_AFTER_DAYS have passed.
 
 Until then `restore_account` undoes the mark, given the password or the emailed link's token.
 Agents stay stopped and keys stay revoked: the owner starts what they want again.
@@ -29,20 +29,16 @@ from lunogen.auth.passwords import verify_password
 from lunogen.auth.principal import Principal
 from lunogen.auth.sessions import revoke_all_sessions
 from lunogen.channel import registration
-from lunogen.errors import BadRequestError, ForbiddenError, LunogenError
+from lunogen.errors import ForbiddenError, LunogenError
 from lunogen.kit.effects import Effects
 from lunogen.kit.ids import random_token, sha256_hex
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
 from lunogen.notification.email import queue_email
+from lunogen.privacy.identity import WrongPasswordError, before_transaction, confirm_identity
 from lunogen.privacy.subscriptions import queue_cancellations, supersede_cancellations
 
-RECENT_SIGN_IN = timedelta(minutes=10)
 RESTORE_PURPOSE = "restore_account"
-
-
-class WrongPasswordError(BadRequestError):
-    error = "Wrong password"
 
 
 class NotRestorableError(LunogenError):
@@ -56,30 +52,6 @@ class NotRestorableError(LunogenError):
 def purge_date(user: User, days: int) -> datetime:
     assert user.deleted_at is not None
     return user.deleted_at + timedelta(days=days)
-
-
-def _before_transaction(session: AsyncSession) -> None:
-    if session.in_transaction():
-        raise RuntimeError("argon2 must run before the session's transaction begins")
-
-
-async def _check_identity(
-    session: AsyncSession, principal: Principal, password: str | None, now: datetime
-) -> None:
-    user = principal.user
-    if user.password_hash is not None:
-        if not password:
-            raise WrongPasswordError("Enter your current password to delete your account")
-        _before_transaction(session)
-        if not await verify_password(user.password_hash, password):
-            raise WrongPasswordError("Your password is wrong; nothing was deleted")
-        return
-    signed_in = principal.auth_session.created_at if principal.auth_session else None
-    if signed_in is None or now - signed_in > RECENT_SIGN_IN:
-        raise ForbiddenError(
-            "Sign in with Google again, then delete your account within 10 minutes",
-            error="Recent sign-in required",
-        )
 
 
 async def delete_account(
@@ -97,7 +69,14 @@ async def delete_account(
     """
     now = now or utcnow()
     checked_hash = principal.user.password_hash
-    await _check_identity(session, principal, password, now)
+    await confirm_identity(
+        session,
+        principal,
+        password,
+        now=now,
+        doing="delete your account",
+        unchanged="nothing was deleted",
+    )
     user = await session.get(User, principal.user.id, with_for_update=True, populate_existing=True)
     if user is None or user.deleted_at is not None:
         raise ForbiddenError("This account is already deleted", error="Account deleted")
@@ -233,7 +212,7 @@ async def restore_with_password(
     """Cancel the pending deletion of the account with these credentials. Call it with no
     transaction open: argon2 runs first, and the answer is the same for every failure."""
     now = now or utcnow()
-    _before_transaction(session)
+    before_transaction(session)
     found = (
         await session.execute(select(User).where(User.email == normalize_email(email)))
     ).scalar_one_or_none()

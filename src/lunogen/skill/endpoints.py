@@ -1,4 +1,4 @@
-"""The skills API (owners) and the skill moderation API (admins)."""
+"""The skills API (owners). Admins review and block skills through `admin.skills_endpoints`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
-from lunogen.auth.dependencies import Admin, SkillsRead, SkillsWrite
+from lunogen.auth.dependencies import SkillsRead, SkillsWrite
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, LunogenError, body_too_large, error_responses
 from lunogen.kit.pagination import Page, PageParams, page_params
 from lunogen.skill import package, schemas, service
-from lunogen.skill.models import Skill
+from lunogen.skill.views import detail_out, summary_out, version_info
 
 router = APIRouter(prefix="/api/v1/skills", tags=["skills"])
-admin_router = APIRouter(prefix="/api/v1/admin/skills", tags=["admin"])
 
 MAX_JSON_BYTES = 8 * 1024 * 1024  # JSON-escaped text of a package at the size limit
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the zip
@@ -29,7 +28,7 @@ MAX_MULTIPART_BYTES = package.MAX_ZIP_BYTES + _MULTIPART_SLACK
 # The create and update routes' cap in BodyLimitMiddleware (app.py), above the default one.
 MAX_BODY_BYTES = max(MAX_JSON_BYTES, MAX_MULTIPART_BYTES)
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {
         "description": "No skill with this id is visible to you",
         "content": {"application/json": {"example": {"error": "Skill not found"}}},
@@ -139,56 +138,6 @@ async def _receive_and_scan(request: Request, db: DbSession) -> service.ScannedP
     return await service.scan(await _read_package(request))
 
 
-def _summary(skill: Skill) -> schemas.SkillSummary:
-    return schemas.SkillSummary(
-        id=skill.id,
-        name=skill.name,
-        description=skill.description,
-        status=schemas.SkillStatus(skill.status),
-        version=skill.version,
-        findings=len(skill.findings),
-        created_at=skill.created_at,
-        updated_at=skill.updated_at,
-    )
-
-
-async def _detail(db: DbSession, skill: Skill) -> schemas.Skill:
-    version = await service.current_version(db, skill)
-    files = await service.file_sizes(db, version_id=version.id)
-    versions = await service.list_versions(db, skill_id=skill.id)
-    return schemas.Skill(
-        id=skill.id,
-        name=skill.name,
-        description=skill.description,
-        status=schemas.SkillStatus(skill.status),
-        version=skill.version,
-        front_matter=version.front_matter,
-        body=version.body,
-        files=[schemas.SkillFileInfo(path=path, size=size) for path, size in files],
-        sha256=version.sha256,
-        size=version.size,
-        findings=[schemas.Finding(**f) for f in skill.findings],
-        approved_at=skill.approved_at,
-        approved_version=skill.approved_version,
-        blocked_at=skill.blocked_at,
-        blocked_reason=skill.blocked_reason,
-        versions=[_version_info(v) for v in versions],
-        created_at=skill.created_at,
-        updated_at=skill.updated_at,
-    )
-
-
-def _version_info(version: Any) -> schemas.SkillVersionInfo:
-    return schemas.SkillVersionInfo(
-        version=version.version,
-        sha256=version.sha256,
-        size=version.size,
-        file_count=version.file_count,
-        findings=len(version.findings),
-        created_at=version.created_at,
-    )
-
-
 StatusFilter = Annotated[
     schemas.SkillStatus | None, Query(description="Only skills in this status")
 ]
@@ -205,7 +154,7 @@ async def list_skills(
     skills, total = await service.list_skills(
         db, owner_id=principal.user.id, status=status, limit=page.limit, offset=page.offset
     )
-    return Page(data=[_summary(s) for s in skills], total=total, **page.model_dump())
+    return Page(data=[summary_out(s) for s in skills], total=total, **page.model_dump())
 
 
 @router.post(
@@ -230,22 +179,22 @@ async def create_skill(request: Request, principal: SkillsWrite, db: DbSession) 
     """
     scanned = await _receive_and_scan(request, db)
     skill = await service.create_skill(db, principal=principal, scanned=scanned)
-    return await _detail(db, skill)
+    return await detail_out(db, skill)
 
 
-@router.get("/{skill_id}", response_model=schemas.Skill, responses=_NOT_FOUND)
+@router.get("/{skill_id}", response_model=schemas.Skill, responses=NOT_FOUND)
 async def get_skill(skill_id: str, principal: SkillsRead, db: DbSession) -> schemas.Skill:
     """One of your skills with its current body, files (paths and sizes), scanner findings and
     stored versions. Scope: `skills:read`."""
     skill = await service.get_skill(db, owner_id=principal.user.id, skill_id=skill_id)
-    return await _detail(db, skill)
+    return await detail_out(db, skill)
 
 
 @router.put(
     "/{skill_id}",
     response_model=schemas.Skill,
     openapi_extra=_PACKAGE_BODY,
-    responses={**_NOT_FOUND, **error_responses(409, 413, 415)},
+    responses={**NOT_FOUND, **error_responses(409, 413, 415)},
 )
 async def update_skill(
     skill_id: str, request: Request, principal: SkillsWrite, db: DbSession
@@ -258,13 +207,13 @@ async def update_skill(
     """
     scanned = await _receive_and_scan(request, db)
     skill = await service.update_skill(db, principal=principal, skill_id=skill_id, scanned=scanned)
-    return await _detail(db, skill)
+    return await detail_out(db, skill)
 
 
 @router.delete(
     "/{skill_id}",
     status_code=204,
-    responses={**_NOT_FOUND, **error_responses(409)},
+    responses={**NOT_FOUND, **error_responses(409)},
 )
 async def delete_skill(skill_id: str, principal: SkillsWrite, db: DbSession) -> Response:
     """Delete the skill and all its versions. Scope: `skills:write`.
@@ -276,7 +225,7 @@ async def delete_skill(skill_id: str, principal: SkillsWrite, db: DbSession) -> 
 
 
 @router.get(
-    "/{skill_id}/versions", response_model=list[schemas.SkillVersionInfo], responses=_NOT_FOUND
+    "/{skill_id}/versions", response_model=list[schemas.SkillVersionInfo], responses=NOT_FOUND
 )
 async def list_skill_versions(
     skill_id: str, principal: SkillsRead, db: DbSession
@@ -284,13 +233,13 @@ async def list_skill_versions(
     """The skill's stored versions, newest first (the newest 20 are kept). Scope:
     `skills:read`."""
     skill = await service.get_skill(db, owner_id=principal.user.id, skill_id=skill_id)
-    return [_version_info(v) for v in await service.list_versions(db, skill_id=skill.id)]
+    return [version_info(v) for v in await service.list_versions(db, skill_id=skill.id)]
 
 
 @router.post(
     "/{skill_id}/approve",
     response_model=schemas.Skill,
-    responses={**_NOT_FOUND, **error_responses(409)},
+    responses={**NOT_FOUND, **error_responses(409)},
 )
 async def approve_skill(
     skill_id: str,
@@ -307,57 +256,4 @@ async def approve_skill(
     skill = await service.approve_skill(
         db, principal=principal, skill_id=skill_id, version=data.version if data else None
     )
-    return await _detail(db, skill)
-
-
-# -- admin ---------------------------------------------------------------------------------
-
-
-def _admin_summary(skill: Skill) -> schemas.AdminSkillSummary:
-    return schemas.AdminSkillSummary(owner_id=skill.owner_id, **_summary(skill).model_dump())
-
-
-@admin_router.get("", response_model=Page[schemas.AdminSkillSummary])
-async def admin_list_skills(
-    principal: Admin,
-    db: DbSession,
-    page: Annotated[PageParams, Depends(page_params)],
-    status: StatusFilter = None,
-) -> Page[schemas.AdminSkillSummary]:
-    """Every owner's skills, newest first, for review. Admin only."""
-    skills, total = await service.list_skills(
-        db, owner_id=None, status=status, limit=page.limit, offset=page.offset
-    )
-    return Page(data=[_admin_summary(s) for s in skills], total=total, **page.model_dump())
-
-
-@admin_router.get("/{skill_id}", response_model=schemas.Skill, responses=_NOT_FOUND)
-async def admin_get_skill(skill_id: str, principal: Admin, db: DbSession) -> schemas.Skill:
-    """Any owner's skill with its body, files and findings, for review. Admin only."""
-    return await _detail(db, await service.get_any_skill(db, skill_id=skill_id))
-
-
-@admin_router.post(
-    "/{skill_id}/block",
-    response_model=schemas.Skill,
-    responses={**_NOT_FOUND, **error_responses(409)},
-)
-async def block_skill(
-    skill_id: str, data: schemas.SkillBlock, principal: Admin, db: DbSession
-) -> schemas.Skill:
-    """Block a skill: no agent can deploy with it or load it, whatever its owner does, until
-    it is unblocked. Audited with the reason. Admin only."""
-    skill = await service.block_skill(db, admin=principal, skill_id=skill_id, reason=data.reason)
-    return await _detail(db, skill)
-
-
-@admin_router.post(
-    "/{skill_id}/unblock",
-    response_model=schemas.Skill,
-    responses={**_NOT_FOUND, **error_responses(409)},
-)
-async def unblock_skill(skill_id: str, principal: Admin, db: DbSession) -> schemas.Skill:
-    """Lift a block: the skill is `clean`, `approved` or `flagged` again as its current version's
-    scan and approval say. Audited. Admin only."""
-    skill = await service.unblock_skill(db, admin=principal, skill_id=skill_id)
-    return await _detail(db, skill)
+    return await detail_out(db, skill)

@@ -50,6 +50,13 @@ def failure_error(inbound: Message, thread_id: str) -> OpenAIError:
             code="reply_timeout",
             headers=headers,
         )
+    if failure.get("code") == "moderation_blocked":  # kept, not answered (runtime.screening)
+        return OpenAIError(
+            f"The message was not answered: {inbound.last_error}",
+            status_code=400,
+            code="content_policy_violation",
+            headers=headers,
+        )
     if inbound.status == "skipped":
         return OpenAIError(
             f"The message was not answered: {inbound.last_error or 'the agent stopped'}",

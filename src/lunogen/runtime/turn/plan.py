@@ -23,8 +23,9 @@ from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.llm.models import CatalogModel
-from lunogen.runtime import context, recorded, service
+from lunogen.runtime import context, recorded, screening, service
 from lunogen.runtime.models import MemoryNote, Message, Thread
+from lunogen.runtime.screening import Screen, Screened
 from lunogen.runtime.service import Pending
 from lunogen.runtime.turn.deps import TurnDeps
 from lunogen.runtime.window import windows
@@ -61,6 +62,8 @@ class Plan:
     cheapest_call: int  # micro-credits: the least any call of this agent is held for
     recorded: dict[int, tuple[str, str]]  # step → (fingerprint, result) of an earlier attempt
     run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
+    screen: Screen = screening.NOTHING  # the acceptable-use rules, for the reply
+    inbound_screened: Screened | None = None
 
     @property
     def chain(self) -> list[str]:
@@ -82,6 +85,8 @@ class Unanswerable:
     status: str  # `skipped` (the agent is not running) or `failed`
     reason: str
     failure: dict[str, Any] | None = None
+    owner_id: str | None = None
+    screened: Screened | None = None  # the inbound text's screening, when it blocked it
 
 
 async def read(
@@ -129,6 +134,24 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
             reason=f"the agent was {state} before it could answer",
             failure={"code": "agent_not_running", "status": state},
         )
+    text = deps.keyring.decrypt(row.content)
+    screen = await screening.screen(session, deps.settings)
+    inbound = screen.check("inbound", text)
+    if inbound.blocked:  # kept, never answered
+        return Unanswerable(
+            inbound_id=inbound_id,
+            thread_id=row.thread_id,
+            channel_key=row.channel_key,
+            agent_id=agent.id,
+            status="skipped",
+            reason="the message was blocked under the acceptable-use policy",
+            failure={
+                "code": "moderation_blocked",
+                "rules": [hit.rule for hit in inbound.hits if hit.action == "block"],
+            },
+            owner_id=agent.owner_id,
+            screened=inbound,
+        )
     chain = [agent.model, *agent.fallback_models]
     chain_prices = [await catalog.get_model(session, model_id) for model_id in chain]
     unpriced = [model_id for model_id, price in zip(chain, chain_prices, strict=True) if not price]
@@ -158,7 +181,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         agent=agent,
         thread_id=row.thread_id,
         contact=row.contact,
-        inbound=(row.seq, row.content),
+        inbound=(row.seq, text),
         skills=skills,
         context_length=prices[0].context_length or DEFAULT_CONTEXT_LENGTH,
     )
@@ -187,6 +210,8 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
             prices, max_output_tokens=agent.max_output_tokens, settings=deps.settings
         ),
         recorded={step: (call.fingerprint, call.result) for step, call in earlier.items()},
+        screen=screen,
+        inbound_screened=inbound,
     )
 
 
@@ -236,7 +261,7 @@ async def _context_messages(
         contact_notes=contact_notes,
         skills=[(skill.name, skill.description) for skill in skills],
     )
-    seq, content = inbound
+    seq, text = inbound
     known = windows.known(thread_id, before_seq=seq)
     newer: list[context.HistoryItem] = []
     last_seq = known.last_seq
@@ -253,7 +278,7 @@ async def _context_messages(
     )
     items = [
         *windows.extend(thread_id, known, newer, last_seq=last_seq, keep_tokens=largest),
-        context.HistoryItem("user", keyring.decrypt(content)),
+        context.HistoryItem("user", text),
     ]
     budget = context.history_budget(
         context_length=context_length, max_output_tokens=agent.max_output_tokens, system=system

@@ -11,8 +11,9 @@ What is committed when, for a message whose lease a runner takes:
    after a crash reuses it; then one per further hold (`reserve`) or released hold
    (`release_hold`, the call failed).
 3. `finish`, one transaction: the settlement and usage row of the last call, the staged tool
-   writes, the log lines, the reply (or the failure), and the lease given back, reporting the
-   thread's next pending message.
+   writes, the log lines, the reply (or the failure; a reply the acceptable-use rules block is
+   stored withheld), the screener's rows (`runtime.screening`), and the lease given back,
+   reporting the thread's next pending message.
 
 A turn of one call therefore commits twice. A worker that dies between 1 and 3 leaves an
 active hold (it expires, charging nothing) and its recorded calls; the sweeper hands the thread
@@ -43,8 +44,9 @@ from lunogen.llm.models import UsageRecord
 from lunogen.llm.provider import ModelCallError, ModelCallResult
 from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
 from lunogen.runlog.logs import log_event
-from lunogen.runtime import recorded, replies, service
+from lunogen.runtime import recorded, replies, screening, service
 from lunogen.runtime.models import Message, RecordedCall, Thread
+from lunogen.runtime.screening import Screened, TurnScreening
 from lunogen.runtime.service import Pending
 from lunogen.runtime.turn.deps import CRASH_AFTER_FAILURES, MAX_ATTEMPTS, TurnDeps, TurnOutcome
 from lunogen.runtime.turn.plan import Plan, Unanswerable
@@ -111,7 +113,7 @@ async def start(
             await session.rollback()
             return Started("changed")
         if isinstance(target, Unanswerable):
-            finished = await _end_unanswerable(session, target, lease_token=lease_token)
+            finished = await _end_unanswerable(session, deps, target, lease_token=lease_token)
             return Started("ended", finished=finished)
         hold_id = None
         if hold is not None:
@@ -189,6 +191,7 @@ async def settle_step(
 
 async def finish(deps: TurnDeps, plan: Plan, work: Work, *, lease_token: str) -> Finished:
     """Store what the turn produced and give the lease back, in one transaction."""
+    outbound = _screen_reply(plan, work)  # before the transaction: no CPU work inside it
     async with deps.sessionmaker() as session:
         thread = (
             await session.execute(
@@ -212,7 +215,19 @@ async def finish(deps: TurnDeps, plan: Plan, work: Work, *, lease_token: str) ->
             superseded = True
         else:
             superseded = False
-            outcome, event = await _store(session, deps, plan, work, thread, inbound)
+            outcome, event = await _store(session, deps, plan, work, thread, inbound, outbound)
+            if outcome != TurnOutcome.RETRY_LATER:  # a retry screens the message again
+                ended = TurnScreening(
+                    plan.agent_id,
+                    plan.owner_id,
+                    plan.inbound_id,
+                    event[1].get("reply_id"),
+                    plan.inbound_screened,
+                    outbound,
+                )
+                await screening.recorded(
+                    session, ended, settings=deps.settings, keyring=deps.keyring
+                )
             await session.execute(service.release_statement(plan.thread_id, lease_token))
             following = await service.oldest_pending(session, plan.thread_id)
             await session.commit()
@@ -231,6 +246,13 @@ async def finish(deps: TurnDeps, plan: Plan, work: Work, *, lease_token: str) ->
     return Finished(outcome, event, following)
 
 
+def _screen_reply(plan: Plan, work: Work) -> Screened | None:
+    """The acceptable-use check of the reply the turn will store, if it will store one."""
+    if work.refused is not None or work.failure is not None or work.error is not None:
+        return None
+    return plan.screen.check("outbound", work.reply_text or "")
+
+
 async def _store(
     session: AsyncSession,
     deps: TurnDeps,
@@ -238,6 +260,7 @@ async def _store(
     work: Work,
     thread: Thread,
     inbound: Message,
+    outbound: Screened | None,
 ) -> tuple[str, Event]:
     if work.refused is not None:
         return await _refuse(session, deps, plan=plan, inbound=inbound, refused=work.refused)
@@ -260,6 +283,16 @@ async def _store(
     if plan.recorded or work.recorded:
         await recorded.forget(session, inbound.id)
     reply_text = work.reply_text or ""
+    if outbound is not None and outbound.blocked:  # kept only as the flag's evidence
+        reply_text = screening.WITHHELD
+        log_event(
+            session,
+            agent_id=plan.agent_id,
+            event="moderation.withheld",
+            level="warning",
+            message=f"The reply to {inbound.id} was withheld under the acceptable-use policy",
+            details={"message_id": inbound.id, "rules": [hit.rule for hit in outbound.hits]},
+        )
     now = utcnow()
     reply = Message(
         id=new_id(),
@@ -326,7 +359,7 @@ def _log_failed(session: AsyncSession, *, agent_id: str, message_id: str, reason
 
 
 async def _end_unanswerable(
-    session: AsyncSession, target: Unanswerable, *, lease_token: str
+    session: AsyncSession, deps: TurnDeps, target: Unanswerable, *, lease_token: str
 ) -> Finished:
     """End a message that cannot be answered (nothing was called), give the lease back. Commits."""
     inbound = await session.get(Message, target.inbound_id, with_for_update=True)
@@ -342,6 +375,11 @@ async def _end_unanswerable(
         ),
     )
     await recorded.forget(session, inbound.id)
+    if target.screened is not None and target.agent_id and target.owner_id:
+        blocked = TurnScreening(
+            target.agent_id, target.owner_id, inbound.id, None, target.screened, None
+        )
+        await screening.recorded(session, blocked, settings=deps.settings, keyring=deps.keyring)
     if target.agent_id is not None:
         if target.status == "skipped":
             log_event(
