@@ -15,6 +15,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from lunogen import __version__, composition  # noqa: F401  (registers the job parts)
 from lunogen.account.endpoints import router as account_router
 from lunogen.admin.credits_endpoints import router as admin_credits_router
+from lunogen.admin.moderation_endpoints import appeal_router as moderation_appeal_router
+from lunogen.admin.moderation_endpoints import router as moderation_router
+from lunogen.admin.policy_endpoints import router as admin_policy_router
 from lunogen.admin.skills_endpoints import router as admin_skills_router
 from lunogen.admin.support_endpoints import router as support_console_router
 from lunogen.admin.suspension_endpoints import router as suspension_router
@@ -51,12 +54,9 @@ from lunogen.kit.middleware import (
 )
 from lunogen.llm.endpoints import router as model_router
 from lunogen.llm.usage_endpoints import router as usage_router
-from lunogen.moderation.endpoints import appeal_router as moderation_appeal_router
-from lunogen.moderation.endpoints import router as moderation_router
 from lunogen.notification.endpoints import router as notification_router
 from lunogen.privacy.endpoints import router as privacy_router
 from lunogen.privacy.export_endpoints import router as export_router
-from lunogen.privacy.policy_endpoints import admin_router as admin_policy_router
 from lunogen.privacy.policy_endpoints import router as policy_router
 from lunogen.privacy.requests_endpoints import router as privacy_requests_router
 from lunogen.runtime.endpoints import router as conversation_router

@@ -10,17 +10,16 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import Response
 
-from lunogen.auth.dependencies import Admin, SetupUser
+from lunogen.auth.dependencies import SetupUser
 from lunogen.db import DbSession
-from lunogen.errors import ForbiddenError, error_responses
+from lunogen.errors import ForbiddenError
 from lunogen.kit.forms import is_form
 from lunogen.privacy import documents
 from lunogen.privacy import policy_notice as _policy_notice  # noqa: F401  job and sweep
-from lunogen.privacy.documents import MAX_TEXT_CHARS, Document, Publication
+from lunogen.privacy.documents import MAX_TEXT_CHARS, Document
 from lunogen.privacy.policy import KINDS
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"])
-admin_router = APIRouter(prefix="/api/v1/admin/policies", tags=["admin"])
 
 Kind = Literal["terms", "privacy"]
 
@@ -76,7 +75,7 @@ class AcceptedOut(BaseModel):
     accepted: dict[str, str] = Field(description="The versions recorded now, by kind.")
 
 
-def _out(document: Document) -> PolicyVersionOut:
+def policy_version_out(document: Document) -> PolicyVersionOut:
     return PolicyVersionOut(
         kind=document.kind,
         version=document.version,
@@ -97,7 +96,9 @@ async def list_policies(db: DbSession) -> PoliciesOut:
     states: dict[str, PolicyStateOut] = {}
     for kind in KINDS:
         current, upcoming = await documents.current_and_upcoming(db, kind=kind)
-        states[kind] = PolicyStateOut(current=_out(current), upcoming=[_out(d) for d in upcoming])
+        states[kind] = PolicyStateOut(
+            current=policy_version_out(current), upcoming=[policy_version_out(d) for d in upcoming]
+        )
     return PoliciesOut(**states)
 
 
@@ -109,7 +110,7 @@ async def get_policy_version(
 ) -> PolicyTextOut:
     """One version of a document with its full text. Public; 404 for an unknown version."""
     document = await documents.get_version(db, kind=kind, version=version)
-    return PolicyTextOut(**_out(document).model_dump(), text=document.text)
+    return PolicyTextOut(**policy_version_out(document).model_dump(), text=document.text)
 
 
 @router.post("/accept", response_model=AcceptedOut)
@@ -132,30 +133,3 @@ async def accept_policies(request: Request, principal: SetupUser, db: DbSession)
     if is_form(request):
         return RedirectResponse("/home", status_code=303)
     return JSONResponse(AcceptedOut(accepted=dict(recorded)).model_dump(mode="json"))
-
-
-@admin_router.post(
-    "", response_model=PolicyTextOut, status_code=201, responses=error_responses(409)
-)
-async def publish_policy(
-    data: PolicyPublishIn, request: Request, principal: Admin, db: DbSession
-) -> PolicyTextOut:
-    """Publish a new version of the Terms or the Privacy Policy (admin; audited). A material
-    change needs a future effective date and is announced to every active user, in-app and by
-    email, by a background job. 409 when the version exists; 422 for an empty text or a past
-    date of a material change."""
-    version = data.version or data.effective[:10]
-    document = await documents.publish(
-        db,
-        data=Publication(
-            kind=data.kind,
-            version=version,
-            effective=data.effective,
-            material=data.material,
-            text=data.text,
-            summary=data.summary,
-        ),
-        actor_user_id=principal.user.id,
-        client=principal.client,
-    )
-    return PolicyTextOut(**_out(document).model_dump(), text=document.text)
