@@ -2,14 +2,16 @@
 
 SQLite (default): the migrations run once into a template file, copied for each test.
 PostgreSQL: set LUNOGEN_TEST_DATABASE_URL (a database of its own for this run); the migrations
-run once, and every table is truncated before each test. LUNOGEN_TEST_REDIS_URL puts the
-rate limiter on Redis.
+run once, and before each test the tables the last one used are emptied (`_PostgresReset`).
+LUNOGEN_TEST_REDIS_URL puts the rate limiter on Redis.
 
 Tests that use a database (through the `database_url` fixture) are marked `db` at collection,
 so CI's PostgreSQL pass runs `-m db` and the database-free tests run once; tests that drive
 Chromium (the `browser` fixture) are marked `chromium`: they check pages, not the database, and
 run in the SQLite pass only. Passwords are hashed
-with a cheap argon2id profile unless a test is marked `production_hashing`.
+with a cheap argon2id profile unless a test is marked `production_hashing`. A test's app resolves
+its routes as requests reach them, without the start-up warm-up, unless the test is marked
+`route_warm_up` or uses `live_server` (`lazy_route_resolution`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fastapi import FastAPI
 from openai._base_client import BaseClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+import lunogen.app
 from lunogen.app import create_app
 from lunogen.auth import passwords
 from lunogen.config import Settings
@@ -69,6 +72,14 @@ BASE_URL = "http://testserver"
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "route_warm_up: the app resolves every route at start, as a server does (see"
+        " lazy_route_resolution)",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
@@ -100,6 +111,19 @@ def short_model_retry_waits(
         return float(computed(self, *args, **kwargs)) / 1000
 
     monkeypatch.setattr(BaseClient, "_calculate_retry_timeout", shortened)
+
+
+@pytest.fixture(autouse=True)
+def lazy_route_resolution(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app of a test resolves its routes when a request first scans them (FastAPI's lazy
+    path, what the warm-up only does ahead of time), not all ~260 in a thread after start:
+    `lunogen.app._resolve_routes` is a first-request latency measure for a server, and per test
+    it was half the CPU of an ordinary API test (~0.3 s, competing for the GIL with the test
+    itself). The real server (`live_server`) and tests marked `route_warm_up` keep it;
+    tests/api/test_route_warm_up.py checks it."""
+    if "live_server" in request.fixturenames or request.node.get_closest_marker("route_warm_up"):
+        return
+    monkeypatch.setattr(lunogen.app, "_resolve_routes", lambda _app: None)
 
 
 @pytest.fixture(autouse=True)
@@ -144,22 +168,90 @@ def _used_tables_query() -> str:
     return " UNION ALL ".join(parts)
 
 
-async def _truncate_postgres(url: str) -> None:
-    # Truncating only the tables a test used is ~8x faster than all of them every time.
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    try:
-        used = [row[0] for row in await conn.fetch(_used_tables_query())]
-        if used:
-            tables = ", ".join(f'"{name}"' for name in used)
-            await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
+class _PostgresReset:
+    """Empties the tables the previous test used and restarts their id sequences, over one
+    connection kept for the worker's session on an event loop of its own.
+
+    Measured per test on the CI machine: a fresh connection's first run of the used-tables
+    query (45 tables, `pg_sequences`) costs ~70 ms of catalog loading, a warm one ~7 ms; and
+    `TRUNCATE ... RESTART IDENTITY CASCADE` of a few tables ~0.5 s (new files for every table),
+    where `DELETE` of their few rows takes ~30 ms. The deletes run with
+    `session_replication_role = replica`, so neither the append-only triggers (audit events,
+    credit entries) nor the foreign keys' checks apply, as with TRUNCATE: every table that holds
+    a row is in the list, so nothing is left that refers to a deleted row."""
+
+    def __init__(self, url: str) -> None:
+        self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection | None = None
+        self.query = _used_tables_query()
+
+    def run(self) -> None:
+        self.loop.run_until_complete(self._reset())
+
+    async def _reset(self) -> None:
+        try:
+            await self._reset_on(await self._connection())
+        except (
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InvalidCachedStatementError,
+            OSError,
+        ):
+            # A test that cut off the server's connections, or migrated down and up: again, anew.
+            await self._drop_connection()
+            await self._reset_on(await self._connection())
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(self.dsn)
+        return self.conn
+
+    async def _reset_on(self, conn: asyncpg.Connection) -> None:
+        used = [row[0] for row in await conn.fetch(self.query)]
+        if not used:
+            return
+        sequences = {row[0] for row in await conn.fetch("SELECT sequencename FROM pg_sequences")}
+        statements = ["SET LOCAL session_replication_role = replica"]
+        statements += [f'DELETE FROM "{name}"' for name in used]
+        statements += [
+            f'ALTER SEQUENCE "{name}_id_seq" RESTART'
+            for name in used
+            if f"{name}_id_seq" in sequences
+        ]
+        async with conn.transaction():  # rolled back on an error: the connection stays usable
+            await conn.execute(";\n".join(statements))
+
+    async def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+    def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_reset(migrated_template: Path | None) -> Iterator[_PostgresReset | None]:
+    if not PG_URL:
+        yield None
+        return
+    reset = _PostgresReset(PG_URL)
+    yield reset
+    reset.close()
 
 
 @pytest.fixture
-def database_url(migrated_template: Path | None, tmp_path: Path) -> Iterator[str]:
+def database_url(
+    migrated_template: Path | None,
+    postgres_reset: _PostgresReset | None,
+    tmp_path: Path,
+) -> Iterator[str]:
     if PG_URL:
-        asyncio.run(_truncate_postgres(PG_URL))
+        assert postgres_reset is not None
+        postgres_reset.run()
         yield PG_URL
         return
     assert migrated_template is not None
