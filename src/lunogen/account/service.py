@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 
 from pydantic import EmailStr, TypeAdapter
@@ -302,29 +302,36 @@ async def create_user_admin(
     return user
 
 
-async def _retire_tokens(session: AsyncSession, *, user_id: str, purpose: str) -> None:
-    """Use up every outstanding `purpose` link of the user, so none of them works any more."""
+async def retire_tokens(session: AsyncSession, *, user_id: str, purposes: Iterable[str]) -> None:
+    """Use up every outstanding link of the user for these purposes, so none of them works."""
     await session.execute(
         update(EmailToken)
         .where(
             EmailToken.user_id == user_id,
-            EmailToken.purpose == purpose,
+            EmailToken.purpose.in_(list(purposes)),
             EmailToken.used_at.is_(None),
         )
         .values(used_at=utcnow())
     )
 
 
-async def _issue_token(
-    session: AsyncSession, *, user: User, purpose: str, lifetime: timedelta
+def issue_token(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    purpose: str,
+    expires_at: datetime,
+    new_email: str | None = None,
 ) -> str:
+    """A new emailed link's token; only its hash is stored."""
     token = random_token()
     session.add(
         EmailToken(
-            user_id=user.id,
+            user_id=user_id,
             purpose=purpose,
             token_hash=sha256_hex(token),
-            expires_at=utcnow() + lifetime,
+            expires_at=expires_at,
+            new_email=new_email,
         )
     )
     return token
@@ -333,11 +340,11 @@ async def _issue_token(
 async def send_verification(
     session: AsyncSession, *, user: User, settings: Settings, keyring: KeyRing
 ) -> None:
-    token = await _issue_token(
+    token = issue_token(
         session,
-        user=user,
+        user_id=user.id,
         purpose=VERIFY_EMAIL,
-        lifetime=timedelta(hours=settings.email_token_hours),
+        expires_at=utcnow() + timedelta(hours=settings.email_token_hours),
     )
     link = f"{settings.public_url}/verify?token={token}"
     queue_email(
@@ -496,12 +503,14 @@ async def request_password_reset(
     user = await find_by_email(session, email)
     if user is None:
         return
-    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)  # only the newest works
-    token = await _issue_token(
+    await retire_tokens(
+        session, user_id=user.id, purposes=(RESET_PASSWORD,)
+    )  # only the newest works
+    token = issue_token(
         session,
-        user=user,
+        user_id=user.id,
         purpose=RESET_PASSWORD,
-        lifetime=timedelta(minutes=settings.reset_token_minutes),
+        expires_at=utcnow() + timedelta(minutes=settings.reset_token_minutes),
     )
     queue_email(
         session,
@@ -540,7 +549,7 @@ async def reset_password(
     user.password_hash = password_hash
     # The reset proves control of the mailbox.
     user.email_verified_at = user.email_verified_at or utcnow()
-    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
+    await retire_tokens(session, user_id=user.id, purposes=(RESET_PASSWORD,))
     await revoke_all_sessions(session, user_id=user.id)
     audit.record(session, action="account.password_reset", actor_user_id=user.id, client=client)
     return user
@@ -575,7 +584,7 @@ async def change_password(
             error="Password changed meanwhile",
         )
     current.password_hash = password_hash
-    await _retire_tokens(session, user_id=user.id, purpose=RESET_PASSWORD)
+    await retire_tokens(session, user_id=user.id, purposes=(RESET_PASSWORD,))
     await revoke_all_sessions(session, user_id=user.id, except_id=keep_session_id)
     audit.record(session, action="account.password_changed", actor_user_id=user.id, client=client)
 

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import EmailToken, User
-from lunogen.account.service import normalize_email
+from lunogen.account.service import issue_token, normalize_email, retire_tokens
 from lunogen.agent.lifecycle import ALLOWED_FROM, set_status
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
@@ -31,7 +31,7 @@ from lunogen.auth.sessions import revoke_all_sessions
 from lunogen.channel import registration
 from lunogen.errors import ForbiddenError, LunogenError
 from lunogen.kit.effects import Effects
-from lunogen.kit.ids import random_token, sha256_hex
+from lunogen.kit.ids import sha256_hex
 from lunogen.kit.time import utcnow
 from lunogen.kit.web import ClientInfo
 from lunogen.notification.email import queue_email
@@ -111,15 +111,7 @@ async def delete_account(
             )
     subscriptions = await queue_cancellations(session, account_id=user.id)
     purge_on = purge_date(user, effects.settings.purge_after_days)
-    token = random_token()
-    session.add(
-        EmailToken(
-            user_id=user.id,
-            purpose=RESTORE_PURPOSE,
-            token_hash=sha256_hex(token),
-            expires_at=purge_on,
-        )
-    )
+    token = issue_token(session, user_id=user.id, purpose=RESTORE_PURPOSE, expires_at=purge_on)
     audit.record(
         session,
         action="account.deleted",
@@ -177,15 +169,7 @@ async def _restore(
     if user.deleted_at is None or now >= purge_date(user, days):
         raise NotRestorableError("There is no pending deletion to cancel for this account")
     user.deleted_at = None
-    await session.execute(
-        update(EmailToken)
-        .where(
-            EmailToken.user_id == user.id,
-            EmailToken.purpose == RESTORE_PURPOSE,
-            EmailToken.used_at.is_(None),
-        )
-        .values(used_at=now)
-    )
+    await retire_tokens(session, user_id=user.id, purposes=(RESTORE_PURPOSE,))
     sent = await supersede_cancellations(session, account_id=user.id)
     audit.record(
         session,

@@ -22,12 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import EmailToken, User
-from lunogen.account.service import RESET_PASSWORD, VERIFY_EMAIL, InvalidTokenError, valid_email
+from lunogen.account.service import (
+    RESET_PASSWORD,
+    VERIFY_EMAIL,
+    InvalidTokenError,
+    issue_token,
+    retire_tokens,
+    valid_email,
+)
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
 from lunogen.auth.ratelimit import RateLimiter
@@ -38,7 +45,7 @@ from lunogen.errors import (
     ValidationFailedError,
 )
 from lunogen.kit.effects import Effects
-from lunogen.kit.ids import random_token, sha256_hex
+from lunogen.kit.ids import sha256_hex
 from lunogen.kit.time import utcnow
 from lunogen.notification.email import queue_email
 from lunogen.privacy.identity import WrongPasswordError, confirm_identity
@@ -129,20 +136,6 @@ async def _taken(session: AsyncSession, email: str, *, by_other_than: str) -> bo
     return holder is not None and holder != by_other_than
 
 
-async def _retire(
-    session: AsyncSession, *, user_id: str, purposes: tuple[str, ...], now: datetime
-) -> None:
-    await session.execute(
-        update(EmailToken)
-        .where(
-            EmailToken.user_id == user_id,
-            EmailToken.purpose.in_(purposes),
-            EmailToken.used_at.is_(None),
-        )
-        .values(used_at=now)
-    )
-
-
 async def request_change(
     session: AsyncSession,
     *,
@@ -180,17 +173,10 @@ async def request_change(
     if await _taken(session, address, by_other_than=user.id):
         raise EmailTakenError(f"{address} belongs to another LunoGen account")
     settings = effects.settings
-    await _retire(session, user_id=user.id, purposes=(CHANGE_EMAIL,), now=now)
-    token = random_token()
+    await retire_tokens(session, user_id=user.id, purposes=(CHANGE_EMAIL,))
     expires_at = now + timedelta(hours=settings.email_token_hours)
-    session.add(
-        EmailToken(
-            user_id=user.id,
-            purpose=CHANGE_EMAIL,
-            token_hash=sha256_hex(token),
-            expires_at=expires_at,
-            new_email=address,
-        )
+    token = issue_token(
+        session, user_id=user.id, purpose=CHANGE_EMAIL, expires_at=expires_at, new_email=address
     )
     audit.record(
         session,
@@ -264,11 +250,8 @@ async def confirm_change(
     user.email = new_email
     user.email_verified_at = now
     # Every outstanding link went to the old address (or is this one): none works any more.
-    await _retire(
-        session,
-        user_id=user.id,
-        purposes=(CHANGE_EMAIL, VERIFY_EMAIL, RESET_PASSWORD),
-        now=now,
+    await retire_tokens(
+        session, user_id=user.id, purposes=(CHANGE_EMAIL, VERIFY_EMAIL, RESET_PASSWORD)
     )
     audit.record(
         session,
