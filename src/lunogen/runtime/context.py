@@ -72,28 +72,18 @@ def tools_token_bound(tools: Sequence[Mapping[str, Any]] | None) -> int:
 
 @dataclass(frozen=True, slots=True)
 class HistoryItem:
-    """One exchange's message. Slotted, with its two estimates cached in fields rather than a
-    `__dict__`: thread windows keep many of these (about 150 bytes less each)."""
+    """One exchange's message, with its two estimates worked out once. Slotted: thread windows
+    keep many of these (about 150 bytes less each than with a `__dict__`)."""
 
     role: str
     content: str
-    _tokens: int = field(default=-1, compare=False, repr=False)
-    _bound: int = field(default=-1, compare=False, repr=False)
+    tokens: int = field(init=False, compare=False, repr=False)  # the history budget's estimate
+    bound: int = field(init=False, compare=False, repr=False)  # `message_token_bound` of it
 
-    @property
-    def tokens(self) -> int:
-        """The history budget's estimate."""
-        if self._tokens < 0:
-            object.__setattr__(self, "_tokens", estimate_tokens(self.content))
-        return self._tokens
-
-    @property
-    def bound(self) -> int:
-        """`message_token_bound` of the message this item becomes."""
-        if self._bound < 0:
-            bound = message_token_bound({"role": self.role, "content": self.content})
-            object.__setattr__(self, "_bound", bound)
-        return self._bound
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", estimate_tokens(self.content))
+        bound = message_token_bound({"role": self.role, "content": self.content})
+        object.__setattr__(self, "bound", bound)
 
 
 def system_prompt(
