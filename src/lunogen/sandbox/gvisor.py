@@ -272,14 +272,11 @@ class GVisorBackend(Backend):
 
         `runsc run` removes its own state when the command exits. After a kill it stays, and
         `runsc delete --force` then waits ~1 s for a sandbox process that is already gone; when
-        the run's cgroup shows every process of the sandbox dead, its state files are removed
-        directly instead."""
+        the run's cgroup shows every process of the sandbox dead (zombies cannot write), its
+        state files are removed directly instead."""
         if cgroup is not None:
             cgroup.kill_all()
-        leftovers = self.state_files(container_id)
-        if leftovers and cgroup is not None and not cgroup.pids():
-            self._remove_state(container_id)
-        elif leftovers or cgroup is None:
+        if self.state_files(container_id) and (cgroup is None or cgroup.live_pids()):
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(  # noqa: S603
                     [*self.runsc_argv(), "delete", "--force", container_id],
@@ -287,6 +284,10 @@ class GVisorBackend(Backend):
                     timeout=30,
                     check=False,
                 )
+        # What is left is no container's: a run cancelled while `runsc run` was creating one
+        # leaves a lock file without a state file, which `runsc delete` does not remove.
+        if self.state_files(container_id) and (cgroup is None or not cgroup.live_pids()):
+            self._remove_state(container_id)
         if cgroup is not None:
             cgroup.remove()
         shutil.rmtree(bundle, ignore_errors=True)

@@ -127,10 +127,14 @@ class RunCgroup:
             found.update(int(p) for p in text.split() if p.isdigit())
         return found
 
+    def live_pids(self) -> set[int]:
+        """The run's processes that can still act (a zombie cannot)."""
+        return {pid for pid in self.pids() if not _is_zombie(pid)}
+
     def kill_all(self) -> None:
         """SIGKILL every process of the run, until none is left (a fork bomb races us)."""
         for _ in range(50):
-            pids = {pid for pid in self.pids() if not _is_zombie(pid)}
+            pids = self.live_pids()
             if not pids:
                 return
             for pid in pids:
