@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lunogen.db import Base, CreatedMixin, IdMixin
@@ -67,6 +67,9 @@ class Message(IdMixin, CreatedMixin, Base):
     stream: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Why a turn ended unanswered, for machines: {"code": "insufficient_credits", ...}.
     failure: Mapped[dict[str, Any] | None]
+    # The most the turn answering this message may spend, in micro-credits (a schedule's
+    # per-run cap); the agent's own per-turn cap applies as well. NULL: no cap of its own.
+    turn_cap_micro: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class MemoryNote(IdMixin, CreatedMixin, Base):
