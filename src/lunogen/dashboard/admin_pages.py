@@ -52,6 +52,7 @@ from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
 from lunogen.errors import BadRequestError, LunogenError, NotFoundError
 from lunogen.kit.effects import Effects
+from lunogen.kit.forms import form_fields
 from lunogen.kit.web import ClientInfo
 from lunogen.skill import service as skills
 from lunogen.skill.models import Skill
@@ -101,11 +102,6 @@ def _effects(request: Request) -> Effects:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-async def _form(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 def _pages(number: int, total: int) -> Pages:
@@ -300,7 +296,7 @@ async def _change_suspension(
     db: AsyncSession,
 ) -> Response:
     user = await _account(db, user_id)
-    reason = (await _form(request)).get("suspension_reason", "")[:600]
+    reason = (await form_fields(request)).get("suspension_reason", "")[:600]
     act = suspension.suspend_user if change == "suspend" else suspension.reinstate_user
     try:
         data = ReasonIn.model_validate({"reason": reason})
@@ -363,7 +359,7 @@ async def change_account(
     """As `PATCH /api/v1/admin/users/{id}`: the role and plan chosen (unchanged ones are left
     alone); each change audited."""
     user = await _account(db, user_id)
-    form = await _form(request)
+    form = await form_fields(request)
     chosen = {"role": form.get("role", "")[:20], "plan": form.get("plan", "")[:20]}
     try:
         data = RoleChangeIn.model_validate(chosen)
@@ -415,7 +411,7 @@ async def adjust_credits(
     """As `POST /api/v1/admin/accounts/{id}/credits`, with the form's token as the idempotency
     key: an `adjustment` ledger entry and its audit row, once per drawn form."""
     user = await _account(db, user_id)
-    form = await _form(request)
+    form = await form_fields(request)
     credits, reason = form.get("credits", "").strip()[:40], form.get("reason", "")[:400]
     token = form.get("form_token", "")
     try:
@@ -554,7 +550,7 @@ async def block_skill(
 ) -> Response:
     """As `POST /api/v1/admin/skills/{id}/block`: audited with the reason."""
     skill = await skills.get_any_skill(db, skill_id=skill_id)
-    reason = (await _form(request)).get("reason", "")[:500]
+    reason = (await form_fields(request)).get("reason", "")[:500]
     try:
         data = SkillBlock.model_validate({"reason": reason})
         await skills.block_skill(db, admin=principal, skill_id=skill.id, reason=data.reason)
@@ -680,7 +676,7 @@ async def _change_agent(
     db: AsyncSession,
 ) -> Response:
     agent = await suspension.any_agent(db, agent_id)
-    reason = (await _form(request)).get("reason", "")[:600]
+    reason = (await form_fields(request)).get("reason", "")[:600]
     act = suspension.suspend_agent if change == "suspend" else suspension.reinstate_agent
     try:
         data = ReasonIn.model_validate({"reason": reason})

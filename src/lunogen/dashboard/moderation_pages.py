@@ -25,13 +25,13 @@ from lunogen.dashboard.admin_pages import (
     PAGE_SIZE,
     ConsoleViewer,
     _effects,
-    _form,
     _pager,
     _pages,
 )
 from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
 from lunogen.errors import LunogenError
+from lunogen.kit.forms import form_fields
 from lunogen.kit.web import ClientInfo
 from lunogen.moderation import rule_service, service
 from lunogen.moderation.schemas import AppealIn, RuleIn
@@ -146,7 +146,7 @@ async def _review(
     principal: Principal,
     db: DbSession,
 ) -> Response:
-    note = (await _form(request)).get("note", "").strip()[:500]
+    note = (await form_fields(request)).get("note", "").strip()[:500]
     await service.review(  # a flag reviewed already: the 409 page says so
         db,
         admin=principal,
@@ -219,7 +219,7 @@ async def add_rule(
     request: Request, viewer: ConsoleViewer, principal: FullAccess, db: DbSession
 ) -> Response:
     """As `POST /api/v1/admin/moderation/rules`: a problem is shown on the form (422)."""
-    form = await _form(request)
+    form = await form_fields(request)
     fields = {
         key: form.get(key, "")[:300] for key in ("kind", "value", "direction", "action", "note")
     }
@@ -297,7 +297,7 @@ async def appeal(
     agent_id: str, request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
 ) -> Response:
     """As `POST /api/v1/agents/{id}/appeal`: opens the ticket and shows it."""
-    text = (await _form(request)).get("text", "")[:6000]
+    text = (await form_fields(request)).get("text", "")[:6000]
     try:
         data = AppealIn.model_validate({"text": text})
         ticket = await service.appeal(

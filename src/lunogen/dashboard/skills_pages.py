@@ -18,6 +18,7 @@ from lunogen.auth.dependencies import SkillsWrite
 from lunogen.dashboard.shell import SignedIn, Viewer, page, page_router
 from lunogen.db import DbSession
 from lunogen.errors import LunogenError
+from lunogen.kit.forms import form_fields
 from lunogen.skill import package, service
 from lunogen.skill.models import Skill
 from lunogen.skill.schemas import SkillStatus
@@ -48,11 +49,6 @@ def _files_from(form: dict[str, str]) -> dict[str, str]:
         if path:
             files[path] = form.get(f"content_{slot}", "")
     return files
-
-
-async def _form_values(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 async def _scanned_zip(upload: UploadFile | None) -> ScannedPackage:
@@ -147,7 +143,7 @@ async def new_skill(request: Request, viewer: SignedIn) -> Response:
 async def create_skill(
     request: Request, viewer: SignedIn, principal: SkillsWrite, db: DbSession
 ) -> Response:
-    form = await _form_values(request)
+    form = await form_fields(request)
     skill_md, files = form.get("skill_md", ""), _files_from(form)
     await db.commit()  # nothing held while the package is scanned
     try:
@@ -214,7 +210,7 @@ async def save_skill(
     skill_id: str, request: Request, viewer: SignedIn, principal: SkillsWrite, db: DbSession
 ) -> Response:
     skill = await service.get_skill(db, owner_id=viewer.user.id, skill_id=skill_id)
-    form = await _form_values(request)
+    form = await form_fields(request)
     skill_md, files = form.get("skill_md", ""), _files_from(form)
     await db.commit()
     try:

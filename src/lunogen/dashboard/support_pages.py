@@ -37,6 +37,7 @@ from lunogen.db import DbSession
 from lunogen.errors import LunogenError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.effects import Effects
+from lunogen.kit.forms import form_fields
 
 router = page_router()
 
@@ -98,11 +99,6 @@ def _keyring(request: Request) -> KeyRing:
 
 def _flash(request: Request) -> str | None:
     return OUTCOMES.get(request.query_params.get("outcome", ""))
-
-
-async def _form(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 async def _people(db: AsyncSession, ids: Sequence[str | None]) -> dict[str, User]:
@@ -209,7 +205,7 @@ async def reply(
 ) -> Response:
     """As `POST /api/v1/admin/support/tickets/{id}/messages`: emails the person."""
     ticket = await tickets.get_any_ticket(db, ticket_id=ticket_id)
-    form = await _form(request)
+    form = await form_fields(request)
     body = form.get("body", "")[:12_000]
     try:
         data = StaffReply.model_validate({"body": body, "status": form.get("status", "")[:20]})
@@ -232,7 +228,7 @@ async def assign(
 ) -> Response:
     """As `POST /api/v1/admin/support/tickets/{id}/assign` (an empty choice unassigns)."""
     ticket = await tickets.get_any_ticket(db, ticket_id=ticket_id)
-    chosen = (await _form(request)).get("assignee_id", "")[:40]
+    chosen = (await form_fields(request)).get("assignee_id", "")[:40]
     try:
         data = AssignIn.model_validate({"assignee_id": chosen or None})
         await tickets.assign(db, principal=principal, ticket=ticket, assignee_id=data.assignee_id)
@@ -247,7 +243,7 @@ async def change_status(
 ) -> Response:
     """As `POST /api/v1/admin/support/tickets/{id}/status`: emails the person."""
     ticket = await tickets.get_any_ticket(db, ticket_id=ticket_id)
-    chosen = (await _form(request)).get("status", "")[:20]
+    chosen = (await form_fields(request)).get("status", "")[:20]
     try:
         data = StatusIn.model_validate({"status": chosen})
         await tickets.set_status(
@@ -429,7 +425,7 @@ async def handle_privacy_request(
 ) -> Response:
     """As `POST /api/v1/admin/support/privacy-requests/{id}`: emails the person."""
     row = await requests.get_any_request(db, request_id=request_id)
-    form = await _form(request)
+    form = await form_fields(request)
     values = {"status": form.get("status", "")[:20], "response": form.get("response", "")[:12_000]}
     try:
         data = PrivacyRequestHandle.model_validate(

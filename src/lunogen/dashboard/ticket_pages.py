@@ -29,6 +29,7 @@ from lunogen.db import DbSession
 from lunogen.errors import LunogenError
 from lunogen.kit.crypto import KeyRing
 from lunogen.kit.effects import Effects
+from lunogen.kit.forms import form_fields
 
 router = page_router()
 
@@ -59,11 +60,6 @@ def _settings(request: Request) -> Settings:
 
 def _flash(request: Request) -> str | None:
     return OUTCOMES.get(request.query_params.get("outcome", ""))
-
-
-async def _form(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 def problem_of(exc: ValidationError | LunogenError, words: dict[str, str]) -> tuple[str, int]:
@@ -119,7 +115,7 @@ async def open_ticket(
     request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
 ) -> Response:
     """As `POST /api/v1/support/tickets`."""
-    form = await _form(request)
+    form = await form_fields(request)
     values = {"subject": form.get("subject", "")[:300], "body": form.get("body", "")[:12_000]}
     try:
         data = TicketCreate.model_validate(values)
@@ -183,7 +179,7 @@ async def reply(
 ) -> Response:
     """As `POST /api/v1/support/tickets/{id}/messages`."""
     ticket = await _own_ticket(db, viewer, ticket_id)
-    body = (await _form(request)).get("body", "")[:12_000]
+    body = (await form_fields(request)).get("body", "")[:12_000]
     try:
         data = TicketReply.model_validate({"body": body})
         await tickets.user_reply(
@@ -205,7 +201,7 @@ async def grant(
 ) -> Response:
     """As `POST /api/v1/support/tickets/{id}/grant`."""
     ticket = await _own_ticket(db, viewer, ticket_id)
-    hours = (await _form(request)).get("hours", "")[:10]
+    hours = (await form_fields(request)).get("hours", "")[:10]
     try:
         data = GrantIn.model_validate({"hours": hours})
         await tickets.grant_access(db, principal=principal, ticket=ticket, hours=data.hours)
@@ -294,7 +290,7 @@ async def file_privacy_request(
     request: Request, viewer: SignedIn, principal: FullAccess, db: DbSession
 ) -> Response:
     """As `POST /api/v1/privacy/requests`."""
-    form = await _form(request)
+    form = await form_fields(request)
     values = {"kind": form.get("kind", "")[:30], "body": form.get("body", "")[:12_000]}
     try:
         data = PrivacyRequestIn.model_validate(values)

@@ -19,6 +19,12 @@ def is_form(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith(FORM_TYPES)
 
 
+async def form_fields(request: Request) -> dict[str, str]:
+    """A browser form's text fields (uploaded files left out)."""
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` documenting a body accepted as JSON or as a form."""
     schema = model.model_json_schema()
