@@ -24,8 +24,10 @@ from lunogen.admin.suspension_endpoints import router as suspension_router
 from lunogen.admin.ticket_endpoints import router as ticket_router
 from lunogen.admin.users_endpoints import router as admin_users_router
 from lunogen.agent.agentfile_endpoints import router as agent_file_router
+from lunogen.agent.caps_endpoints import account_cap_router, agent_caps_router
 from lunogen.agent.endpoints import router as agent_router
 from lunogen.agent.lifecycle_endpoints import router as lifecycle_router
+from lunogen.agent.version_endpoints import router as agent_versions_router
 from lunogen.agent.workspace import edge_for
 from lunogen.audit.endpoints import router as audit_router
 from lunogen.auth.endpoints import router as auth_router
@@ -59,13 +61,16 @@ from lunogen.privacy.endpoints import router as privacy_router
 from lunogen.privacy.export_endpoints import router as export_router
 from lunogen.privacy.policy_endpoints import router as policy_router
 from lunogen.privacy.requests_endpoints import router as privacy_requests_router
+from lunogen.runtime.approval_endpoints import router as approval_router
 from lunogen.runtime.endpoints import router as conversation_router
 from lunogen.runtime.events import TURN_EVENTS
 from lunogen.runtime.memory_endpoints import router as memory_router
+from lunogen.schedule.endpoints import router as schedule_router
 from lunogen.skill import endpoints as skill_endpoints
 from lunogen.skill.endpoints import router as skill_router
 from lunogen.tool.agent_tools import router as agent_tools_router
 from lunogen.tool.endpoints import router as tool_router
+from lunogen.tool.mcp.endpoints import router as mcp_router
 from lunogen.worker.process import JobProcess
 
 log = structlog.get_logger(__name__)
@@ -180,16 +185,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         agent_router,
         agent_file_router,
         lifecycle_router,
+        agent_versions_router,
         *channel_routes.routers(),
         conversation_router,
         notification_router,
         tool_router,
         agent_tools_router,
+        mcp_router,
+        agent_caps_router,
         memory_router,
+        approval_router,
+        schedule_router,
         skill_router,
         admin_skills_router,
         model_router,
         usage_router,
+        account_cap_router,
         billing_router,
         admin_credits_router,
         stripe_webhook_router,

@@ -18,10 +18,15 @@ from lunogen.moderation import hooks as moderation  # noqa: F401  screening; exp
 from lunogen.moderation import tasks as moderation_tasks  # noqa: F401  job, sweep, queue
 from lunogen.notification import email  # noqa: F401  job: notification.send_email; sweep
 from lunogen.privacy import export as privacy_export  # noqa: F401  job: privacy.build_export
-from lunogen.privacy import policy_notice  # noqa: F401  job: privacy.notify_policy_change
+from lunogen.privacy import (
+    export_mcp,  # noqa: F401  export section: mcp_servers
+    policy_notice,  # noqa: F401  job: privacy.notify_policy_change
+)
 from lunogen.privacy import tasks as privacy_tasks  # noqa: F401  periodic: purge; Stripe job
 from lunogen.runlog import logs as runlog  # noqa: F401  resource: log bus; periodic: log purge
 from lunogen.runtime import (
     events,  # noqa: F401  resource: turn events
     tasks,  # noqa: F401  job: runtime.run_thread; sweep: threads with due work
 )
+from lunogen.schedule import export as schedule_export  # noqa: F401  export section: schedules
+from lunogen.schedule import scheduler  # noqa: F401  resource + periodic: the schedule loop

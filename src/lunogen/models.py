@@ -2,11 +2,12 @@
 
 from lunogen.account.models import Consent, EmailToken, User
 from lunogen.admin.models import ContentGrant, PrivacyRequest, Ticket, TicketMessage
-from lunogen.agent.models import Agent, AgentChannel
+from lunogen.agent.models import Agent, AgentChannel, AgentVersion
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.billing.grants import StarterGrantClaim
 from lunogen.billing.models import CreditAccount, CreditEntry, CreditHold, CreditPause
+from lunogen.billing.models_caps import CappedHold, SpendCap, SpendCounter
 from lunogen.billing.models_stripe import StripeEvent
 from lunogen.channel.models import (
     ChannelContact,
@@ -27,8 +28,11 @@ from lunogen.moderation.models import (
 from lunogen.notification.models import Notification, OutboundEmail
 from lunogen.privacy.models import DataExport, PolicyVersion, StripeCancellation
 from lunogen.runlog.models import AgentLogEvent
+from lunogen.runtime.approval_models import ToolApproval
 from lunogen.runtime.models import MemoryNote, Message, Thread
+from lunogen.schedule.models import Schedule, ScheduleRun
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
+from lunogen.tool.mcp.models import McpServer, McpToolCall
 
 metadata = Base.metadata
 
@@ -36,9 +40,11 @@ __all__ = [
     "Agent",
     "AgentChannel",
     "AgentLogEvent",
+    "AgentVersion",
     "ApiKey",
     "AuditEvent",
     "AuthSession",
+    "CappedHold",
     "CatalogModel",
     "ChannelContact",
     "ChannelUnregistration",
@@ -53,6 +59,8 @@ __all__ = [
     "DeliveryReceipt",
     "EarlyStatus",
     "EmailToken",
+    "McpServer",
+    "McpToolCall",
     "MemoryNote",
     "Message",
     "ModerationCheck",
@@ -64,15 +72,20 @@ __all__ = [
     "PairingCode",
     "PolicyVersion",
     "PrivacyRequest",
+    "Schedule",
+    "ScheduleRun",
     "Skill",
     "SkillFile",
     "SkillVersion",
+    "SpendCap",
+    "SpendCounter",
     "StarterGrantClaim",
     "StripeCancellation",
     "StripeEvent",
     "Thread",
     "Ticket",
     "TicketMessage",
+    "ToolApproval",
     "UsageRecord",
     "User",
     "metadata",

@@ -504,6 +504,7 @@ async def test_agent_body_helper_matches_the_file(dev: Dev) -> None:
     _text, exported = await _export(dev, made.json()["agent"]["id"])
     assert exported == {
         "lunogen_agent_file": 1,
+        "agent_version": 1,
         "name": "Support bot",
         "description": "",
         "model": MODEL,

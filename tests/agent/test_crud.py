@@ -33,6 +33,9 @@ FIELDS = {
     "tools",
     "created_at",
     "updated_at",
+    "latest_version",
+    "deployed_version",
+    "undeployed_changes",
 }
 
 

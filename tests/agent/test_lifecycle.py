@@ -185,7 +185,7 @@ async def test_logs_page_by_cursor_and_filter_by_level(api: Api) -> None:
     assert len(first["data"]) == 4 and first["next_cursor"] == first["data"][-1]["id"]
     rest = await _logs(dev, agent["id"], cursor=first["next_cursor"], limit=100)
     ids = [e["id"] for e in first["data"] + rest]
-    assert ids == sorted(ids) and len(ids) == 9
+    assert ids == sorted(ids) and len(ids) == 10  # 9 status changes, version 1 deployed
     assert await _logs(dev, agent["id"], level="error") == []
 
 

@@ -30,12 +30,14 @@ async def test_stream_follows_status_changes_live(live_server: str, api_for_live
     async with key_client.stream("GET", f"/api/v1/agents/{agent_id}/logs/stream") as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
-        reader = asyncio.create_task(_events(stream, 3))
+        reader = asyncio.create_task(_events(stream, 4))  # 3 status changes, version 1 deployed
         await asyncio.sleep(0.2)
         assert (await key_client.post(f"/api/v1/agents/{agent_id}/deploy")).status_code == 200
         assert (await key_client.post(f"/api/v1/agents/{agent_id}/stop")).status_code == 200
         events = await asyncio.wait_for(reader, timeout=15)
-    assert [(e["details"]["from"], e["details"]["to"]) for e in events] == [
+    assert [e["details"]["version"] for e in events if e["event"] == "version.deployed"] == [1]
+    statuses = [e for e in events if e["event"] == "status"]
+    assert [(e["details"]["from"], e["details"]["to"]) for e in statuses] == [
         ("draft", "deploying"),
         ("deploying", "running"),
         ("running", "stopped"),

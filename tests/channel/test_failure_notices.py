@@ -26,7 +26,7 @@ from tests.channel.support import (
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.helpers import Api
 
-FAILURE_FIELDS = {"type", "agent_id", "channel_id", "reply_to", "error", "created_at"}
+FAILURE_FIELDS = {"type", "agent_id", "channel_id", "reply_to", "to", "error", "created_at"}
 
 
 async def _inbound(api: Api, message_id: str) -> Message:

@@ -13,8 +13,11 @@ from lunogen.agent.models import Agent, AgentChannel
 from lunogen.app import create_app
 from lunogen.config import Settings
 from lunogen.kit.crypto import CryptoError, Key, KeyRing, key_file
+from lunogen.kit.time import utcnow
+from lunogen.runtime.approval_models import ToolApproval
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.secret_columns import ENCRYPTED_COLUMNS
+from lunogen.tool.mcp.models import McpServer
 from tests.cli.conftest import Cli
 from tests.conftest import BASE_URL
 from tests.helpers import Api
@@ -52,13 +55,28 @@ async def _store_secrets(api: Api) -> list[str]:
             )
             session.add(thread)
             await session.flush()
+            message = Message(
+                thread_id=thread.id,
+                agent_id=agent.id,
+                seq=1,
+                role="user",
+                content=keyring.encrypt(f"message secret-{n}"),
+            )
+            session.add(message)
+            await session.flush()
             session.add(
-                Message(
-                    thread_id=thread.id,
+                ToolApproval(
                     agent_id=agent.id,
-                    seq=1,
-                    role="user",
-                    content=keyring.encrypt(f"message secret-{n}"),
+                    owner_id=person.id,
+                    message_id=message.id,
+                    thread_id=thread.id,
+                    step=0,
+                    tool_call_id=f"call-{n}",
+                    tool_name="run_code",
+                    arguments=keyring.encrypt(f'{{"code": "secret-{n}"}}'),
+                    status="executed",
+                    expires_at=utcnow(),
+                    result=keyring.encrypt(f"output secret-{n}"),
                 )
             )
             session.add(
@@ -67,6 +85,19 @@ async def _store_secrets(api: Api) -> list[str]:
                     owner_id=person.id,
                     contact=f"c{n}",
                     content=keyring.encrypt(f"note secret-{n}"),
+                )
+            )
+            session.add(
+                McpServer(
+                    agent_id=agent.id,
+                    owner_id=person.id,
+                    name=f"mcp{n}",
+                    url="https://example.com/mcp",
+                    auth="oauth",
+                    credentials=keyring.encrypt(json.dumps({"tokens": f"mcp secret-{n}"})),
+                    oauth_pending=keyring.encrypt(json.dumps({"verifier": f"pkce secret-{n}"})),
+                    tools=[],
+                    allowed_tools=[],
                 )
             )
         await session.commit()

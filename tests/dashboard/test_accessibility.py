@@ -48,6 +48,25 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         f"/api/v1/agents/{agent['id']}/messages", json={"text": "Hi", "contact": "ada"}
     )
     thread = said.json()["message"]["thread_id"]
+    gated = await dev.http.put(  # a tool call waiting for approval, on the Approvals page
+        f"/api/v1/agents/{agent['id']}/approval-policy", json={"tools": {"current_time": True}}
+    )
+    assert gated.status_code == 200, gated.text
+    openrouter.call_tool("current_time", {"timezone": "Europe/Paris"})
+    asked = await dev.http.post(
+        f"/api/v1/agents/{agent['id']}/messages", json={"text": "Time?", "contact": "bo"}
+    )
+    assert asked.json()["status"] == "awaiting_approval", asked.text
+    edited = await dev.http.patch(  # version 2, not deployed: a diff and the notice
+        f"/api/v1/agents/{agent['id']}", json={"instructions": "Greet people.\nSell bikes."}
+    )
+    assert edited.status_code == 200, edited.text
+    capped = await dev.http.put(  # caps and a period's spend, on the spend caps pages
+        f"/api/v1/agents/{agent['id']}/caps", json={"daily_credits": "5", "turn_tokens": 9000}
+    )
+    assert capped.status_code == 200, capped.text
+    await _mcp_server(api, dev, agent["id"])  # a listed server with allowed tools and an error
+    schedule_id = await _schedule(api, dev, agent["id"])  # next runs, a run in its history
     skill = (await dev.http.post("/api/v1/skills", json=clean_package())).json()
     await api.make_admin(dev.person)  # the admin console's pages too
     moving = await dev.http.post(  # a pending email change: in Settings, and its link's page
@@ -69,10 +88,16 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "logs": f"/agents/{aid}/logs",
         "conversations": f"/agents/{aid}/conversations",
         "conversation": f"/agents/{aid}/conversations/{thread}",
+        "agent-approvals": f"/agents/{aid}/approvals",
         "skills": "/skills",
         "skill-new": "/skills/new",
         "skill": f"/skills/{skill['id']}",
         "usage": "/usage",
+        "usage-caps": "/usage/caps",
+        "agent-caps": f"/agents/{aid}/caps",
+        "agent-mcp": f"/agents/{aid}/mcp",
+        "agent-schedules": f"/agents/{aid}/schedules",
+        "agent-schedule": f"/agents/{aid}/schedules/{schedule_id}",
         "billing": "/billing",
         "keys": "/keys",
         "notifications": "/notifications",
@@ -90,8 +115,68 @@ async def _world(api: Api, openrouter: FakeOpenRouter) -> tuple[Any, dict[str, s
         "admin-moderation-rules": "/admin/moderation/rules",
         "agent-appeal": f"/agents/{aid}/appeal",
         "privacy-versions": "/privacy/versions",
+        "agent-versions": f"/agents/{aid}/versions",
+        "agent-version": f"/agents/{aid}/versions/2",
     }
     return dev, paths
+
+
+async def _schedule(api: Api, dev: Any, agent_id: str) -> str:
+    """A schedule that ran once (fired with a chosen clock)."""
+    from datetime import datetime
+
+    from lunogen.schedule.firing import fire_due
+    from lunogen.worker import enqueue
+    from lunogen.worker.broker import wait_idle
+
+    made = await dev.http.post(
+        f"/api/v1/agents/{agent_id}/schedules",
+        json={
+            "name": "Morning digest with a rather long name to wrap",
+            "kind": "cron",
+            "cron": "0 9 * * 1-5",
+            "timezone": "Europe/Berlin",
+            "prompt": "Summarise the news.",
+            "run_cap_credits": "0.5",
+            "day_cap_credits": "2",
+        },
+    )
+    assert made.status_code == 201, made.text
+    first = datetime.fromisoformat(made.json()["next_run_at"].replace("Z", "+00:00"))
+    await fire_due(api.app.state.sessionmaker, api.app.state.keyring, now=first)
+    await enqueue.drain()
+    await wait_idle()
+    return str(made.json()["id"])
+
+
+async def _mcp_server(api: Api, dev: Any, agent_id: str) -> None:
+    """An MCP server as a listing leaves it (written through the service: no server runs)."""
+    from lunogen.tool.mcp import service as mcp_service
+    from lunogen.tool.mcp.client import ListedTool
+    from lunogen.tool.mcp.models import McpServer
+
+    created = await dev.http.post(
+        f"/api/v1/agents/{agent_id}/mcp-servers",
+        json={
+            "name": "orders",
+            "url": "https://example.com/mcp/" + "long-path-" * 8,
+            "auth": "oauth",
+        },
+    )
+    assert created.status_code == 201, created.text
+    tools = [
+        ListedTool("lookup_order", None, "Look up an order by id.", {"type": "object"}, True, None),
+        ListedTool(
+            "cancel_order_and_refund_the_customer_right_away", "Cancel", "Cancel.", {}, False, True
+        ),
+    ]
+    async with api.app.state.sessionmaker() as session:
+        row = await session.get(McpServer, created.json()["id"])
+        assert row is not None
+        mcp_service.store_listing(row, tools)
+        row.allowed_tools = ["lookup_order"]
+        row.last_error = "The MCP server answered HTTP 503: " + "unavailable " * 20
+        await session.commit()
 
 
 async def test_every_page_passes_axe_fits_360_px_and_stays_on_its_origin(

@@ -91,7 +91,7 @@ async def test_keys_and_notifications_in_a_real_browser(
     await expect(page).to_have_url(f"{live_server}/notifications")
     await expect(page.locator(".note").first).to_contain_text("Credits are low")  # newest first
     assert await fits(page, 360)
-    await page.click("button[aria-label='Mark “Credits are low” as read']")
+    await page.get_by_role("button", name="Credits are low").click()
     await expect(page.locator(".flash")).to_have_text("Marked as read.")
     await expect(badge).to_have_text("1")
     await expect(page.locator(".note.unread")).to_have_count(1)

@@ -130,3 +130,36 @@ async def test_a_malformed_query_is_an_error_page_not_json(
     assert bad.status_code == 422
     assert bad.headers["content-type"].startswith("text/html")
     assert "Invalid request" in bad.text and "offset" in bad.text
+
+
+async def test_the_owner_takes_over_replies_and_hands_back_from_the_thread_page(
+    api: Api, openrouter: FakeOpenRouter
+) -> None:
+    dev, agent, thread_id = await _talked(api, openrouter)
+    browser, csrf = dev.person.client, dev.person.csrf
+    page_path = f"/agents/{agent['id']}/conversations/{thread_id}"
+    shown = await browser.get(page_path)
+    assert "Take over" in shown.text and "Shop helper answers ada" in shown.text
+    taken = await browser.post(f"{page_path}/take-over", data={"csrf_token": csrf, "minutes": "20"})
+    assert taken.status_code == 303 and taken.headers["location"].endswith("outcome=taken")
+    said = await dev.http.post(
+        f"/api/v1/agents/{agent['id']}/messages",
+        json={"text": "Anyone there?", "contact": "ada", "wait_seconds": 0.2},
+    )
+    assert said.json()["status"] == "pending"
+    bad = await browser.post(f"{page_path}/reply", data={"csrf_token": csrf, "text": "a\x00b"})
+    assert bad.status_code == 422
+    sent = await browser.post(
+        f"{page_path}/reply", data={"csrf_token": csrf, "text": "Yes, Sam here."}
+    )
+    assert sent.status_code == 303 and sent.headers["location"].endswith("outcome=sent")
+    after = await browser.get(f"{page_path}?outcome=sent")
+    assert "Yes, Sam here." in after.text and "You answer ada until" in after.text
+    handed = await browser.post(f"{page_path}/hand-back", data={"csrf_token": csrf})
+    assert handed.headers["location"].endswith("outcome=handed")
+    other = await new_dev(api)
+    refused = await other.person.client.post(
+        f"{page_path}/take-over", data={"csrf_token": other.person.csrf, "minutes": "5"}
+    )
+    assert refused.status_code == 404
+    assert len(openrouter.chat_requests) == 2  # the first exchange's only: no turn since

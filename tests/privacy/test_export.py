@@ -53,17 +53,22 @@ SECTIONS = [
     "picture",
     "consents",
     "agents",
+    "agent_versions",
     "skills",
     "conversations",
     "memory",
+    "approvals",
     "logs",
     "usage",
     "ledger",
+    "spend_caps",
     "notifications",
     "audit",
     "support",
     "privacy_requests",
     "moderation",
+    "mcp_servers",  # privacy.export_mcp, imported by composition before schedule
+    "schedules",
 ]
 
 
@@ -237,6 +242,12 @@ async def test_archive_holds_every_section_and_no_secret(
     assert channels[0]["app_secret"] == {"configured": True}
     assert channels[1]["secret"] == {"configured": True}
     assert [c["secrets"] for c in bikes["channels"]] == [{"configured": True}] * 2
+    agent_versions = read_json(archive, "agent_versions.json")
+    assert "agent_versions.json" in readme
+    assert sorted((v["agent_id"], v["number"]) for v in agent_versions) == sorted(
+        (agent_id, 1) for agent_id in person.agent_ids
+    )
+    assert {v["config"]["name"] for v in agent_versions} == {"Bikes mine", "Talker mine"}
 
     skill_files = [n for n in names if n.startswith("skills/")]
     assert any(n.endswith("/SKILL.md") for n in skill_files)

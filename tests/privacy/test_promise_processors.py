@@ -3,8 +3,9 @@
 calls, the moderation service the operator configures (if any) for checking messages, Stripe for
 payments, Google when you choose to sign in with Google, the email server the operator
 configures, the channels you connect to your agents (WhatsApp, Telegram, your own webhook URLs),
-and the web pages your agents fetch when you give them the web_fetch tool. We do not sell data or
-share it for advertising.
+the remote MCP servers you add to your agents (and their sign-in servers), and the web pages your
+agents fetch when you give them the web_fetch tool. We do not sell data or share it for
+advertising.
 
 Two checks. The static one reads every module of `src/lunogen`: each one that builds an
 outbound client or sends through one must be in `OUTBOUND` with the service it serves, and each
@@ -71,6 +72,7 @@ GOOGLE = "Google (LUNOGEN_GOOGLE_DISCOVERY_URL and the picture URL Google gives)
 EMAIL = "the email server (LUNOGEN_SMTP_URL)"
 CHANNELS = "the channels the owner connects (WhatsApp, Telegram, the owner's webhook URLs)"
 WEB = "the web pages an agent fetches with web_fetch"
+MCP = "the remote MCP servers the owner adds to an agent, and their OAuth authorization servers"
 NOT_OUT = "not outbound"
 
 # Every module that builds an outbound client or sends through one, and whom it serves.
@@ -90,7 +92,10 @@ OUTBOUND: dict[str, str] = {
     "moderation/classifier.py": MODERATION,  # SafeHttp: POST <moderation_url>/moderations
     "tool/registry.py": WEB,  # SafeHttp for the network tools
     "tool/web_fetch.py": WEB,
+    "tool/mcp/oauth.py": MCP,  # SafeHttp: OAuth discovery, registration, code exchange
+    "tool/mcp/tools.py": MCP,  # the guarded client: tool calls in turns
     "kit/http.py": NOT_OUT + ": SafeHttp itself (used by the modules above)",
+    "kit/safe_transport.py": NOT_OUT + ": the SafeHttp-guarded httpx client (MCP uses it)",
     "serving.py": NOT_OUT + ": the listening socket of `lunogen serve`",
     "sandbox/check.py": NOT_OUT + ": a loopback listener proving a sandbox cannot reach it",
 }
@@ -240,10 +245,11 @@ def test_the_declared_services_are_the_ones_the_policy_names() -> None:
         "Telegram",
         "webhook URLs",
         "web_fetch",
+        "MCP servers",
     ):
         assert named in text, named
     served = {service for service in OUTBOUND.values() if not service.startswith(NOT_OUT)}
-    assert served == {MODEL, MODERATION, STRIPE, GOOGLE, EMAIL, CHANNELS, WEB}
+    assert served == {MODEL, MODERATION, STRIPE, GOOGLE, EMAIL, CHANNELS, WEB, MCP}
     assert "LUNOGEN_MODERATION_URL" in MODERATION
 
 

@@ -36,5 +36,13 @@ async def say(dev: Dev, agent_id: str, text: str) -> dict[str, Any]:
     return body
 
 
+async def run_code_without_approval(dev: Dev, agent_id: str) -> None:
+    """These tests are about the code tools, not about approvals: `run_code` runs unasked."""
+    policy = await dev.http.put(
+        f"/api/v1/agents/{agent_id}/approval-policy", json={"tools": {"run_code": False}}
+    )
+    assert policy.status_code == 200, policy.text
+
+
 def tool_results(openrouter: FakeOpenRouter) -> list[str]:
     return [m["content"] for m in openrouter.last_chat.messages if m["role"] == "tool"]

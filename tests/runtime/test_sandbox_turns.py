@@ -17,7 +17,7 @@ from lunogen.worker.broker import wait_idle
 from tests.agent.support import Dev, create_agent, new_dev, raw_rows
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.helpers import Api
-from tests.runtime.sandbox_support import say, tool_results
+from tests.runtime.sandbox_support import run_code_without_approval, say, tool_results
 from tests.sandbox.support import KERNEL_QUOTA, mounts_under, unavailable
 
 pytestmark = pytest.mark.usefixtures("bwrap_available")
@@ -28,6 +28,7 @@ CODE_TOOLS = ["run_code", "read_file", "write_file", "list_files"]
 async def _running_agent(api: Api, *, plan: str = "pro", **overrides: Any) -> tuple[Dev, str]:
     dev = await new_dev(api, plan=plan)
     agent = await create_agent(dev, tools=overrides.pop("tools", CODE_TOOLS), **overrides)
+    await run_code_without_approval(dev, agent["id"])
     deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
     assert deployed.status_code == 200, deployed.text
     return dev, str(agent["id"])

@@ -11,7 +11,7 @@ from lunogen.config import Settings
 from tests.agent.support import Dev, create_agent, new_dev
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.helpers import Api
-from tests.runtime.sandbox_support import say
+from tests.runtime.sandbox_support import run_code_without_approval, say
 
 pytestmark = pytest.mark.usefixtures("bwrap_available")
 
@@ -56,6 +56,7 @@ async def test_a_skill_with_a_script_runs_end_to_end_in_a_turn(
     skill = await _skill(dev, CSV_SKILL, {"scripts/stats.py": STATS_SCRIPT})
     assert skill["status"] == "clean", skill
     agent = await create_agent(dev, tools=["run_code", "write_file"], skills=[skill["id"]])
+    await run_code_without_approval(dev, agent["id"])
     deployed = await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")
     assert deployed.status_code == 200, deployed.text
     copied = settings.workspaces_dir / agent["id"] / "skills" / "csv-stats" / "scripts" / "stats.py"
@@ -92,6 +93,7 @@ async def test_load_skill_sees_the_current_version_and_refuses_unknown_names(
     dev = await new_dev(api)
     skill = await _skill(dev, CSV_SKILL, {"scripts/stats.py": STATS_SCRIPT})
     agent = await create_agent(dev, tools=["run_code"], skills=[skill["id"]])
+    await run_code_without_approval(dev, agent["id"])
     assert (await dev.http.post(f"/api/v1/agents/{agent['id']}/deploy")).status_code == 200
     updated = await dev.http.put(
         f"/api/v1/skills/{skill['id']}",

@@ -150,10 +150,20 @@ async def test_toggling_changes_what_the_model_is_offered(
         tools = openrouter.last_chat.body.get("tools")
         return None if tools is None else [t["function"]["name"] for t in tools]
 
+    async def toggle_and_deploy(name: str, enabled: bool) -> None:
+        """A toggle is a new version of the agent; the running agent serves it once deployed."""
+        assert (await _toggle(dev.http, aid, name, enabled)).status_code == 200
+        latest = (await dev.http.get(f"/api/v1/agents/{aid}")).json()["latest_version"]
+        deployed = await dev.http.post(f"/api/v1/agents/{aid}/versions/{latest}/deploy")
+        assert deployed.status_code == 200, deployed.text
+
     assert await offered() == ["current_time"]
     assert (await _toggle(dev.http, aid, "remember", True)).status_code == 200
+    assert await offered() == ["current_time"]  # not deployed yet
+    deployed = await dev.http.post(f"/api/v1/agents/{aid}/versions/2/deploy")
+    assert deployed.status_code == 200, deployed.text
     assert await offered() == ["current_time", "remember"]
-    assert (await _toggle(dev.http, aid, "current_time", False)).status_code == 200
+    await toggle_and_deploy("current_time", False)
     assert await offered() == ["remember"]
-    assert (await _toggle(dev.http, aid, "remember", False)).status_code == 200
+    await toggle_and_deploy("remember", False)
     assert await offered() is None

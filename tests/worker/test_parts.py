@@ -61,6 +61,7 @@ def test_the_composition_root_registers_every_part() -> None:
         "log_bus",
         "model_client",
         "policy_versions",
+        "scheduler",
         "turn_events",
     ]
     assert found["periodic"] == [
@@ -71,6 +72,7 @@ def test_the_composition_root_registers_every_part() -> None:
         "interrupted_deploys",
         "log_purge",
         "retention_purge",
+        "schedules",
     ]
     assert found["sweeps"] == [
         "channel_deliveries",

@@ -28,11 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
 from lunogen.account.plans import at_limit_advice, limits_for
-from lunogen.agent import schemas
+from lunogen.agent import schemas, versions
 from lunogen.agent.models import Agent, AgentChannel
 from lunogen.agent.service import Revealed, get_agent, visible_agents
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
+from lunogen.billing import caps_service
+from lunogen.billing.caps_schemas import AgentCapsIn
 from lunogen.channel.contract import registered_types
 from lunogen.channel.schemas import ChannelInBase
 from lunogen.channel.service import apply_channels
@@ -46,8 +48,11 @@ from lunogen.kit.crypto import KeyRing
 from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
+from lunogen.schedule import agentfile as schedule_file
 from lunogen.skill.models import Skill, SkillVersion
 from lunogen.skill.service import visible_skills
+from lunogen.tool.mcp import service as mcp_service
+from lunogen.tool.mcp.schemas import McpServerFileEntry
 from lunogen.tool.registry import registry
 
 FORMAT_KEY = "lunogen_agent_file"
@@ -83,6 +88,11 @@ class AgentFile(BaseModel):
     model_config = ConfigDict(extra="forbid", title="AgentFile")
 
     lunogen_agent_file: Literal[1] = Field(description="The format's version: 1.")
+    agent_version: Annotated[int, Strict(), Field(ge=1, le=1_000_000_000)] | None = Field(
+        default=None,
+        description="The version of the agent this file was exported from (informational: an "
+        "import creates a new agent at its version 1 and records this number there).",
+    )
     name: schemas.Name
     description: schemas.Description = ""
     model: schemas.ModelId = Field(description="A model id from `GET /api/v1/models`.")
@@ -100,6 +110,24 @@ class AgentFile(BaseModel):
         description="Each channel's `type` and public settings, as in `POST /api/v1/agents`; "
         'each secret field reads `{"configured": true}` or `{"configured": false}` and is '
         "never read on import.",
+    )
+    caps: AgentCapsIn | None = Field(
+        default=None,
+        description="Spend caps and the over-cap reply, as in `PUT /api/v1/agents/{id}/caps` "
+        "(credits as decimal strings); left out: no caps.",
+    )
+    mcp_servers: list[McpServerFileEntry] = Field(
+        default_factory=list,
+        max_length=mcp_service.MAX_SERVERS_PER_AGENT,
+        description="Remote MCP servers: URL, auth kind and allowed tools, never credentials "
+        "(after an import, set the bearer token or connect OAuth, then list the tools).",
+    )
+    schedules: list[schedule_file.ScheduleFileEntry] = Field(
+        default_factory=list,
+        max_length=schedule_file.MAX_SCHEDULES,
+        description="Schedules, as in `POST /api/v1/agents/{id}/schedules` (a proactive one "
+        "names its channel by its `position` in `channels` and its `type`, and keeps its "
+        "contact); one-offs whose time has passed are left out of an export.",
     )
 
 
@@ -253,6 +281,7 @@ async def file_of(session: AsyncSession, agent: Agent) -> dict[str, Any]:
         skills = {s.id: s for s in rows.scalars()}
     return {
         FORMAT_KEY: VERSION,
+        **({"agent_version": agent.latest_version} if agent.latest_version else {}),
         "name": agent.name,
         "description": agent.description,
         "model": agent.model,
@@ -265,7 +294,30 @@ async def file_of(session: AsyncSession, agent: Agent) -> dict[str, Any]:
             if i in skills
         ],
         "channels": [_channel_entry(row) for row in agent.channels],
+        **await _caps_entry(session, agent),
+        **await _mcp_entry(session, agent),
+        **await _schedules_entry(session, agent),
     }
+
+
+async def _schedules_entry(session: AsyncSession, agent: Agent) -> dict[str, Any]:
+    entries = await schedule_file.file_entries(
+        session,
+        agent_id=agent.id,
+        channels=[(row.id, row.type) for row in agent.channels],
+        now=utcnow(),
+    )
+    return {"schedules": entries} if entries else {}
+
+
+async def _mcp_entry(session: AsyncSession, agent: Agent) -> dict[str, Any]:
+    servers = await mcp_service.file_entries(session, agent_id=agent.id)
+    return {"mcp_servers": servers} if servers else {}
+
+
+async def _caps_entry(session: AsyncSession, agent: Agent) -> dict[str, Any]:
+    caps = await caps_service.file_entry(session, agent_id=agent.id)
+    return {} if caps is None else {"caps": caps}
 
 
 def serialise(document: dict[str, Any], fmt: Format) -> bytes:
@@ -449,7 +501,9 @@ async def _reference_problems(session: AsyncSession, raw: dict[str, Any]) -> Pro
     return problems
 
 
-async def check_file(session: AsyncSession, *, principal: Principal, raw: Any) -> Checked:
+async def check_file(
+    session: AsyncSession, *, principal: Principal, raw: Any, allow_private_urls: bool = False
+) -> Checked:
     """Every problem of the file and of what it refers to, raised as one 422, else what to
     create. Takes the owner's row lock (PostgreSQL) so the agent count stays true."""
     if not isinstance(raw, dict):
@@ -487,6 +541,14 @@ async def check_file(session: AsyncSession, *, principal: Principal, raw: Any) -
         if channel is not None:
             channels.append((index, channel))
     problems += await _plan_problems(session, owner=owner, entries=entries, channels=channels)
+    if file is not None:
+        problems += mcp_service.file_problems(file.mcp_servers, allow_private=allow_private_urls)
+    types = [e.get("type") if isinstance(e, dict) else None for e in entries]
+    problems += schedule_file.file_problems(
+        _items(raw, "schedules"),
+        channel_types=[t if isinstance(t, str) else None for t in types],
+        now=utcnow(),
+    )
 
     _raise(problems)
     assert file is not None  # no problem means the file validated
@@ -568,7 +630,13 @@ def _needs_setup_reason(missing: list[str]) -> str:
 
 
 async def import_agent(
-    session: AsyncSession, *, principal: Principal, raw: Any, keyring: KeyRing, fmt: Format
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    raw: Any,
+    keyring: KeyRing,
+    fmt: Format,
+    allow_private_urls: bool = False,
 ) -> Imported:
     """Create a `draft` agent from an agent file, or raise one 422 naming every problem.
 
@@ -577,7 +645,9 @@ async def import_agent(
     (a webhook's signing secret) are made anew and returned to be shown once. Audited as
     `agent.imported`.
     """
-    checked = await check_file(session, principal=principal, raw=raw)
+    checked = await check_file(
+        session, principal=principal, raw=raw, allow_private_urls=allow_private_urls
+    )
     data = checked.file
     ready = [c for i, c in enumerate(checked.channels) if i not in checked.needs_secrets]
     changes = apply_channels(ready, existing=[], keyring=keyring)
@@ -622,6 +692,29 @@ async def import_agent(
     )
     session.add(agent)
     await session.flush()
+    source = f" (version {data.agent_version} of its source)" if data.agent_version else ""
+    await versions.record(
+        session, agent=agent, principal=principal, summary=f"Imported from an agent file{source}"
+    )
+    if data.caps is not None:
+        await caps_service.store_agent_caps(
+            session, owner_id=agent.owner_id, agent_id=agent.id, data=data.caps
+        )
+    mcp_service.add_from_file(
+        session,
+        owner_id=agent.owner_id,
+        agent_id=agent.id,
+        entries=data.mcp_servers,
+        allow_private=allow_private_urls,
+    )
+    schedule_file.add_from_file(
+        session,
+        owner_id=agent.owner_id,
+        agent_id=agent.id,
+        entries=data.schedules,
+        channel_ids=[row.id for row in rows],
+        now=now,
+    )
     needs_setup = [
         ChannelSetup(
             path=f"channels.{index}",

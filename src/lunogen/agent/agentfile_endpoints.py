@@ -139,7 +139,12 @@ async def import_agent(
     fmt: agentfile.Format = "yaml" if media in agentfile.YAML_MEDIA_TYPES else "json"
     raw = agentfile.parse_document(await read_body(request), yaml_text=fmt == "yaml")
     imported = await agentfile.import_agent(
-        db, principal=principal, raw=raw, keyring=keyring, fmt=fmt
+        db,
+        principal=principal,
+        raw=raw,
+        keyring=keyring,
+        fmt=fmt,
+        allow_private_urls=request.app.state.settings.allow_private_urls,
     )
     return AgentImported(
         agent=_render(imported.agent, imported.revealed),

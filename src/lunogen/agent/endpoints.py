@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from lunogen.agent import schemas, service
+from lunogen.agent import schemas, service, versions
 from lunogen.agent.models import Agent
 from lunogen.auth.dependencies import AgentsRead, AgentsWrite
 from lunogen.channel.service import render_channel
@@ -51,6 +51,9 @@ def _render(agent: Agent, revealed: service.Revealed | None = None) -> schemas.A
         tools=agent.tools,
         created_at=agent.created_at,
         updated_at=agent.updated_at,
+        latest_version=agent.latest_version,
+        deployed_version=agent.deployed_version,
+        undeployed_changes=versions.undeployed_changes(agent),
     )
 
 

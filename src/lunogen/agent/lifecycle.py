@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lunogen.account.models import User
+from lunogen.agent import versions
 from lunogen.agent.models import Agent
 from lunogen.agent.provision import provision
 from lunogen.agent.service import get_agent
@@ -144,10 +145,12 @@ async def set_status(
 async def deployment_problem(
     session: AsyncSession, *, agent: Agent, settings: Settings
 ) -> str | None:
-    """The first reason this agent cannot run as configured, or None."""
+    """The first reason this agent cannot run as configured (its pinned version, with its
+    live channels), or None."""
     if settings.llm_provider_problem is not None:
         return settings.llm_provider_problem
-    for model_id in (agent.model, *agent.fallback_models):
+    config = await versions.served(session, agent)
+    for model_id in (config.model, *config.fallback_models):
         if await catalog.get_model(session, model_id) is None:
             return f"model {model_id!r} is not in the model catalog"
     unknown_channels = sorted({row.type for row in agent.channels if not channel_type(row.type)})
@@ -161,10 +164,10 @@ async def deployment_problem(
                 f"the {row.type} channel {row.id} has no {', '.join(sorted(needed))} yet: add "
                 "them (PATCH the agent with the channel's id and its secrets)"
             )
-    unknown_tools = registry.unknown(agent.tools)
+    unknown_tools = registry.unknown(config.tools)
     if unknown_tools:
         return f"unknown tools: {', '.join(unknown_tools)}"
-    skill_reasons = await skill_problems(session, owner_id=agent.owner_id, skill_ids=agent.skills)
+    skill_reasons = await skill_problems(session, owner_id=agent.owner_id, skill_ids=config.skills)
     if skill_reasons:
         return "; ".join(skill_reasons)
     return None
@@ -178,14 +181,24 @@ async def _load(session: AsyncSession, *, owner_id: str, agent_id: str, action: 
 
 
 async def deploy(
-    session: AsyncSession, *, owner_id: str, agent_id: str, effects: Effects, action: str = "deploy"
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    agent_id: str,
+    effects: Effects,
+    action: str = "deploy",
+    version: int | None = None,
 ) -> tuple[Agent, str | None]:
     """Validate and run the agent. Returns the agent and the failure reason, if any.
 
+    `deploy` pins `version` (default: the latest) as the version the agent serves; `start` and
+    `restart` keep the pinned one unless `version` is given (`agent.versions`).
     A failure leaves the agent in `error` with the reason logged and the owner notified; the
     caller commits that before answering 502.
     """
     agent = await _load(session, owner_id=owner_id, agent_id=agent_id, action=action)
+    if action == "deploy" or version is not None:
+        versions.pin(session, agent=agent, number=version or agent.latest_version)
     paused_for_credits = await ledger.is_paused_for_credits(session, agent.id)
     if agent.status == "paused" or paused_for_credits:
         await _require_credits(session, agent=agent, settings=effects.settings)
@@ -194,7 +207,8 @@ async def deploy(
     await set_status(session, agent=agent, status="deploying", effects=effects)
     problem = await deployment_problem(session, agent=agent, settings=effects.settings)
     if problem is None:
-        problem = await provision(session, agent=agent, settings=effects.settings)
+        served = await versions.served(session, agent)
+        problem = await provision(session, agent=served, settings=effects.settings)
     if problem is not None:
         await set_status(session, agent=agent, status="error", effects=effects, reason=problem)
         return agent, problem
@@ -282,7 +296,8 @@ async def _require_credits(session: AsyncSession, *, agent: Agent, settings: Set
     account is read, not locked: the agent's row is locked already, and ledger writers lock the
     account before agents."""
     account = await ledger.get_account(session, agent.owner_id)
-    required = await metering.agent_cheapest_call(session, settings, agent)
+    served = await versions.served(session, agent)  # the models of the version it will run
+    required = await metering.agent_cheapest_call(session, settings, served)
     balance = account.balance if account is not None else 0
     if balance < required:
         available = ledger.available(account) if account is not None else 0

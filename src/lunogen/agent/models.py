@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from lunogen.db import Base, CreatedMixin, IdMixin
@@ -36,6 +36,14 @@ class Agent(IdMixin, CreatedMixin, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     suspended_at: Mapped[datetime | None]  # by an admin: its owner cannot deploy or start it
     suspended_reason: Mapped[str | None] = mapped_column(Text)
+    # Per tool, whether its calls wait for the owner's approval (absent: the tool's default),
+    # and how long a request waits before it counts as denied (None: the default).
+    approval_tools: Mapped[dict[str, Any] | None]
+    approval_wait_minutes: Mapped[int | None]
+    # The newest version (the working configuration) and the one the runtime serves while the
+    # agent runs (None until the first deploy); see `agent.versions`.
+    latest_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    deployed_version: Mapped[int | None]
 
     channels: Mapped[list[AgentChannel]] = relationship(
         back_populates="agent",
@@ -64,3 +72,22 @@ class AgentChannel(IdMixin, CreatedMixin, Base):
     registration: Mapped[dict[str, Any] | None]
 
     agent: Mapped[Agent] = relationship(back_populates="channels")
+
+
+class AgentVersion(IdMixin, CreatedMixin, Base):
+    """One numbered, immutable configuration of an agent (`agent.versions.VERSIONED` fields).
+
+    Numbers count from 1 per agent without gaps; `(agent_id, number)` is unique, so two
+    concurrent edits can never both become version N. No secret is ever in `config`.
+    """
+
+    __tablename__ = "agent_versions"
+    __table_args__ = (UniqueConstraint("agent_id", "number"),)
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    config: Mapped[dict[str, Any]]
+    summary: Mapped[str] = mapped_column(String(300), default="")
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_by_key_id: Mapped[str | None] = mapped_column(String(36))  # None: the dashboard
+    restored_from: Mapped[int | None]  # a rollback's source version

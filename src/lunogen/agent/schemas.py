@@ -157,3 +157,14 @@ class Agent(BaseModel):
     tools: list[str]
     created_at: datetime
     updated_at: datetime
+    latest_version: int = Field(
+        description="The newest version: the configuration shown here (`GET .../versions`)."
+    )
+    deployed_version: int | None = Field(
+        description="The version the agent serves while it runs (null until its first deploy)."
+    )
+    undeployed_changes: bool = Field(
+        description="True when the configuration shown is newer than the deployed version: a "
+        "running agent keeps answering with the deployed one until you deploy "
+        "(`POST .../versions/{n}/deploy`)."
+    )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import raiseload
 
 from lunogen.account.models import User
 from lunogen.account.plans import PlanLimits, at_limit_advice, limits_for
-from lunogen.agent import schemas, workspace
+from lunogen.agent import schemas, versions, workspace
 from lunogen.agent.models import Agent
 from lunogen.audit import service as audit
 from lunogen.auth.principal import Principal
@@ -231,6 +231,7 @@ async def create_agent(
     )
     session.add(agent)
     await session.flush()
+    await versions.record(session, agent=agent, principal=principal, summary="Created")
     audit.record(
         session,
         action="agent.created",
@@ -314,7 +315,10 @@ async def update_agent(
         agent.channels = changes.rows
     agent.updated_at = utcnow()
     await session.flush()
+    made = await versions.record(session, agent=agent, principal=principal)  # None: channels only
     details: dict[str, Any] = {"fields": sorted([*new, *(["channels"] if changes.changed else [])])}
+    if made is not None:
+        details["version"] = made.number
     if changes.changed:
         details["channels"] = {
             "added": changes.added,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +46,46 @@ def record(
     )
     session.add(event)
     return event
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class Actor(Protocol):
+    """Who acts, as the audit log records it (`auth.principal.Principal` is one)."""
+
+    @property
+    def user(self) -> _HasId: ...
+
+    @property
+    def key_id(self) -> str | None: ...
+
+    @property
+    def client(self) -> ClientInfo: ...
+
+
+def record_by(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    action: str,
+    target_type: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """`record` of an action `actor` took on a target of theirs."""
+    return record(
+        session,
+        action=action,
+        actor_user_id=actor.user.id,
+        actor_key_id=actor.key_id,
+        client=actor.client,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )
 
 
 def visible_events(*, user_id: str, see_all: bool) -> Select[AuditEvent]:

@@ -22,7 +22,7 @@ from lunogen.channel.routes import publish
 from lunogen.db import DbSession
 from lunogen.errors import ConflictError, LunogenError
 from lunogen.kit.crypto import KeyRing
-from lunogen.runtime import service, waiting
+from lunogen.runtime import approvals, service, waiting
 from lunogen.runtime.events import TurnEvents
 from lunogen.runtime.models import Message
 from lunogen.runtime.schemas import MessageOut, message_out
@@ -61,7 +61,10 @@ class MessageIn(BaseModel):
 class ExchangeOut(BaseModel):
     message: MessageOut
     reply: MessageOut | None
-    status: str = Field(description="`answered`, `pending` (poll the thread), or `failed`.")
+    status: str = Field(
+        description="`answered`, `pending` (poll the thread), `awaiting_approval` (a tool "
+        "call waits for the owner's decision; the reply comes after it), or `failed`."
+    )
 
 
 @router.post(
@@ -135,6 +138,8 @@ async def send_message(
     if inbound.status in ("failed", "skipped"):
         raise _failed(inbound)
     status = "answered" if reply is not None else inbound.status
+    if reply is None and inbound.status == "pending" and await approvals.waits_for(db, inbound.id):
+        status = "awaiting_approval"
     exchange = ExchangeOut(
         message=message_out(inbound, keyring),
         reply=message_out(reply, keyring) if reply is not None else None,

@@ -284,6 +284,17 @@ class ChannelType:
         streamed drafts. Errors here never fail the turn (the caller logs them)."""
         yield
 
+    def proactive_refusal(self, *, last_inbound_at: datetime | None, now: datetime) -> str | None:
+        """Why the agent may not write first to a contact of this channel now (a schedule's
+        proactive run), in words for the owner; None: it may. `last_inbound_at`: when the
+        contact last wrote (None: never). Default: only a type that pushes replies, and only
+        to a contact who wrote before."""
+        if not self.pushes_replies:
+            return f"{self.name} channels only answer the request that brought a message"
+        if last_inbound_at is None:
+            return "the contact never wrote to the agent on this channel"
+        return None
+
     # Provider registration
     async def register(self, ctx: ProviderContext, channel: ChannelView) -> Registration:
         return Registration()

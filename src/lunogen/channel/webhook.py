@@ -17,6 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 from fastapi import Request
@@ -168,7 +169,8 @@ def callback_body(channel: ChannelView, outgoing: Outgoing) -> bytes:
         "type": "message.reply" if outgoing.kind == "reply" else "message.failed",
         "agent_id": outgoing.agent_id,
         "channel_id": channel.id,
-        "reply_to": outgoing.inbound_payload_id,
+        "reply_to": outgoing.inbound_payload_id,  # null: a proactive message (a schedule's)
+        "to": outgoing.contact,  # the `from` of the conversation's messages
     }
     if outgoing.kind == "reply":
         payload["message_id"] = outgoing.reply_id
@@ -284,6 +286,10 @@ class WebhookChannelType(ChannelType):
                 request, inbound_id=inbound.id, agent_id=inbound.agent_id, channel_id=channel.id
             )
         return _accepted(inbound.id)
+
+    def proactive_refusal(self, *, last_inbound_at: datetime | None, now: datetime) -> str | None:
+        """A machine receiver takes a message whenever it is sent, to any contact it named."""
+        return None
 
     def waits_for_turn(self, channel: ChannelView) -> bool:
         """Async mode: a delivery waits for every message's turn (sync mode makes one only when

@@ -84,7 +84,12 @@ async def import_agent(
     try:
         raw = agentfile.parse_document(data, yaml_text=is_yaml)
         imported = await agentfile.import_agent(
-            db, principal=principal, raw=raw, keyring=request.app.state.keyring, fmt=fmt
+            db,
+            principal=principal,
+            raw=raw,
+            keyring=request.app.state.keyring,
+            fmt=fmt,
+            allow_private_urls=request.app.state.settings.allow_private_urls,
         )
     except LunogenError as exc:
         if exc.status_code >= 500 or exc.status_code == 404:

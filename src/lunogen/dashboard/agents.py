@@ -43,7 +43,8 @@ _MILLION = Decimal(1_000_000)
 # What a lifecycle button did, by the word the redirect carries.
 OUTCOMES = {
     "created": "Agent created. Deploy it when it is ready.",
-    "saved": "Changes saved.",
+    "saved": "Changes saved as a new version. A deployed agent keeps serving its version "
+    "until you deploy the new one (Versions).",
     "deployed": "Deployed: the agent is running.",
     "started": "Started: the agent is running.",
     "restarted": "Restarted: the agent is running.",

@@ -8,18 +8,29 @@ from typing import Annotated
 
 from fastapi import Form, Query, Request
 from fastapi.responses import RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from lunogen.agent.models import Agent
 from lunogen.agent.service import get_agent
 from lunogen.auth.dependencies import AgentsWrite
+from lunogen.auth.principal import Principal
+from lunogen.channel.fields import Storable
 from lunogen.dashboard.shell import SignedIn, page, page_router
 from lunogen.db import DbSession
 from lunogen.kit.crypto import KeyRing
-from lunogen.runtime import conversations
+from lunogen.runtime import conversations, takeover
 from lunogen.runtime.conversations import ThreadSummary
+from lunogen.runtime.models import Thread
+from lunogen.runtime.tasks import enqueue_thread
 
 router = page_router()
 PER_PAGE = 50
+TAKEOVER_OUTCOMES = {
+    "taken": "You answer this contact now; the agent stays silent for them.",
+    "sent": "Sent: the channel delivers your reply as the agent's.",
+    "handed": "Handed back: the agent answers from now on.",
+}
 
 
 def _channel_of(channel_key: str) -> str:
@@ -82,6 +93,9 @@ async def conversation(
         offset=offset,
         per_page=PER_PAGE,
         notes=[(n, keyring.decrypt(n.content)) for n in notes],
+        taken_over_until=takeover.taken_over_until(thread),
+        max_minutes=takeover.MAX_MINUTES,
+        flash=TAKEOVER_OUTCOMES.get(request.query_params.get("outcome", "")),
     )
 
 
@@ -109,3 +123,55 @@ async def delete_note(
     if back and back.replace("-", "").isalnum():
         target += f"/{back}"
     return RedirectResponse(target, status_code=303)
+
+
+async def _thread_for_update(
+    db: AsyncSession, principal: Principal, agent_id: str, thread_id: str
+) -> tuple[Agent, Thread]:
+    agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id)
+    thread = await conversations.get_thread(db, agent=agent, thread_id=thread_id)
+    await db.refresh(thread, with_for_update=True)
+    return agent, thread
+
+
+def _back(agent: Agent, thread: Thread, outcome: str) -> Response:
+    target = f"/agents/{agent.id}/conversations/{thread.id}?outcome={outcome}"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/agents/{agent_id}/conversations/{thread_id}/take-over")
+async def take_over(
+    agent_id: str,
+    thread_id: str,
+    principal: AgentsWrite,
+    db: DbSession,
+    minutes: Annotated[int, Form(ge=1, le=takeover.MAX_MINUTES)] = takeover.DEFAULT_MINUTES,
+) -> Response:
+    agent, thread = await _thread_for_update(db, principal, agent_id, thread_id)
+    await takeover.take_over(db, principal, agent=agent, thread=thread, minutes=minutes)
+    return _back(agent, thread, "taken")
+
+
+@router.post("/agents/{agent_id}/conversations/{thread_id}/hand-back")
+async def hand_back(
+    agent_id: str, thread_id: str, principal: AgentsWrite, db: DbSession
+) -> Response:
+    agent, thread = await _thread_for_update(db, principal, agent_id, thread_id)
+    if await takeover.hand_back(db, principal, agent=agent, thread=thread):
+        enqueue_thread(db, thread.id)
+    return _back(agent, thread, "handed")
+
+
+@router.post("/agents/{agent_id}/conversations/{thread_id}/reply")
+async def reply(
+    agent_id: str,
+    thread_id: str,
+    request: Request,
+    principal: AgentsWrite,
+    db: DbSession,
+    text: Annotated[str, Form(min_length=1, max_length=32_000), Storable],
+) -> Response:
+    agent, thread = await _thread_for_update(db, principal, agent_id, thread_id)
+    keyring: KeyRing = request.app.state.keyring
+    await takeover.reply_as_agent(db, principal, keyring, agent=agent, thread=thread, text=text)
+    return _back(agent, thread, "sent")

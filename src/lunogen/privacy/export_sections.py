@@ -16,10 +16,11 @@ from sqlalchemy.orm import selectinload
 from lunogen.account.models import Consent, User, UserPicture
 from lunogen.admin.models import ContentGrant, PrivacyRequest, Ticket, TicketMessage
 from lunogen.agent.agentfile import file_of
-from lunogen.agent.models import Agent
+from lunogen.agent.models import Agent, AgentVersion
 from lunogen.audit.models import AuditEvent
 from lunogen.auth.models import ApiKey, AuthSession
 from lunogen.billing.models import CreditAccount, CreditEntry
+from lunogen.billing.models_caps import SpendCap, SpendCounter
 from lunogen.llm.models import UsageRecord
 from lunogen.notification.models import Notification
 from lunogen.privacy.export_archive import (
@@ -30,6 +31,7 @@ from lunogen.privacy.export_archive import (
     slug,
 )
 from lunogen.runlog.models import AgentLogEvent
+from lunogen.runtime.approval_models import ToolApproval
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.skill.models import Skill, SkillFile, SkillVersion
 
@@ -210,6 +212,35 @@ async def agents(ctx: ExportContext, archive: Archive) -> None:
         await archive.write_json(f"agents/{agent_folder(agent)}.json", document)
 
 
+@register_section(
+    "agent_versions",
+    files="agent_versions.json",
+    about="Every numbered version of your agents' configuration (deleted agents awaiting "
+    "their purge included): who made it, when, its summary and its configuration (name, "
+    "model, instructions, tools, skills; never a secret).",
+)
+async def agent_versions(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: AgentVersion) -> dict[str, Any]:
+        return {
+            "agent_id": row.agent_id,
+            "number": row.number,
+            "created_at": row.created_at,
+            "created_by": row.created_by,
+            "via": "api" if row.created_by_key_id else "dashboard",
+            "summary": row.summary,
+            "restored_from": row.restored_from,
+            "config": row.config,
+        }
+
+    query = (
+        select(AgentVersion)
+        .join(Agent, Agent.id == AgentVersion.agent_id)
+        .where(Agent.owner_id == ctx.user_id)
+    )
+    order = [AgentVersion.agent_id, AgentVersion.number]
+    await ctx.write_rows(archive, "agent_versions.json", query, order, item)
+
+
 def skill_md(front_matter: dict[str, Any], body: str) -> str:
     head = yaml.safe_dump(front_matter, sort_keys=False, allow_unicode=True, width=100)
     return f"---\n{head}---\n{body}"
@@ -300,6 +331,8 @@ def _message(ctx: ExportContext, row: Message) -> dict[str, Any]:
     }
     if text is None:
         out["unreadable"] = True
+    if row.source:  # not the contact's words: `schedule`, the owner's scheduled task
+        out["source"] = row.source
     if row.failure:
         out["failure"] = row.failure
     return out
@@ -359,6 +392,32 @@ async def memory(ctx: ExportContext, archive: Archive) -> None:
     query = select(MemoryNote).where(MemoryNote.owner_id == ctx.user_id)
     order = [MemoryNote.created_at, MemoryNote.id]
     await ctx.write_rows(archive, "memory.json", query, order, item)
+
+
+@register_section(
+    "approvals",
+    files="approvals.json",
+    about="The tool calls your agents asked you to approve: the tool, its arguments, your "
+    "decision and when, decrypted (the output of an approved call is in its conversation).",
+)
+async def tool_approvals(ctx: ExportContext, archive: Archive) -> None:
+    def item(row: ToolApproval) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "agent_id": row.agent_id,
+            "message_id": row.message_id,
+            "tool": row.tool_name,
+            "arguments": ctx.decrypt(row.arguments),
+            "status": row.status,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "decided_at": row.decided_at,
+            "executed_at": row.executed_at,
+        }
+
+    query = select(ToolApproval).where(ToolApproval.owner_id == ctx.user_id)
+    order = [ToolApproval.created_at, ToolApproval.id]
+    await ctx.write_rows(archive, "approvals.json", query, order, item)
 
 
 @register_section(
@@ -437,6 +496,40 @@ async def ledger(ctx: ExportContext, archive: Archive) -> None:
     query = select(CreditEntry).where(CreditEntry.account_id == ctx.user_id)
     order = [CreditEntry.id]
     await ctx.write_rows(archive, "ledger.json", query, order, item)
+
+
+@register_section(
+    "spend_caps",
+    files="spend_caps.json, spend_periods.json",
+    about="The spend caps you set (per agent and for the account, in micro-credits; the "
+    "over-cap reply) and what each capped agent and the account spent per UTC day and month.",
+)
+async def spend_caps(ctx: ExportContext, archive: Archive) -> None:
+    def cap(row: SpendCap) -> dict[str, Any]:
+        return {
+            "agent_id": row.agent_id,
+            "daily_micro": row.daily_micro,
+            "monthly_micro": row.monthly_micro,
+            "turn_micro": row.turn_micro,
+            "turn_tokens": row.turn_tokens,
+            "reply_text": row.reply_text,
+            "updated_at": row.updated_at,
+        }
+
+    def period(row: SpendCounter) -> dict[str, Any]:
+        return {
+            "agent_id": None if row.subject == ctx.user_id else row.subject,
+            "period": row.period,
+            "spent_micro": row.spent,
+            "warned_at_80_percent": row.warned,
+            "reached": row.reached,
+        }
+
+    caps = select(SpendCap).where(SpendCap.owner_id == ctx.user_id)
+    await ctx.write_rows(archive, "spend_caps.json", caps, [SpendCap.subject], cap)
+    periods = select(SpendCounter).where(SpendCounter.owner_id == ctx.user_id)
+    order = [SpendCounter.subject, SpendCounter.period]
+    await ctx.write_rows(archive, "spend_periods.json", periods, order, period)
 
 
 @register_section(

@@ -60,6 +60,8 @@ USER_COLUMNS = frozenset(
         "created_by",
         "approved_by",
         "blocked_by",
+        "decided_by",  # the owner who decided on a tool approval
+        "taken_over_by",  # the owner answering a thread themselves
     }
 )
 AGENT_COLUMNS = frozenset({"agent_id"})
@@ -69,11 +71,15 @@ CHANNEL_COLUMNS = frozenset({"channel_id"})
 NOT_PERSONAL = frozenset(
     {
         "actor_key_id",  # a revoked key's random id (its row is deleted)
+        "created_by_key_id",  # an agent version's API key id (the row goes with its agent)
+        "schedule_id",  # a schedule's run (it goes with its schedule's agent)
+        "server_id",  # an MCP server of the agent (its call records go with the agent)
         "target_id",  # the audit log's target: tombstoned by `_tombstone_audit`
         "thread_id",
         "message_id",
         "ticket_id",  # a support ticket (it goes with its owner)
         "reply_to_id",  # a message id
+        "tool_call_id",  # the model's id of a tool call
         "used_by",  # the contact that used a pairing code (the row goes with its channel)
         "delivery_id",
         "hold_id",

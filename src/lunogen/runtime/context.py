@@ -86,6 +86,22 @@ class HistoryItem:
         object.__setattr__(self, "bound", bound)
 
 
+SCHEDULED = "schedule"  # `messages.source` of an owner's scheduled task in a contact's thread
+
+
+def as_said(text: str, *, source: str | None, contact: str | None) -> str:
+    """An inbound message's text as the model reads it: the contact's words as they are; an
+    owner's scheduled task (`source == "schedule"`) labelled as an instruction, so the model
+    neither takes it for the contact's words nor answers it as if the contact had asked."""
+    if source != SCHEDULED:
+        return text
+    who = contact or "the contact"
+    return (
+        f"[Scheduled task from the agent's owner — not a message from {who}. "
+        f"Your reply is sent to {who}.]\n{text}"
+    )
+
+
 def system_prompt(
     *,
     instructions: str,

@@ -101,15 +101,8 @@ async def delete_thread(
 def _audit(
     session: AsyncSession, principal: Principal, agent: Agent, action: str, details: dict[str, Any]
 ) -> None:
-    audit.record(
-        session,
-        action=action,
-        actor_user_id=principal.user.id,
-        actor_key_id=principal.key_id,
-        client=principal.client,
-        target_type="agent",
-        target_id=agent.id,
-        details=details,
+    audit.record_by(
+        session, principal, action=action, target_type="agent", target_id=agent.id, details=details
     )
 
 

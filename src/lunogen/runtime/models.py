@@ -29,6 +29,9 @@ class Thread(IdMixin, CreatedMixin, Base):
     last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+    # A person answers this contact instead of the agent until then (`runtime.takeover`).
+    taken_over_until: Mapped[datetime | None]
+    taken_over_by: Mapped[str | None] = mapped_column(String(36))
 
 
 class Message(IdMixin, CreatedMixin, Base):
@@ -70,6 +73,9 @@ class Message(IdMixin, CreatedMixin, Base):
     # The most the turn answering this message may spend, in micro-credits (a schedule's
     # per-run cap); the agent's own per-turn cap applies as well. NULL: no cap of its own.
     turn_cap_micro: Mapped[int | None] = mapped_column(BigInteger)
+    # Who wrote an inbound message when it is not the thread's contact: `schedule` (the agent's
+    # owner, through a proactive schedule). The turn labels it as such. NULL: the contact.
+    source: Mapped[str | None] = mapped_column(String(20))
 
 
 class MemoryNote(IdMixin, CreatedMixin, Base):

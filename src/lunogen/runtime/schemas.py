@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lunogen.kit.crypto import KeyRing
 from lunogen.runtime.models import Message
@@ -18,6 +18,11 @@ class MessageOut(BaseModel):
     status: str
     created_at: datetime
     reply_to_id: str | None = None
+    source: str | None = Field(
+        default=None,
+        description="Who wrote an inbound message that is not the contact's own words: "
+        "`schedule` (the agent's owner, through a proactive schedule); null: the contact",
+    )
 
 
 def message_out(message: Message, keyring: KeyRing) -> MessageOut:
@@ -29,4 +34,5 @@ def message_out(message: Message, keyring: KeyRing) -> MessageOut:
         status=message.status,
         created_at=message.created_at,
         reply_to_id=message.reply_to_id,
+        source=message.source,
     )

@@ -156,7 +156,8 @@ async def accept_inbound(
         dedupe_key=dedupe_key,
         external_id=external_id,
         sent_at=sent_at,
-        next_attempt_at=utcnow() if answer is None else None,
+        # A person answers this contact now: no turn until then (`runtime.takeover`).
+        next_attempt_at=(thread.taken_over_until or utcnow()) if answer is None else None,
         completed_at=None if answer is None else utcnow(),
     )
     if dedupe_key is None:
@@ -465,6 +466,7 @@ class Said:
     """What the turn needs of an earlier message: its text, encrypted as stored."""
 
     content: str
+    source: str | None = None  # `Message.source`: who wrote it when not the contact
 
 
 # Made once: a new alias per call would miss SQLAlchemy's compiled-statement cache every time.
@@ -483,7 +485,7 @@ async def history(
     unique `reply_to_id`).
     """
     rows = await session.execute(
-        select(Message.seq, Message.content, _Reply.content)
+        select(Message.seq, Message.content, Message.source, _Reply.content)
         .outerjoin(
             _Reply,
             and_(
@@ -502,6 +504,6 @@ async def history(
         .order_by(Message.seq)
     )
     return [
-        (seq, Said(question), None if answer is None else Said(answer))
-        for seq, question, answer in rows
+        (seq, Said(question, source), None if answer is None else Said(answer))
+        for seq, question, source, answer in rows
     ]

@@ -77,7 +77,8 @@ async def wait_for_reply(
     *,
     check_first: bool = True,
 ) -> tuple[Message, Message | None]:
-    """Wait for the turn's end; on timeout, the message as it is (and no reply).
+    """Wait for the turn's end; on timeout, or when the turn stopped to wait for the owner's
+    approval of a tool call, the message as it is (and no reply).
 
     `check_first=False` skips the database read before the first wait: for a message that was
     just accepted, whose turn cannot have ended before `subscription` was taken out.
@@ -94,7 +95,10 @@ async def wait_for_reply(
         if left <= 0:
             inbound, reply = await exchange(sessionmaker, message_id)
             return inbound, reply if inbound.status != "pending" else None
-        await subscription.next(min(left, CHECK_DATABASE_SECONDS))  # an event, or time to look
+        event = await subscription.next(min(left, CHECK_DATABASE_SECONDS))  # or time to look
+        if event is not None and event.event == "approval":
+            inbound, _reply = await exchange(sessionmaker, message_id)
+            return inbound, None
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
@@ -110,7 +114,8 @@ async def stream_reply(
     thread_id: str,
     wait_seconds: float,
 ) -> AsyncIterator[str]:
-    """SSE: `delta` (text as written), `tool` (a tool starts or ends), then `done` or `error`.
+    """SSE: `delta` (text as written), `tool` (a tool starts or ends), then `done` or `error`,
+    or `approval` when the turn stopped to wait for the owner's decision on a tool call.
 
     `done` carries the whole reply text: a client that missed deltas still ends up right. A
     turn that will be retried later ends the stream with `error` and `retrying: true`; the
@@ -136,7 +141,7 @@ async def stream_reply(
         if event is not None:
             yield sse(event.event, {**event.data, "thread_id": thread_id})
             last_sent = time.monotonic()
-            if event.event in ("done", "error"):
+            if event.event in ("done", "error", "approval"):
                 return
             continue
         if time.monotonic() - last_check >= CHECK_DATABASE_SECONDS:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from lunogen.agent import versions
 from lunogen.agent.models import Agent
 from lunogen.agent.service import get_agent
 from lunogen.audit import service as audit
@@ -61,7 +62,8 @@ async def toggle_agent_tool(
 ) -> AgentToolOut:
     """Enable or disable one tool for this agent. Scope: `tools:write`.
 
-    A running agent offers the change to its model from its next turn on.
+    The change is a new version of the agent: a running agent offers it to its model once
+    that version is deployed (`POST /api/v1/agents/{id}/versions/{n}/deploy`).
     """
     agent = await get_agent(db, owner_id=principal.user.id, agent_id=agent_id, for_update=True)
     spec = registry.get(name)
@@ -73,6 +75,7 @@ async def toggle_agent_tool(
             agent.tools = [*agent.tools, name]
         else:
             agent.tools = [t for t in agent.tools if t != name]
+        await versions.record(db, agent=agent, principal=principal)
         audit.record(
             db,
             action="agent.tool_toggled",

@@ -88,6 +88,8 @@ class ToolSpec:
     tags: tuple[str, ...] = field(default_factory=tuple)
     # The turn stops waiting for the tool after this long (sandboxed tools add their wall time).
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    # Whether a call waits for the owner's approval unless the agent says otherwise.
+    requires_approval: bool = False
 
     def openai_schema(self) -> dict[str, Any]:
         return {

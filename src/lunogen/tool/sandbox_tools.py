@@ -238,6 +238,7 @@ registry.register(
         run=run_code,
         tags=("sandbox",),
         timeout_seconds=RUN_TIMEOUT_SECONDS,
+        requires_approval=True,
     )
 )
 registry.register(

@@ -19,7 +19,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import structlog
@@ -182,6 +182,18 @@ class WhatsappChannelType(ChannelType):
         return inbound.parse(request, channel)
 
     # Outbound
+
+    def proactive_refusal(self, *, last_inbound_at: datetime | None, now: datetime) -> str | None:
+        """WhatsApp lets a business write free-form only within 24 hours of the contact's last
+        message (the customer-service window; re-engagement needs a template)."""
+        if last_inbound_at is None:
+            return "the contact never wrote to the agent on WhatsApp"
+        if now - last_inbound_at > WINDOW - WINDOW_MARGIN:
+            return (
+                "WhatsApp allows free-form messages only within 24 hours of the contact's last "
+                f"message, and they last wrote at {last_inbound_at:%Y-%m-%d %H:%M} UTC"
+            )
+        return None
 
     def failure_notice(self, channel: ChannelView) -> str:
         return (

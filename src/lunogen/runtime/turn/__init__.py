@@ -92,13 +92,10 @@ async def _answer(
     keep_lease: KeepLease | None,
 ) -> Finished | None:
     loop = ModelLoop(deps, target) if isinstance(target, planning.Plan) else None
-    started = await store.start(
-        deps,
-        target,
-        lease_token=lease_token,
-        lease=lease,
-        hold=None if loop is None else loop.first_hold(),
-    )
+    first_hold = None if loop is None else loop.first_hold()
+    if loop is not None and first_hold is not None and loop.turn_capped(first_hold, 0):
+        first_hold = None  # the turn's own cap refuses the first call: nothing to hold
+    started = await store.start(deps, target, lease_token=lease_token, lease=lease, hold=first_hold)
     if started.state == "not_ours":
         return None
     if started.state == "changed":
@@ -111,6 +108,10 @@ async def _answer(
     try:
         if started.refused is not None:
             loop.work.refused = started.refused
+            work = loop.work
+        elif started.capped is not None or loop.work.capped is not None:
+            if started.capped is not None:
+                loop.capped(started.capped)
             work = loop.work
         else:
             turn = replies.TurnInProgress(

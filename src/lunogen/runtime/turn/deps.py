@@ -37,3 +37,4 @@ class TurnOutcome:
     FAILED = "failed"
     SKIPPED = "skipped"
     SUPERSEDED = "superseded"  # our lease ran out and another worker took the thread
+    AWAITING_APPROVAL = "awaiting_approval"  # stopped until the owner decides on a tool call

@@ -16,9 +16,12 @@ from typing import Any
 import structlog
 
 from lunogen.agent.workspace import edge_for
+from lunogen.billing import caps as spend_caps
+from lunogen.billing.caps import CapReached
 from lunogen.billing.ledger import InsufficientCredits
+from lunogen.kit.time import utcnow
 from lunogen.llm.provider import ModelCallError, ModelCallResult, StreamDone, TextDelta
-from lunogen.runtime import context, recorded
+from lunogen.runtime import approvals, context, recorded
 from lunogen.runtime.turn import store
 from lunogen.runtime.turn.deps import (
     MAX_TOOL_STEPS,
@@ -73,6 +76,40 @@ class ModelLoop:
             self.deps, self.plan, self.prompt_bound + (self.tools_bound if tools else 0)
         )
 
+    def turn_capped(self, amount: int, tokens_used: int) -> bool:
+        """Whether the turn's own caps stop the next call (worst case `amount` micro-credits;
+        `tokens_used` so far): if so, the turn ends with the cap's reply, unpaid.
+
+        The credit cap counts what the turn's calls settled plus the next call's hold. The token
+        cap counts the tokens the turn's calls reported plus the next call's reply budget
+        (`max_output_tokens`): a prompt's tokens are only known once it is sent."""
+        caps = self.plan.caps
+        if caps is None:
+            return False
+        reached = None
+        if caps.turn_micro is not None and self.work.charged + amount > caps.turn_micro:
+            reached = CapReached(
+                spend_caps.TURN_CREDITS,
+                limit=caps.turn_micro,
+                used=self.work.charged,
+                required=amount,
+            )
+        budget = self.plan.max_output_tokens
+        if caps.turn_tokens is not None and tokens_used + budget > caps.turn_tokens:
+            reached = CapReached(
+                spend_caps.TURN_TOKENS, limit=caps.turn_tokens, used=tokens_used, required=budget
+            )
+        if reached is None:
+            return False
+        self.capped(reached)
+        return True
+
+    def capped(self, reached: CapReached) -> None:
+        """End the turn with the over-cap reply (stored and sent like any reply, unpaid)."""
+        assert self.plan.caps is not None
+        self.work.capped = reached
+        self.work.reply_text = self.plan.caps.reply_text
+
     async def run(self, first_hold_id: str | None) -> Work:
         work = self.work
         if self.deps.model_client is None:
@@ -103,20 +140,25 @@ class ModelLoop:
             replayed = result is not None
             if result is None:
                 if hold_id is None:
+                    prompt_tokens = self.prompt_bound + (self.tools_bound if tools else 0)
+                    amount = store.hold_amount(deps, plan, prompt_tokens)
+                    if self.turn_capped(amount, tokens_used):
+                        return work
                     try:
                         hold_id = await store.reserve(
-                            deps,
-                            plan,
-                            prompt_tokens=self.prompt_bound + (self.tools_bound if tools else 0),
-                            step=step,
+                            deps, plan, prompt_tokens=prompt_tokens, step=step
                         )
                     except InsufficientCredits as refused:
                         work.refused = refused
                         return work
+                    except CapReached as reached:
+                        self.capped(reached)
+                        return work
                 try:
                     result = await self._call(tools)
                 except ModelCallError as error:
-                    await store.release_hold(deps, hold_id)
+                    capped = plan.caps is not None and plan.caps.tracked
+                    await store.release_hold(deps, hold_id, capped=capped)
                     work.error = error
                     work.log.append(
                         LogLine(
@@ -152,6 +194,8 @@ class ModelLoop:
             if last:
                 work.reply_text = result.text
                 return work
+            if self._must_wait(step, result):
+                return work
             await self._run_tools(result, tool_ctx)
         raise AssertionError("unreachable: the last step never offers tools")
 
@@ -162,13 +206,66 @@ class ModelLoop:
             return None
         return recorded.decode(self.deps.keyring, found[1])
 
+    def _must_wait(self, step: int, result: ModelCallResult) -> bool:
+        """Whether a gated call of this step has no decision yet: the turn then stops, its
+        calls so far recorded, and asks the owner (`store.finish`). The owner's answer, or
+        the request's expiry, makes the message due again."""
+        plan, now = self.plan, utcnow()
+        asked: list[approvals.AskedCall] = []
+        waiting = False
+        for call in result.tool_calls:
+            if call.name not in plan.gated:
+                continue
+            decision = plan.decisions.get(call.id)
+            if decision is None:
+                asked.append(approvals.AskedCall(step, call.id, call.name, call.arguments))
+            elif decision.status == "pending" and decision.expires_at > now:
+                waiting = True
+        if asked or waiting:
+            self.work.awaiting = asked
+            self.work.log.append(
+                LogLine(
+                    "approval.waiting",
+                    f"Waiting for the owner's decision on {len(asked) or 'earlier'} call(s)",
+                    details={"message_id": plan.inbound_id, "tools": [c.tool_name for c in asked]},
+                )
+            )
+            return True
+        return False
+
+    async def _gated_output(
+        self, name: str, call_id: str, raw_args: str, tool_ctx: ToolContext
+    ) -> str:
+        """The output of an approved call, run here only if no other turn ran it; or why it
+        was not run."""
+        decision = self.plan.decisions[call_id]
+        action, value = await approvals.claim(self.deps.sessionmaker, decision, self.deps.keyring)
+        if action == "run":
+            output = await run_tool(self.plan.tools.get(name), name, raw_args, tool_ctx)
+            await approvals.record_output(
+                self.deps.sessionmaker, self.deps.keyring, decision.id, output
+            )
+            return output
+        if action == "reuse":
+            return value or ""
+        if action == "refused":
+            why = "denied it" if value == "denied" else "did not approve it in time"
+            return f"Error: the call to {name} was not run: the owner {why}."
+        return (
+            f"Error: the approved call to {name} was started by an attempt that stopped before "
+            "it ended; whether it took effect is unknown."
+        )
+
     async def _run_tools(self, result: ModelCallResult, tool_ctx: ToolContext) -> None:
         asked = result.assistant_message()
         self._append(asked)
         for call in result.tool_calls:
             await self._publish("tool", {"name": call.name, "status": "started"})
             spec = self.plan.tools.get(call.name)
-            output = await run_tool(spec, call.name, call.arguments, tool_ctx)
+            if call.name in self.plan.gated:
+                output = await self._gated_output(call.name, call.id, call.arguments, tool_ctx)
+            else:
+                output = await run_tool(spec, call.name, call.arguments, tool_ctx)
             failed = output.startswith("Error:")
             status = "failed" if failed else "ok"
             await self._publish("tool", {"name": call.name, "status": status})

@@ -9,13 +9,16 @@ SQLite's write lock. The history comes from this process's window of the thread
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lunogen.agent import versions
 from lunogen.agent.models import Agent
 from lunogen.agent.workspace import sandbox_limits, uses_sandbox
+from lunogen.billing import caps as spend_caps
 from lunogen.billing import metering
 from lunogen.db import read_sessionmaker
 from lunogen.kit.crypto import KeyRing
@@ -23,7 +26,7 @@ from lunogen.kit.ids import new_id
 from lunogen.kit.time import utcnow
 from lunogen.llm import catalog
 from lunogen.llm.models import CatalogModel
-from lunogen.runtime import context, recorded, screening, service
+from lunogen.runtime import approvals, context, recorded, screening, service
 from lunogen.runtime.models import MemoryNote, Message, Thread
 from lunogen.runtime.screening import Screen, Screened
 from lunogen.runtime.service import Pending
@@ -31,6 +34,7 @@ from lunogen.runtime.turn.deps import TurnDeps
 from lunogen.runtime.window import windows
 from lunogen.sandbox.base import SandboxLimits
 from lunogen.skill.service import SkillPackage, usable_skills
+from lunogen.tool.mcp import tools as mcp_tools
 from lunogen.tool.registry import ToolSpec, registry
 from lunogen.tool.skill_loader import LOAD_SKILL
 
@@ -64,6 +68,13 @@ class Plan:
     run: str = field(default_factory=new_id)  # this attempt, for the keys of its credit holds
     screen: Screen = screening.NOTHING  # the acceptable-use rules, for the reply
     inbound_screened: Screened | None = None
+    agent_name: str = ""
+    # Tools whose calls wait for the owner's approval, the decisions taken on this message's
+    # calls (by call id), and how long a new request waits (`runtime.approvals`).
+    gated: frozenset[str] = frozenset()
+    decisions: dict[str, approvals.Decision] = field(default_factory=dict)
+    approval_expiry: timedelta = timedelta(minutes=approvals.DEFAULT_EXPIRY_MINUTES)
+    caps: spend_caps.TurnCaps | None = None  # None: no spend cap applies (`billing.caps`)
 
     @property
     def chain(self) -> list[str]:
@@ -103,6 +114,8 @@ async def read(
         Message.stream,
         Message.content,
         Message.next_attempt_at,
+        Message.turn_cap_micro,
+        Message.source,
         Thread.contact,
         Thread.channel_key,
     ).join(Thread, Thread.id == Message.thread_id)
@@ -134,6 +147,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
             reason=f"the agent was {state} before it could answer",
             failure={"code": "agent_not_running", "status": state},
         )
+    agent = await versions.served(session, agent)  # its pinned version; no query when latest
     text = deps.keyring.decrypt(row.content)
     screen = await screening.screen(session, deps.settings)
     inbound = screen.check("inbound", text)
@@ -172,6 +186,7 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         else []
     )
     tools: dict[str, ToolSpec | None] = {name: registry.get(name) for name in agent.tools}
+    tools.update(await mcp_tools.for_turn(session, agent_id=agent.id))  # allowed remote tools
     if skills:
         tools[LOAD_SKILL.name] = LOAD_SKILL
     needs_sandbox = skills or uses_sandbox(agent.tools)
@@ -181,11 +196,19 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         agent=agent,
         thread_id=row.thread_id,
         contact=row.contact,
-        inbound=(row.seq, text),
+        inbound=(row.seq, context.as_said(text, source=row.source, contact=row.contact)),
         skills=skills,
         context_length=prices[0].context_length or DEFAULT_CONTEXT_LENGTH,
     )
     earlier = await recorded.load(session, inbound_id)
+    gated = approvals.gated_tools(agent, tools)
+    caps = await spend_caps.for_turn(
+        session,
+        agent_id=agent.id,
+        agent_name=agent.name,
+        owner_id=agent.owner_id,
+        message_cap=row.turn_cap_micro,
+    )
     return Plan(
         inbound_id=inbound_id,
         thread_id=row.thread_id,
@@ -212,6 +235,11 @@ async def _read(session: AsyncSession, deps: TurnDeps, row: Any) -> Plan | Unans
         recorded={step: (call.fingerprint, call.result) for step, call in earlier.items()},
         screen=screen,
         inbound_screened=inbound,
+        agent_name=agent.name,
+        gated=gated,
+        decisions=await approvals.decisions(session, inbound_id) if gated else {},
+        approval_expiry=approvals.expiry_of(agent),
+        caps=caps,
     )
 
 
@@ -269,7 +297,10 @@ async def _context_messages(
         session, thread_id=thread_id, before_seq=seq, after_seq=known.last_seq
     )
     for question_seq, question, answer in exchanges:
-        newer.append(context.HistoryItem("user", keyring.decrypt(question.content)))
+        said = context.as_said(
+            keyring.decrypt(question.content), source=question.source, contact=contact
+        )
+        newer.append(context.HistoryItem("user", said))
         if answer is not None:
             newer.append(context.HistoryItem("assistant", keyring.decrypt(answer.content)))
         last_seq = question_seq

@@ -32,9 +32,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lunogen.account.models import User
 from lunogen.agent.lifecycle import set_status
 from lunogen.agent.models import Agent
+from lunogen.billing import caps as spend_caps
 from lunogen.billing import credit_alerts, ledger, metering
+from lunogen.billing.caps import CapReached
 from lunogen.billing.ledger import IdempotencyConflict, InsufficientCredits
 from lunogen.billing.models import CreditAccount
 from lunogen.kit.effects import Effects
@@ -43,8 +46,9 @@ from lunogen.kit.time import utcnow
 from lunogen.llm.models import UsageRecord
 from lunogen.llm.provider import ModelCallError, ModelCallResult
 from lunogen.llm.usage import Priced, chain_model, dearest_for, effective_cost
+from lunogen.notification.service import notify
 from lunogen.runlog.logs import log_event
-from lunogen.runtime import recorded, replies, screening, service
+from lunogen.runtime import approvals, recorded, replies, screening, service
 from lunogen.runtime.models import Message, RecordedCall, Thread
 from lunogen.runtime.screening import Screened, TurnScreening
 from lunogen.runtime.service import Pending
@@ -79,6 +83,7 @@ class Started:
     state: str
     hold_id: str | None = None
     refused: InsufficientCredits | None = None
+    capped: CapReached | None = None
     finished: Finished | None = None
 
 
@@ -122,6 +127,9 @@ async def start(
             except InsufficientCredits as refused:  # the ledger wrote nothing: keep the lease
                 await session.commit()
                 return Started("started", refused=refused)
+            except CapReached as capped:  # nothing held: keep the lease, answer with the cap reply
+                await session.commit()
+                return Started("started", capped=capped)
         await session.commit()
     return Started("started", hold_id=hold_id)
 
@@ -136,9 +144,12 @@ async def reserve(deps: TurnDeps, plan: Plan, *, prompt_tokens: int, step: int) 
     return hold_id
 
 
-async def release_hold(deps: TurnDeps, hold_id: str) -> None:
+async def release_hold(deps: TurnDeps, hold_id: str, *, capped: bool = False) -> None:
+    """End a hold whose call failed; `capped`: it was placed under a spend cap."""
     async with deps.sessionmaker() as session:
         await metering.release(session, hold_id=hold_id)
+        if capped:
+            await spend_caps.released(session, hold_id=hold_id)
         await session.commit()
 
 
@@ -176,6 +187,7 @@ async def settle_step(
                 usage=usage,
                 key=recorded.charge_key(plan.inbound_id, step, fingerprint),
             )
+            await _caps_settled(session, deps, plan, hold_id=hold_id, charged=charged)
             await _after_charge(session, deps, plan)
             await session.commit()
     except (IntegrityError, IdempotencyConflict):
@@ -216,7 +228,8 @@ async def finish(deps: TurnDeps, plan: Plan, work: Work, *, lease_token: str) ->
         else:
             superseded = False
             outcome, event = await _store(session, deps, plan, work, thread, inbound, outbound)
-            if outcome != TurnOutcome.RETRY_LATER:  # a retry screens the message again
+            if outcome not in (TurnOutcome.RETRY_LATER, TurnOutcome.AWAITING_APPROVAL):
+                # a turn that goes on later screens the message again
                 ended = TurnScreening(
                     plan.agent_id,
                     plan.owner_id,
@@ -269,15 +282,27 @@ async def _store(
     if work.error is not None:
         session.add(_failed_usage_row(plan, work.error))
         return await _retry_or_fail(session, deps, plan=plan, inbound=inbound, error=work.error)
+    if work.awaiting is not None:
+        return await _await_approval(session, deps, plan=plan, inbound=inbound, work=work)
+    if work.capped is not None and plan.caps is not None:  # the reply is the cap's, unpaid
+        await spend_caps.refused(
+            session,
+            deps.settings,
+            deps.keyring,
+            plan.caps,
+            message_id=inbound.id,
+            reached=work.capped,
+        )
     if work.final is not None:
         final = work.final
-        await metering.settle(
+        charged = await metering.settle(
             session,
             deps.settings,
             hold_id=final.hold_id,
             usage=_usage_row(plan, final.result),
             key=recorded.charge_key(plan.inbound_id, final.step, final.fingerprint),
         )
+        await _caps_settled(session, deps, plan, hold_id=final.hold_id, charged=charged)
         await _after_charge(session, deps, plan)
     await work.writes.apply(session)
     if plan.recorded or work.recorded:
@@ -326,6 +351,56 @@ async def _store(
         "text": reply_text,
     }
     return TurnOutcome.ANSWERED, ("done", done)
+
+
+async def _await_approval(
+    session: AsyncSession, deps: TurnDeps, *, plan: Plan, inbound: Message, work: Work
+) -> tuple[str, Event]:
+    """Stop the turn until the owner decides: its calls stay recorded (paid once), its staged
+    writes are dropped (the resumed turn stages them again), the message stays pending and is
+    due again when the requests expire; the owner is told once per request."""
+    asked = work.awaiting or []
+    created = await approvals.request(
+        session,
+        deps.keyring,
+        agent_id=plan.agent_id,
+        owner_id=plan.owner_id,
+        message=inbound,
+        asked=asked,
+        expiry=plan.approval_expiry,
+    )
+    if created:
+        tools = ", ".join(sorted({row.tool_name for row in created}))
+        log_event(
+            session,
+            agent_id=plan.agent_id,
+            event="approval.requested",
+            level="warning",
+            message=f"Message {inbound.id} waits for your approval of {tools}",
+            details={"message_id": inbound.id, "approvals": [row.id for row in created]},
+        )
+        owner = await session.get(User, plan.owner_id)
+        if owner is not None:
+            name = plan.agent_name or "Your agent"
+            await notify(
+                session,
+                user=owner,
+                kind="approval.requested",
+                title=f"{name} asks to run {tools}",
+                body=f"{name} wants to run {tools} and waits for your decision. Approve or "
+                f"deny it on the agent's Approvals page before "
+                f"{created[0].expires_at:%Y-%m-%d %H:%M} UTC; after that it counts as denied.",
+                dedupe_key=f"approval:{created[0].id}",
+                settings=deps.settings,
+                keyring=deps.keyring,
+                agent_id=plan.agent_id,
+            )
+    waiting = {
+        "message_id": inbound.id,
+        "approvals": [row.id for row in created],
+        "retry_at": inbound.next_attempt_at.isoformat() if inbound.next_attempt_at else None,
+    }
+    return TurnOutcome.AWAITING_APPROVAL, ("approval", waiting)
 
 
 def _log_superseded(session: AsyncSession, plan: Plan) -> None:
@@ -404,7 +479,11 @@ async def _end_unanswerable(
 async def _place_hold(
     session: AsyncSession, deps: TurnDeps, plan: Plan, *, amount: int, step: int
 ) -> str:
-    return await metering.reserve(
+    """Hold the credits of a call; under a period cap, first check it (`CapReached`, nothing
+    written) and count the hold against it, all under the account lock."""
+    capped = plan.caps if plan.caps is not None and plan.caps.tracked else None
+    periods = None if capped is None else await spend_caps.check(session, capped, amount=amount)
+    hold_id = await metering.reserve(
         session,
         deps.settings,
         owner_id=plan.owner_id,
@@ -412,6 +491,18 @@ async def _place_hold(
         key=f"hold:{plan.inbound_id}:{plan.run}:{step}",
         message_id=plan.inbound_id,
     )
+    if capped is not None and periods is not None:
+        await spend_caps.track(session, capped, periods, hold_id=hold_id, amount=amount)
+    return hold_id
+
+
+async def _caps_settled(
+    session: AsyncSession, deps: TurnDeps, plan: Plan, *, hold_id: str, charged: int
+) -> None:
+    if plan.caps is not None and plan.caps.tracked:
+        await spend_caps.settled(
+            session, deps.settings, deps.keyring, plan.caps, hold_id=hold_id, charged=charged
+        )
 
 
 async def _retry_or_fail(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lunogen.billing.caps import CapReached
 from lunogen.billing.ledger import InsufficientCredits
 from lunogen.llm.provider import ModelCallError, ModelCallResult
 from lunogen.runlog.logs import Level
+from lunogen.runtime.approvals import AskedCall
 from lunogen.tool.registry import StagedWrites
 
 
@@ -40,5 +42,8 @@ class Work:
     error: ModelCallError | None = None
     failure: str | None = None  # a reason the turn cannot be answered at all
     refused: InsufficientCredits | None = None  # the owner's credits cannot cover the next call
+    capped: CapReached | None = None  # a spend cap stopped the turn: `reply_text` is its reply
     charged: int = 0  # micro-credits settled during the loop
     recorded: int = 0  # calls recorded during the loop (`store.settle_step`)
+    # The turn stopped for the owner's approval of these calls (empty: of calls asked before).
+    awaiting: list[AskedCall] | None = None
