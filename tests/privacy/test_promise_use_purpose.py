@@ -26,6 +26,7 @@ TELLS: dict[str, str] = {
     "admin/letters.py": "support: ticket replies, privacy request status",
     "admin/suspension.py": "the account or an agent suspended or reinstated, and why",
     "agent/lifecycle.py": "an agent stopped or failed",
+    "billing/caps.py": "billing: a spend cap at 80 % or reached",
     "billing/credit_alerts.py": "billing: low credit",
     "billing/stripe_events.py": "billing: payments, refunds, the plan",
     "channel/service.py": "a channel failing to deliver",
@@ -35,6 +36,7 @@ TELLS: dict[str, str] = {
     "privacy/email_change.py": "confirming a change of email address",
     "privacy/export.py": "the data export is ready or failed",
     "privacy/policy_notice.py": "a material change of the Terms or Privacy Policy",
+    "runtime/turn/store.py": "an agent's tool call waiting for the owner's approval",
 }
 # The acceptable-use checks (issue 14 point 8) tell the owner about flags and suspensions.
 MODERATION_PACKAGE = "moderation/"

@@ -28,7 +28,7 @@ async def test_logs_older_than_the_retention_are_purged(api: Api) -> None:
     sessionmaker = api.app.state.sessionmaker
     async with sessionmaker() as session:
         ids = list((await session.execute(select(AgentLogEvent.id))).scalars())
-        assert len(ids) == 9
+        assert len(ids) == 10  # 3 deploys and 3 stops; the first deploy pins version 1
         old = ids[:5]
         await session.execute(
             update(AgentLogEvent)
