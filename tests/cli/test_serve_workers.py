@@ -295,6 +295,11 @@ async def test_keep_alive_connections_spread_evenly_over_the_children(server: Se
 def test_sigterm_stops_every_process_and_exits_0(server: Server) -> None:
     server.start()
     children = server.wait_children(2)
+    # Both serving (a child stopped while still starting has no lifespan to shut down).
+    deadline = time.monotonic() + 30
+    while server.output().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
 
     assert server.stop() == 0
 
