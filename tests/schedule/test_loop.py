@@ -18,9 +18,11 @@ async def test_a_new_schedule_fires_on_time_without_a_manual_step(
     dev, agent = await running_agent(api)
     await asyncio.sleep(0.2)  # the loop has started and sleeps (no schedule yet)
     openrouter.reply("On time.")
-    when = utcnow() + timedelta(seconds=1.5)
+    # Far enough ahead that a slow request still creates it in the future (a loaded CI run
+    # once took over 1.5 s to answer the POST).
+    when = utcnow() + timedelta(seconds=5)
     schedule = await create(dev, agent["id"], kind="once", run_at=when.isoformat())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     runs = []
     while time.monotonic() < deadline and not runs:
         await asyncio.sleep(0.1)
